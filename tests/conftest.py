@@ -1,0 +1,69 @@
+"""Shared fixtures: a real SeaweedFS over HTTP, a real Prefect API, and a tiny random BERT."""
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from retrainer.seaweed import LocalS3
+from retrainer.settings import S3Settings
+from retrainer.storage import ObjectStore
+from tests.tiny_model import save_tiny_bert
+
+TEST_ACCESS_KEY = "retrainer-test"
+TEST_SECRET_KEY = "retrainer-test-secret"
+
+
+@pytest.fixture(scope="session")
+def local_s3(tmp_path_factory) -> LocalS3:
+    """One SeaweedFS for the whole session, enforcing the test credentials."""
+    root = tmp_path_factory.mktemp("seaweedfs")
+    server = LocalS3(root / "data", TEST_ACCESS_KEY, TEST_SECRET_KEY, root / "weed.log").start()
+    saved = {name: os.environ.get(name) for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ.update(AWS_ACCESS_KEY_ID=TEST_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=TEST_SECRET_KEY)
+    yield server
+    server.stop()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real Prefect API server (subprocess, SQLite) shared by every test that runs a flow."""
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def s3_settings(local_s3) -> S3Settings:
+    """Settings pointing at a fresh bucket, so tests never see each other's objects."""
+    return S3Settings(endpoint_url=local_s3.endpoint_url, bucket=f"t-{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture
+def store(s3_settings) -> ObjectStore:
+    """An ObjectStore on a fresh, existing bucket."""
+    object_store = ObjectStore(s3_settings)
+    object_store.ensure_bucket()
+    return object_store
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT saved as safetensors, used as the base model in flow tests."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture
+def retrain_env(monkeypatch, s3_settings, tiny_model_dir, tmp_path, prefect_api) -> S3Settings:
+    """Environment for the retrain flow: this test's bucket, the tiny base model, a scratch dir."""
+    monkeypatch.setenv("RETRAINER_S3__ENDPOINT_URL", s3_settings.endpoint_url)
+    monkeypatch.setenv("RETRAINER_S3__BUCKET", s3_settings.bucket)
+    monkeypatch.setenv("RETRAINER_BASE_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("RETRAINER_WORK_DIR", str(tmp_path / "work"))
+    return s3_settings

@@ -1,0 +1,56 @@
+"""Typed configuration: environment variables, defaults, overrides, validation."""
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from retrainer.settings import PACKAGED_BASE_MODEL, RetrainerSettings, TrainingConfig, load_settings
+from tasks.train import resolve_base_model
+
+
+def test_defaults_are_the_seed_recipe_and_the_packaged_model(monkeypatch):
+    for name in ("RETRAINER_BASE_MODEL", "RETRAINER_S3__BUCKET"):
+        monkeypatch.delenv(name, raising=False)
+    settings = RetrainerSettings()
+
+    assert settings.base_model == PACKAGED_BASE_MODEL
+    assert settings.training == TrainingConfig(
+        learning_rate=2e-5, per_device_train_batch_size=16, num_train_epochs=3, weight_decay=0.01
+    )
+    assert settings.s3.bucket == "ticket-retrainer"
+
+
+def test_environment_variables_fill_nested_settings(monkeypatch):
+    monkeypatch.setenv("RETRAINER_S3__ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("RETRAINER_TRAINING__LEARNING_RATE", "5e-5")
+    monkeypatch.setenv("RETRAINER_BASE_MODEL", "distilbert-base-uncased")
+
+    settings = RetrainerSettings()
+    assert settings.s3.endpoint_url == "http://127.0.0.1:9000"
+    assert settings.training.learning_rate == 5e-5
+    assert settings.base_model == "distilbert-base-uncased"
+
+
+def test_run_overrides_win_over_the_environment(monkeypatch):
+    monkeypatch.setenv("RETRAINER_TRAINING__LEARNING_RATE", "5e-5")
+
+    settings = load_settings(training=TrainingConfig(learning_rate=1e-4), base_model="bert-base-uncased")
+    assert settings.training.learning_rate == 1e-4
+    assert settings.base_model == "bert-base-uncased"
+
+
+def test_invalid_values_are_refused(monkeypatch):
+    monkeypatch.setenv("RETRAINER_EVAL_FRACTION", "0.9")
+    with pytest.raises(ValidationError, match="eval_fraction"):
+        RetrainerSettings()
+    with pytest.raises(ValidationError):
+        TrainingConfig(per_device_train_batch_size=0)
+
+
+def test_hub_ids_and_folders_pass_through_and_the_packaged_model_resolves_to_its_folder(tmp_path):
+    assert resolve_base_model("distilbert-base-uncased") == "distilbert-base-uncased"
+    assert resolve_base_model(str(tmp_path)) == str(tmp_path)
+    packaged = resolve_base_model(PACKAGED_BASE_MODEL)
+    assert packaged.endswith("model")
+    assert (Path(packaged) / "model.safetensors").is_file()
