@@ -4,25 +4,30 @@ It only wires tasks; the work lives in ``tasks/``. Settings are read when the fl
 """
 
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 from prefect import flow, unmapped
 from prefect.runtime import flow_run
 
-from retrainer.settings import RetrainerSettings, TrainingConfig, load_settings
+from retrainer.provenance import code_version, library_versions
+from retrainer.settings import GatePolicy, RetrainerSettings, TrainingConfig, load_settings
 from retrainer.storage import ObjectStore, PreconditionFailedError
+from tasks.alerts import notify_task
 from tasks.dataset import (
     EVAL,
     TRAIN,
     VALIDATION,
     check_splits,
+    lineage,
     merge_curated,
     read_curated_task,
+    rows_from_sources,
     write_curated_task,
 )
-from tasks.evaluate import ModelScore, score_model_task
-from tasks.gate import decide_promotion
+from tasks.evaluate import ModelEvaluation, score_model_task
+from tasks.gate import Decision, decide_promotion
 from tasks.ingest import (
     commit_manifest_task,
     discover_new_batches_task,
@@ -36,40 +41,66 @@ from tasks.registry import (
     ProductionPointer,
     fetch_model_task,
     flip_production_pointer_task,
-    last_decision_task,
+    last_gate_decision_task,
     new_version_id,
     publish_model_task,
+    read_history_task,
     read_production_pointer_task,
     record_decision_task,
 )
-from tasks.report import RetrainOutcome, report_outcome_task
+from tasks.report import (
+    ACCURACY_PNG,
+    CONFUSION_PNG,
+    RetrainOutcome,
+    draw_confusion_matrices,
+    draw_production_accuracy,
+    render_model_card,
+    render_outcome_markdown,
+    report_outcome_task,
+)
+from tasks.smoke import smoke_test_task
 from tasks.train import fine_tune_task
 from tasks.validate import ValidatedBatch, quarantine_batch_task, validate_batch_task
 
 
 @flow(name="retrain")
-def retrain(training: TrainingConfig | None = None, base_model: str | None = None) -> RetrainOutcome:
+def retrain(
+    training: TrainingConfig | None = None,
+    base_model: str | None = None,
+    gate: GatePolicy | None = None,
+    force: bool = False,
+    force_reason: str | None = None,
+) -> RetrainOutcome:
     """Retrain the ticket classifier on newly landed tickets; publish it only if it beats the champion.
 
     Args:
-        training: hyper-parameters for this run (defaults: the configured training settings).
+        training: hyper-parameters for this run (default: the configured training settings).
         base_model: hub id or local folder to fine-tune from (default: the configured base model).
+        gate: promotion policy for this run (default: the configured gate settings).
+        force: promote the challenger whatever the gate says (the smoke test still applies).
+        force_reason: why the promotion is forced; required with `force`, recorded in the history.
     """
-    settings = load_settings(training=training, base_model=base_model)
+    if force and not (force_reason or "").strip():
+        raise ValueError("a forced promotion needs a force_reason; it is recorded in the history")
+    settings = load_settings(training=training, base_model=base_model, gate=gate)
     store = ObjectStore(settings.s3)
     store.ensure_bucket()
-    outcome = RetrainOutcome(status="no-data", run_id=str(flow_run.id or new_version_id()))
-    curated = ingest_new_batches(store, settings, outcome)
+    outcome = RetrainOutcome(
+        status="no-data",
+        run_id=str(flow_run.id or new_version_id()),
+        forced_reason=force_reason if force else None,
+    )
+    curated, new_sources = ingest_new_batches(store, settings, outcome)
     pointer, pointer_etag = read_production_pointer_task(store)
     outcome.production_version = pointer.version if pointer else None
     if curated is None:
         outcome.reasons.append("no curated data yet: nothing to train on")
-        return report_outcome_task(outcome)
-    last = last_decision_task(store)
-    if pointer and last and last.dataset_version == outcome.dataset_version:
+        return finish(settings, outcome)
+    last = last_gate_decision_task(store)
+    if pointer and last and last.dataset_version == outcome.dataset_version and not force:
         outcome.status = "no-new-data"
         outcome.reasons.append(f"dataset {outcome.dataset_version} was already decided on; champion kept")
-        return report_outcome_task(outcome)
+        return finish(settings, outcome)
     splits = check_splits(curated)
     with tempfile.TemporaryDirectory(prefix="run-", dir=_scratch(settings)) as run_dir:
         challenger_dir = fine_tune_task(
@@ -80,14 +111,22 @@ def retrain(training: TrainingConfig | None = None, base_model: str | None = Non
             settings.training,
             Path(run_dir),
         )
-        decide_and_publish(store, settings, splits[EVAL], challenger_dir, pointer, pointer_etag, outcome)
-    return report_outcome_task(outcome)
+        new_rows = rows_from_sources(splits[EVAL], new_sources)
+        challenger = score_model_task(challenger_dir, splits[EVAL], settings.training.max_length, new_rows)
+        champion = None
+        if pointer:
+            champion_dir = fetch_model_task(store, pointer.version, settings.model_cache_dir)
+            champion = score_model_task(champion_dir, splits[EVAL], settings.training.max_length, new_rows)
+        decision = decide_promotion(challenger, champion, settings.gate, outcome.forced_reason)
+        _record_scores(outcome, challenger, pointer, champion, decision)
+        decide_and_publish(store, settings, curated, challenger_dir, decision, pointer, pointer_etag, outcome)
+    return finish(settings, outcome)
 
 
 def ingest_new_batches(
     store: ObjectStore, settings: RetrainerSettings, outcome: RetrainOutcome
-) -> pd.DataFrame | None:
-    """Ingest every new batch (quarantining what is bad) and return the curated dataset."""
+) -> tuple[pd.DataFrame | None, set[tuple[str, str]]]:
+    """Ingest every new batch (quarantining what is bad); the curated dataset and this run's sources."""
     manifest, manifest_etag = read_manifest_task(store)
     new_objects = discover_new_batches_task(store, manifest)
     loaded = load_batch_task.map(store=unmapped(store), info=new_objects).result()
@@ -109,69 +148,133 @@ def ingest_new_batches(
         entries = {result.key: _entry(result, outcome.run_id) for result in validated}
         commit_manifest_task(store, record_batches(manifest, entries, dataset_version), manifest_etag)
     _count_ingestion(outcome, validated, dataset_version)
-    return curated
+    return curated, {(result.key, result.etag) for result in validated}
 
 
 def decide_and_publish(
     store: ObjectStore,
     settings: RetrainerSettings,
-    eval_rows: pd.DataFrame,
+    curated: pd.DataFrame,
     challenger_dir: Path,
+    decision: Decision,
     pointer: ProductionPointer | None,
     pointer_etag: str | None,
     outcome: RetrainOutcome,
 ) -> None:
-    """Score challenger and champion on the same eval split, apply the gate, publish the winner."""
-    max_length = settings.training.max_length
-    challenger = score_model_task(challenger_dir, eval_rows, max_length)
-    champion = None
-    if pointer:
-        champion_dir = fetch_model_task(store, pointer.version, _scratch(settings) / "models")
-        champion = score_model_task(champion_dir, eval_rows, max_length)
-    decision = decide_promotion(challenger.accuracy, champion.accuracy if champion else None)
-    _record_scores(outcome, new_version_id(), challenger, pointer, champion)
-    outcome.reasons.extend(decision.reasons)
+    """Draw the report pictures, then publish + smoke-test + flip when the gate says promote."""
+    pictures = challenger_dir / "reports"
+    pictures.mkdir()
+    draw_confusion_matrices(outcome, pictures / CONFUSION_PNG)
+    draw_production_accuracy(read_history_task(store), outcome, pictures / ACCURACY_PNG)
     outcome.status = "kept"
     if decision.promote:
-        publish_and_flip(store, _model_metadata(settings, outcome), challenger_dir, pointer_etag, outcome)
-    record_decision_task(store, _decision_record(outcome))
+        metadata = _model_metadata(settings, outcome, curated)
+        (challenger_dir / "README.md").write_text(render_model_card(outcome, metadata))
+        publish_model_task(store, challenger_dir, outcome.challenger_version, metadata)
+        outcome.report_uris = [
+            store.uri(f"{store.settings.models_prefix}{outcome.challenger_version}/reports/{name}")
+            for name in (CONFUSION_PNG, ACCURACY_PNG)
+        ]
+        smoke_and_flip(store, settings, challenger_dir, decision, pointer, pointer_etag, outcome)
+    else:
+        prefix = f"{store.settings.reports_prefix}{outcome.run_id}/"
+        outcome.report_uris = [store.uri(key) for key in store.upload_dir(pictures, prefix)]
+    record_decision_task(store, _decision_record(outcome, pointer))
 
 
-def publish_and_flip(
+def smoke_and_flip(
     store: ObjectStore,
-    metadata: dict,
+    settings: RetrainerSettings,
     challenger_dir: Path,
+    decision: Decision,
+    pointer: ProductionPointer | None,
     pointer_etag: str | None,
     outcome: RetrainOutcome,
 ) -> None:
-    """Upload the challenger as a new version, then flip the production pointer to it (CAS)."""
-    publish_model_task(store, challenger_dir, outcome.challenger_version, metadata)
+    """Smoke-test the published files, then flip the production pointer to them (compare-and-swap)."""
+    smoke = smoke_test_task(
+        store,
+        outcome.challenger_version,
+        challenger_dir,
+        _scratch(settings),
+        settings.training.max_length,
+        settings.gate.min_canary_accuracy,
+    )
+    outcome.reasons.extend(smoke.reasons)
+    if not smoke.passed:
+        outcome.status = "smoke-failed"
+        outcome.reasons.append("smoke test failed: not published to production; champion kept")
+        return
     new_pointer = ProductionPointer(
         version=outcome.challenger_version,
         accuracy=outcome.challenger_accuracy,
         dataset_version=outcome.dataset_version,
-        promoted_at=pd.Timestamp.now(tz="UTC").to_pydatetime(),
+        promoted_at=datetime.now(UTC),
         run_id=outcome.run_id,
+        action="forced" if decision.forced else "promoted",
+        previous_version=pointer.version if pointer else None,
     )
     try:
         flip_production_pointer_task(store, new_pointer, pointer_etag)
     except PreconditionFailedError:
         outcome.status = "lost-race"
-        outcome.reasons.append(
-            "another run changed the production pointer first; it was left as that run set it"
-        )
+        outcome.reasons.append("another run changed the production pointer first; this run changed nothing")
         return
-    outcome.status = "promoted"
+    outcome.status = new_pointer.action
     outcome.production_version = outcome.challenger_version
 
 
-def _model_metadata(settings: RetrainerSettings, outcome: RetrainOutcome) -> dict:
-    """What is stored beside the weights as metrics.json: scores, data and recipe."""
+def finish(settings: RetrainerSettings, outcome: RetrainOutcome) -> RetrainOutcome:
+    """Publish the report artifact and, when configured, send the summary as a notification."""
+    report_outcome_task(outcome)
+    if settings.notification_block:
+        subject = f"ticket-retrainer: {outcome.status} (run {outcome.run_id})"
+        notify_task(settings.notification_block, subject, render_outcome_markdown(outcome))
+    return outcome
+
+
+def _record_scores(
+    outcome: RetrainOutcome,
+    challenger: ModelEvaluation,
+    pointer: ProductionPointer | None,
+    champion: ModelEvaluation | None,
+    decision: Decision,
+) -> None:
+    outcome.challenger_version = new_version_id()
+    outcome.challenger, outcome.challenger_new_data = challenger.overall, challenger.new_data
+    outcome.champion_version = pointer.version if pointer else None
+    outcome.champion = champion.overall if champion else None
+    outcome.champion_new_data = champion.new_data if champion else None
+    outcome.p_value = decision.p_value
+    outcome.reasons.extend(decision.reasons)
+
+
+def _model_metadata(settings: RetrainerSettings, outcome: RetrainOutcome, curated: pd.DataFrame) -> dict:
+    """What is stored beside the weights as metrics.json (and in the model card): scores, data, recipe."""
     return {
-        "outcome": outcome.model_dump(mode="json", exclude={"problems"}),
+        "version": outcome.challenger_version,
+        "accuracy": outcome.challenger.accuracy,
+        "macro_f1": outcome.challenger.macro_f1,
+        "evaluation": outcome.challenger.model_dump(),
+        "new_data_evaluation": outcome.challenger_new_data.model_dump()
+        if outcome.challenger_new_data
+        else None,
+        "dataset_version": outcome.dataset_version,
         "base_model": settings.base_model,
         "base_model_revision": settings.base_model_revision,
         "training": settings.training.model_dump(),
+        "gate": settings.gate.model_dump(),
+        "lineage": lineage(curated),
+        "code_version": code_version(),
+        "library_versions": library_versions(),
+        "decision": {
+            "run_id": outcome.run_id,
+            "champion_version": outcome.champion_version,
+            "champion_accuracy": outcome.champion_accuracy,
+            "p_value": outcome.p_value,
+            "forced_reason": outcome.forced_reason,
+            "reasons": outcome.reasons,
+        },
     }
 
 
@@ -189,30 +292,20 @@ def _count_ingestion(
     outcome.dataset_version = dataset_version
 
 
-def _record_scores(
-    outcome: RetrainOutcome,
-    version: str,
-    challenger: ModelScore,
-    pointer: ProductionPointer | None,
-    champion: ModelScore | None,
-) -> None:
-    outcome.challenger_version = version
-    outcome.challenger_accuracy = challenger.accuracy
-    outcome.eval_examples = challenger.examples
-    outcome.champion_version = pointer.version if pointer else None
-    outcome.champion_accuracy = champion.accuracy if champion else None
-
-
-def _decision_record(outcome: RetrainOutcome) -> DecisionRecord:
+def _decision_record(outcome: RetrainOutcome, pointer: ProductionPointer | None) -> DecisionRecord:
     return DecisionRecord(
         run_id=outcome.run_id,
-        decided_at=pd.Timestamp.now(tz="UTC").to_pydatetime(),
+        decided_at=datetime.now(UTC),
+        action=outcome.status,
         dataset_version=outcome.dataset_version,
-        challenger_version=outcome.challenger_version,
-        challenger_accuracy=outcome.challenger_accuracy,
+        candidate_version=outcome.challenger_version,
+        candidate_accuracy=outcome.challenger_accuracy,
         champion_version=outcome.champion_version,
         champion_accuracy=outcome.champion_accuracy,
-        promoted=outcome.status == "promoted",
+        p_value=outcome.p_value,
+        forced_reason=outcome.forced_reason,
+        production_version=outcome.production_version,
+        previous_production=pointer.version if pointer else None,
         reasons=outcome.reasons,
     )
 

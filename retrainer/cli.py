@@ -47,6 +47,28 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0)
     generate.set_defaults(handler=_generate)
 
+    models = commands.add_parser("models", help="the model registry")
+    models_commands = models.add_subparsers(required=True, metavar="COMMAND")
+    models_list = models_commands.add_parser(
+        "list", help="published versions, their metrics, which is production"
+    )
+    models_list.set_defaults(handler=_models_list)
+
+    rollback = commands.add_parser("rollback", help="point production back at an earlier version")
+    rollback.add_argument("--to", dest="to_version", help="version to restore (default: the previous one)")
+    rollback.add_argument("--reason", default=None, help="why (recorded in the history)")
+    rollback.set_defaults(handler=_rollback)
+
+    predict = commands.add_parser("predict", help="classify texts with the production model")
+    predict.add_argument("texts", nargs="+", help="ticket texts")
+    predict.set_defaults(handler=_predict)
+
+    score = commands.add_parser("score", help="classify every row of a CSV file with the production model")
+    score.add_argument("input", type=Path, help="CSV file with a text column")
+    score.add_argument("--output", type=Path, help="where to write (default: <input>.scored.csv)")
+    score.add_argument("--text-column", default="text")
+    score.set_defaults(handler=_score)
+
     s3 = commands.add_parser("s3", help="serve a local SeaweedFS S3 on 127.0.0.1 until Ctrl+C")
     s3.add_argument("--dir", type=Path, default=Path(".demo/seaweedfs"), help="SeaweedFS data dir")
     s3.set_defaults(handler=_serve_s3)
@@ -66,6 +88,90 @@ def _run(args) -> int:
     outcome = retrain()
     print(outcome.model_dump_json(indent=2))
     return 0
+
+
+def _models_list(args) -> int:
+    from tasks.registry import list_versions
+
+    rows = list_versions(_store())
+    print(f"{'':2}{'version':34} {'accuracy':>8} {'macro F1':>8}  dataset")
+    for row in rows:
+        marker = "* " if row.in_production else "  "
+        scores = f"{_number(row.accuracy):>8} {_number(row.macro_f1):>8}"
+        print(f"{marker}{row.version:34} {scores}  {row.dataset_version}")
+    print(f"{len(rows)} version(s); * = production")
+    return 0
+
+
+def _rollback(args) -> int:
+    import getpass
+
+    from tasks.registry import rollback
+
+    reason = args.reason or f"manual rollback by {getpass.getuser()}"
+    pointer = rollback(_store(), reason, args.to_version)
+    print(f"production is now {pointer.version} (was rolled back: {reason})")
+    return 0
+
+
+def _predict(args) -> int:
+    from retrainer import LABELS
+    from tasks.evaluate import predict_probabilities
+
+    settings, version, model_dir = _production_model()
+    probabilities = predict_probabilities(model_dir, args.texts, settings.training.max_length)
+    print(f"model {version}")
+    for text, row in zip(args.texts, probabilities.tolist(), strict=True):
+        best = max(range(len(LABELS)), key=row.__getitem__)
+        print(f"{LABELS[best]:16} {row[best]:.3f}  {text}")
+    return 0
+
+
+def _score(args) -> int:
+    import pandas as pd
+
+    from retrainer import LABELS
+    from tasks.evaluate import predict_probabilities
+
+    rows = pd.read_csv(args.input, dtype=str, keep_default_na=False)
+    if args.text_column not in rows.columns:
+        print(
+            f"{args.input}: no column {args.text_column!r} (found: {', '.join(rows.columns)})",
+            file=sys.stderr,
+        )
+        return 2
+    settings, version, model_dir = _production_model()
+    probabilities = predict_probabilities(
+        model_dir, rows[args.text_column].tolist(), settings.training.max_length
+    )
+    rows["predicted_label"] = [LABELS[index] for index in probabilities.argmax(dim=-1).tolist()]
+    rows["confidence"] = probabilities.max(dim=-1).values.round(decimals=4).tolist()
+    rows["model_version"] = version
+    output = args.output or args.input.with_suffix(".scored.csv")
+    rows.to_csv(output, index=False)
+    print(f"scored {len(rows)} rows with {version} -> {output}")
+    return 0
+
+
+def _store():
+    from retrainer.settings import RetrainerSettings
+    from retrainer.storage import ObjectStore
+
+    return ObjectStore(RetrainerSettings().s3)
+
+
+def _production_model():
+    from retrainer.settings import RetrainerSettings
+    from retrainer.storage import ObjectStore
+    from tasks.registry import fetch_production_model
+
+    settings = RetrainerSettings()
+    version, model_dir = fetch_production_model(ObjectStore(settings.s3), settings.model_cache_dir)
+    return settings, version, model_dir
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _generate(args) -> int:

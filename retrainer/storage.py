@@ -59,6 +59,14 @@ class ObjectStore:
             for item in page.get("Contents", []):
                 yield ObjectInfo(key=item["Key"], etag=item["ETag"], size=item["Size"])
 
+    def list_folders(self, prefix: str) -> list[str]:
+        """The immediate "sub-folders" under `prefix` (common prefixes ending in ``/``), sorted."""
+        paginator = self._client.get_paginator("list_objects_v2")
+        folders = []
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+            folders.extend(item["Prefix"] for item in page.get("CommonPrefixes", []))
+        return sorted(folders)
+
     def get(self, key: str) -> tuple[bytes, str]:
         """The object's bytes and ETag. Raises `KeyError` when it does not exist."""
         try:

@@ -86,3 +86,14 @@ def check_splits(curated: pd.DataFrame) -> dict[str, pd.DataFrame]:
             f"curated dataset has empty split(s) {', '.join(empty)} ({counts}): send more tickets"
         )
     return splits
+
+
+def rows_from_sources(rows: pd.DataFrame, sources: set[tuple[str, str]]) -> list[bool]:
+    """For each row, whether it came from one of `sources` (source key, ETag): e.g. this run's batches."""
+    return [(key, etag) in sources for key, etag in zip(rows["source_key"], rows["source_etag"], strict=True)]
+
+
+def lineage(curated: pd.DataFrame) -> list[dict[str, str | int]]:
+    """The source objects (key, ETag, rows) a curated dataset was built from."""
+    counts = curated.groupby(["source_key", "source_etag"]).size()
+    return [{"key": key, "etag": etag, "rows": int(rows)} for (key, etag), rows in counts.items()]

@@ -1,35 +1,62 @@
 """Evaluate: score a model (champion or challenger) on the gate's eval split.
 
 Both models are scored here, in the same run, on the same rows, so their numbers are comparable.
+Metrics come from the project's local `evaluate` modules (accuracy, classification_report).
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
+from pydantic import BaseModel, Field
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from retrainer import LABELS
+from retrainer.devices import bf16_autocast, inference_device
 from retrainer.metrics import load_metric
 from tasks.common import once_task
 from tasks.train import LABEL_TO_ID
 
 
-@dataclass(frozen=True)
-class ModelScore:
-    """A model's score on an eval set."""
+class EvalReport(BaseModel):
+    """A model's metrics on one set of tickets."""
 
-    accuracy: float
     examples: int
+    accuracy: float
+    macro_f1: float
+    precision: dict[str, float]
+    recall: dict[str, float]
+    f1: dict[str, float]
+    support: dict[str, int]
+    confusion_matrix: list[list[int]] = Field(description="rows: true label, columns: predicted label")
 
 
-def predict_label_ids(model_dir: Path, texts: list[str], max_length: int, batch_size: int = 64) -> list[int]:
-    """Predicted label ids for `texts`, batched by similar length to keep padding small."""
+class ModelEvaluation(BaseModel):
+    """A model's score on the eval split, and on the eval rows that arrived in this run."""
+
+    overall: EvalReport
+    new_data: EvalReport | None = None
+    correct: list[bool] = Field(description="per eval ticket, in eval order: for the paired test")
+
+
+def load_classifier(model_dir: Path):
+    """Tokenizer and model from a local folder (safetensors only), checked against the label set."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).eval()
-    order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
-    predictions = [0] * len(texts)
-    with torch.inference_mode():
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+    labels = [model.config.id2label[index] for index in range(model.config.num_labels)]
+    if labels != list(LABELS):
+        raise ValueError(f"model in {model_dir} predicts {labels}, expected {list(LABELS)}")
+    return tokenizer, model.to(inference_device()).eval()
+
+
+def predict_probabilities(
+    model_dir: Path, texts: list[str], max_length: int, batch_size: int = 64
+) -> torch.Tensor:
+    """Class probabilities (one row per text, columns in label order), batched by similar length."""
+    tokenizer, model = load_classifier(model_dir)
+    order = sorted(range(len(texts)), key=lambda index: len(texts[index]))  # little padding per batch
+    probabilities = torch.empty((len(texts), len(LABELS)))
+    with torch.inference_mode(), bf16_autocast(model.device):
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             encoded = tokenizer(
@@ -38,19 +65,47 @@ def predict_label_ids(model_dir: Path, texts: list[str], max_length: int, batch_
                 max_length=max_length,
                 padding=True,
                 return_tensors="pt",
-            )
-            logits = model(**encoded).logits
-            for index, label_id in zip(chunk, logits.argmax(dim=-1).tolist(), strict=True):
-                predictions[index] = label_id
-    return predictions
+            ).to(model.device)
+            probabilities[chunk] = model(**encoded).logits.float().softmax(dim=-1).cpu()
+    return probabilities
 
 
-def score_model(model_dir: Path, eval_rows: pd.DataFrame, max_length: int) -> ModelScore:
-    """Accuracy of the model in `model_dir` on `eval_rows` (local `evaluate` accuracy module)."""
+def predict_label_ids(model_dir: Path, texts: list[str], max_length: int, batch_size: int = 64) -> list[int]:
+    """The most probable label id for each text."""
+    return predict_probabilities(model_dir, texts, max_length, batch_size).argmax(dim=-1).tolist()
+
+
+def evaluation_report(predicted: list[int], references: list[int]) -> EvalReport:
+    """Accuracy, macro F1, per-class precision/recall/F1 and the confusion matrix."""
+    accuracy = load_metric("accuracy").compute(predictions=predicted, references=references)["accuracy"]
+    report = load_metric("classification_report").compute(
+        predictions=predicted, references=references, num_labels=len(LABELS)
+    )
+    per_label = {name: dict(zip(LABELS, report[name], strict=True)) for name in ("precision", "recall", "f1")}
+    return EvalReport(
+        examples=len(references),
+        accuracy=accuracy,
+        macro_f1=report["macro_f1"],
+        support=dict(zip(LABELS, report["support"], strict=True)),
+        confusion_matrix=report["confusion_matrix"],
+        **per_label,
+    )
+
+
+def score_model(
+    model_dir: Path, eval_rows: pd.DataFrame, max_length: int, new_rows: list[bool]
+) -> ModelEvaluation:
+    """Score the model in `model_dir` on `eval_rows`; `new_rows` marks the rows ingested in this run."""
     predicted = predict_label_ids(model_dir, eval_rows["text"].tolist(), max_length)
     references = [LABEL_TO_ID[label] for label in eval_rows["label"]]
-    result = load_metric("accuracy").compute(predictions=predicted, references=references)
-    return ModelScore(accuracy=float(result["accuracy"]), examples=len(references))
+    fresh = [index for index, is_new in enumerate(new_rows) if is_new]
+    return ModelEvaluation(
+        overall=evaluation_report(predicted, references),
+        new_data=evaluation_report([predicted[i] for i in fresh], [references[i] for i in fresh])
+        if fresh
+        else None,
+        correct=[p == r for p, r in zip(predicted, references, strict=True)],
+    )
 
 
 score_model_task = once_task(score_model, "score-model")

@@ -3,7 +3,7 @@
 ``models/<version>/`` is written once (If-None-Match on every file). The pointer
 ``models/production.json`` is flipped with a compare-and-swap on the ETag the run read, so a run
 that lost a race changes nothing, and a crash between upload and flip leaves the champion in place.
-Every gate decision is appended to ``models/history/`` (one immutable object per run).
+Every decision (promoted, kept, forced, rolled back, ...) is appended to ``models/history/``.
 """
 
 import json
@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -21,30 +22,50 @@ from tasks.common import once_task, read_task
 POINTER_NAME = "production.json"
 HISTORY_FOLDER = "history/"
 METRICS_FILE = "metrics.json"
+WEIGHTS_FILE = "model.safetensors"
+
+Action = Literal["promoted", "forced", "kept", "lost-race", "smoke-failed", "rolled-back"]
+PRODUCTION_CHANGES: frozenset[str] = frozenset({"promoted", "forced", "rolled-back"})
 
 
 class ProductionPointer(BaseModel):
-    """Which model version serves production, and since when."""
+    """Which model version serves production, since when, and how it got there."""
 
     version: str
-    accuracy: float
-    dataset_version: str
+    accuracy: float | None
+    dataset_version: str | None
     promoted_at: datetime
     run_id: str
+    action: Action = "promoted"
+    previous_version: str | None = None
 
 
 class DecisionRecord(BaseModel):
-    """One run's gate decision, as kept in the history."""
+    """One decision about production, as kept in the history."""
 
     run_id: str
     decided_at: datetime
-    dataset_version: str
-    challenger_version: str
-    challenger_accuracy: float
-    champion_version: str | None
-    champion_accuracy: float | None
-    promoted: bool
+    action: Action
+    dataset_version: str | None
+    candidate_version: str | None
+    candidate_accuracy: float | None = None
+    champion_version: str | None = None
+    champion_accuracy: float | None = None
+    p_value: float | None = None
+    forced_reason: str | None = None
+    production_version: str | None = None
+    previous_production: str | None = None
     reasons: list[str]
+
+
+class VersionSummary(BaseModel):
+    """One published version, as `retrainer models list` shows it."""
+
+    version: str
+    accuracy: float | None
+    macro_f1: float | None
+    dataset_version: str | None
+    in_production: bool
 
 
 def pointer_key(store: ObjectStore) -> str:
@@ -67,23 +88,28 @@ def read_production_pointer(store: ObjectStore) -> tuple[ProductionPointer | Non
 
 
 def new_version_id() -> str:
-    """A sortable, unique model version id, e.g. ``m-20261126T060000Z-3fa2c1``."""
-    return f"m-{_utc_stamp()}-{secrets.token_hex(3)}"
+    """A sortable, unique model version id, e.g. ``m-20261126T060000123456Z-3fa2c1``."""
+    return f"m-{utc_stamp()}-{secrets.token_hex(3)}"
 
 
-def publish_model(store: ObjectStore, model_dir: Path, version: str, metrics: dict) -> str:
-    """Upload the model folder plus ``metrics.json`` as ``models/<version>/``; never overwrites."""
-    (model_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
+def publish_model(store: ObjectStore, model_dir: Path, version: str, metadata: dict) -> str:
+    """Upload the model folder as ``models/<version>/``, ``metrics.json`` last; never overwrites.
+
+    ``metrics.json`` marks a complete upload: a version without it died mid-upload and is ignored.
+    """
+    (model_dir / METRICS_FILE).unlink(missing_ok=True)
     prefix = version_prefix(store, version)
     store.upload_dir(model_dir, prefix)
+    body = json.dumps(metadata, indent=2, default=str).encode()
+    store.put(prefix + METRICS_FILE, body, if_none_match=True, content_type="application/json")
     return prefix
 
 
 def flip_production_pointer(store: ObjectStore, pointer: ProductionPointer, expected_etag: str | None) -> str:
     """Point production at `pointer.version` if the pointer still has `expected_etag`.
 
-    `expected_etag=None` means "there must be no pointer yet". Raises `PreconditionFailedError` when
-    another run changed the pointer first.
+    `expected_etag=None` means "there must be no pointer yet". Raises `PreconditionFailedError`
+    when another run changed the pointer first.
     """
     body = pointer.model_dump_json(indent=2).encode()
     if expected_etag is None:
@@ -109,22 +135,125 @@ def fetch_model(store: ObjectStore, version: str, cache_dir: Path) -> Path:
     return target
 
 
+def fetch_production_model(store: ObjectStore, cache_dir: Path) -> tuple[str, Path]:
+    """The production version's id and its local copy (cached by version)."""
+    pointer, _ = read_production_pointer(store)
+    if pointer is None:
+        raise LookupError(f"no model in production yet ({store.uri(pointer_key(store))} does not exist)")
+    return pointer.version, fetch_model(store, pointer.version, cache_dir)
+
+
 def record_decision(store: ObjectStore, record: DecisionRecord) -> str:
-    """Append `record` to the decision history (a new immutable object per run)."""
-    key = f"{store.settings.models_prefix}{HISTORY_FOLDER}{_utc_stamp()}-{record.run_id}.json"
-    store.put(
-        key, record.model_dump_json(indent=2).encode(), if_none_match=True, content_type="application/json"
-    )
+    """Append `record` to the decision history (a new immutable object per decision)."""
+    key = f"{store.settings.models_prefix}{HISTORY_FOLDER}{utc_stamp()}-{record.run_id}.json"
+    body = record.model_dump_json(indent=2).encode()
+    store.put(key, body, if_none_match=True, content_type="application/json")
     return key
 
 
-def last_decision(store: ObjectStore) -> DecisionRecord | None:
-    """The most recent decision in the history, or None when there is none."""
+def read_history(store: ObjectStore) -> list[DecisionRecord]:
+    """Every decision, oldest first (history keys start with a UTC stamp)."""
+    keys = [info.key for info in store.list_objects(store.settings.models_prefix + HISTORY_FOLDER)]
+    return [DecisionRecord.model_validate_json(store.get(key)[0]) for key in keys]
+
+
+def last_gate_decision(store: ObjectStore) -> DecisionRecord | None:
+    """The newest decision a retrain run made (rollbacks are not gate decisions)."""
     history = store.list_objects(store.settings.models_prefix + HISTORY_FOLDER)
-    if not history:
-        return None
-    data, _ = store.get(history[-1].key)  # keys start with a UTC stamp: the last is the newest
-    return DecisionRecord.model_validate_json(data)
+    for info in reversed(history):
+        record = DecisionRecord.model_validate_json(store.get(info.key)[0])
+        if record.action != "rolled-back":
+            return record
+    return None
+
+
+def list_versions(store: ObjectStore) -> list[VersionSummary]:
+    """Every published version with its headline metrics, oldest first."""
+    pointer, _ = read_production_pointer(store)
+    summaries = []
+    for folder in store.list_folders(store.settings.models_prefix):
+        version = folder[len(store.settings.models_prefix) : -1]
+        found = store.get_if_exists(folder + METRICS_FILE)
+        if found is None:  # history/ and any upload that died before its metrics landed
+            continue
+        metadata = json.loads(found[0])
+        summaries.append(
+            VersionSummary(
+                version=version,
+                accuracy=metadata.get("accuracy"),
+                macro_f1=metadata.get("macro_f1"),
+                dataset_version=metadata.get("dataset_version"),
+                in_production=pointer is not None and pointer.version == version,
+            )
+        )
+    return summaries
+
+
+def rollback(store: ObjectStore, reason: str, to_version: str | None = None) -> ProductionPointer:
+    """Point production back at `to_version` (default: the version before the current one).
+
+    The target must be a published version that never failed its smoke test. The flip is a
+    compare-and-swap, and the rollback is recorded in the history.
+    """
+    pointer, etag = read_production_pointer(store)
+    if pointer is None:
+        raise ValueError("nothing to roll back: no model is in production")
+    history = read_history(store)
+    target = to_version or pointer.previous_version
+    if target is None:
+        raise ValueError(f"no earlier production version than {pointer.version} to roll back to")
+    _check_rollback_target(store, history, target, pointer.version)
+    metadata = json.loads(store.get(version_prefix(store, target) + METRICS_FILE)[0])
+    new_pointer = ProductionPointer(
+        version=target,
+        accuracy=metadata.get("accuracy"),
+        dataset_version=metadata.get("dataset_version"),
+        promoted_at=datetime.now(UTC),
+        run_id=f"rollback-{secrets.token_hex(4)}",
+        action="rolled-back",
+        previous_version=_previous_of(history, target),
+    )
+    flip_production_pointer(store, new_pointer, etag)
+    record_decision(store, _rollback_record(new_pointer, pointer.version, reason))
+    return new_pointer
+
+
+def utc_stamp() -> str:
+    """Now, as a compact sortable UTC stamp with microseconds."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def _previous_of(history: list[DecisionRecord], version: str) -> str | None:
+    """What production was before `version` was promoted (following promotions, not rollbacks)."""
+    for record in reversed(history):
+        if record.production_version == version and record.action in ("promoted", "forced"):
+            return record.previous_production
+    return None
+
+
+def _check_rollback_target(
+    store: ObjectStore, history: list[DecisionRecord], target: str, current: str
+) -> None:
+    if target == current:
+        raise ValueError(f"{target} is already in production")
+    if not store.get_if_exists(version_prefix(store, target) + WEIGHTS_FILE):
+        raise ValueError(f"{target} is not a published model version")
+    if any(record.candidate_version == target and record.action == "smoke-failed" for record in history):
+        raise ValueError(f"{target} failed its smoke test and may not serve production")
+
+
+def _rollback_record(pointer: ProductionPointer, replaced: str, reason: str) -> DecisionRecord:
+    return DecisionRecord(
+        run_id=pointer.run_id,
+        decided_at=pointer.promoted_at,
+        action="rolled-back",
+        dataset_version=pointer.dataset_version,
+        candidate_version=pointer.version,
+        candidate_accuracy=pointer.accuracy,
+        production_version=pointer.version,
+        previous_production=replaced,
+        reasons=[f"rolled back from {replaced} to {pointer.version}: {reason}"],
+    )
 
 
 def _move_into_place(staging: Path, target: Path) -> None:
@@ -135,12 +264,9 @@ def _move_into_place(staging: Path, target: Path) -> None:
             raise
 
 
-def _utc_stamp() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-
-
 read_production_pointer_task = read_task(read_production_pointer, "read-production-pointer")
-last_decision_task = read_task(last_decision, "last-decision")
+last_gate_decision_task = read_task(last_gate_decision, "last-gate-decision")
+read_history_task = read_task(read_history, "read-history")
 fetch_model_task = read_task(fetch_model, "fetch-model")
 publish_model_task = once_task(publish_model, "publish-model")
 flip_production_pointer_task = once_task(flip_production_pointer, "flip-production-pointer")

@@ -1,16 +1,74 @@
-"""The `retrainer` command as a user runs it."""
+"""The `retrainer` command as a user runs it (a subprocess, against SeaweedFS)."""
 
+import os
 import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
+from flows.retrain import retrain
 from retrainer import LABELS
+from retrainer.samples import generate_tickets, tickets_to_csv
+from retrainer.settings import GatePolicy, TrainingConfig
+from retrainer.storage import ObjectStore
+from tasks.registry import read_history, read_production_pointer
 
 
 def _retrainer(*args: str, cwd) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "retrainer.cli", *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900, check=False)
+    return subprocess.run(
+        command, cwd=cwd, env=dict(os.environ), capture_output=True, text=True, timeout=900, check=False
+    )
+
+
+@pytest.fixture
+def two_versions(retrain_env):
+    """A registry with two published versions, the second in production."""
+    store = ObjectStore(retrain_env)
+    store.ensure_bucket()
+    store.put("incoming/b1.csv", tickets_to_csv(generate_tickets(300, seed=1, id_prefix="b1")))
+    first = retrain(training=TrainingConfig(learning_rate=0.0, num_train_epochs=1))
+    store.put("incoming/b2.csv", tickets_to_csv(generate_tickets(150, seed=2, id_prefix="b2")))
+    second = retrain(
+        training=TrainingConfig(learning_rate=5e-3, num_train_epochs=4), gate=GatePolicy(max_recall_drop=1)
+    )
+    assert second.status == "promoted"
+    return store, first.challenger_version, second.challenger_version
+
+
+def test_models_list_rollback_predict_and_score(two_versions, tmp_path):
+    store, first, second = two_versions
+
+    listed = _retrainer("models", "list", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert f"* {second}" in listed.stdout and f"  {first}" in listed.stdout
+
+    predicted = _retrainer("predict", "The app crashes on save", "Please add dark mode", cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
+    assert f"model {second}" in predicted.stdout
+    assert all(line.split()[0] in LABELS for line in predicted.stdout.splitlines()[1:])
+
+    (tmp_path / "tickets.csv").write_bytes(tickets_to_csv(generate_tickets(20, seed=9)))
+    scored = _retrainer("score", "tickets.csv", cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr
+    result = pd.read_csv(tmp_path / "tickets.scored.csv")
+    assert len(result) == 20 and set(result["predicted_label"]) <= set(LABELS)
+    assert result["confidence"].between(0, 1).all() and set(result["model_version"]) == {second}
+
+    rolled = _retrainer("rollback", "--reason", "canary complaints", cwd=tmp_path)
+    assert rolled.returncode == 0, rolled.stderr
+    assert read_production_pointer(store)[0].version == first
+    assert read_history(store)[-1].reasons == [f"rolled back from {second} to {first}: canary complaints"]
+
+
+def test_score_names_a_missing_text_column(two_versions, tmp_path):
+    (tmp_path / "bad.csv").write_text("id,body\n1,crash\n")
+
+    result = _retrainer("score", "bad.csv", cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert "bad.csv: no column 'text' (found: id, body)" in result.stderr
 
 
 def test_generate_tickets_writes_a_valid_batch(tmp_path):
@@ -28,7 +86,7 @@ def test_demo_runs_both_cycles_on_the_packaged_model(tmp_path):
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "cycle 1: PROMOTED" in result.stdout
-    assert "cycle 2: " in result.stdout and "on the same" in result.stdout
+    assert "cycle 2: " in result.stdout and "both scored on the same" in result.stdout
     assert "2 quarantined" in result.stdout
     assert (tmp_path / "demo" / "reports" / "cycle-2.md").is_file()
     production = list((tmp_path / "demo" / "production-model").iterdir())

@@ -1,23 +1,30 @@
 """The retrain flow end to end: real SeaweedFS, a real Prefect API, a tiny random BERT."""
 
 import asyncio
+import shutil
+import uuid
 
 import pytest
+import yaml
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from flows.retrain import retrain
+from flows.retrain import retrain, smoke_and_flip
 from retrainer import LABELS
 from retrainer.samples import generate_tickets, tickets_to_csv
-from retrainer.settings import TrainingConfig
+from retrainer.settings import GatePolicy, TrainingConfig, load_settings
 from retrainer.storage import ObjectStore
 from tasks.evaluate import predict_label_ids
+from tasks.gate import Decision
 from tasks.ingest import read_manifest
-from tasks.registry import fetch_model, read_production_pointer
-from tasks.report import DECISION_ARTIFACT_KEY
+from tasks.registry import fetch_model, list_versions, publish_model, read_history, read_production_pointer
+from tasks.report import DECISION_ARTIFACT_KEY, RetrainOutcome
+from tests.http_receiver import Receiver
 
 LEARNS = TrainingConfig(learning_rate=5e-3, num_train_epochs=4)
 LEARNS_NOTHING = TrainingConfig(learning_rate=0.0, num_train_epochs=1)  # the random head stays random
+NO_RECALL_GUARD = GatePolicy(max_recall_drop=1.0)  # a random champion can have recall 1.0 on one class
 
 
 @pytest.fixture
@@ -32,11 +39,10 @@ def _drop_batch(store: ObjectStore, name: str, count: int, seed: int) -> None:
 
 
 def _model_versions(store: ObjectStore) -> set[str]:
-    names = {info.key.split("/")[1] for info in store.list_objects("models/m-")}
-    return names
+    return {row.version for row in list_versions(store)}
 
 
-def test_first_run_publishes_a_loadable_safetensors_model(flow_store, tmp_path):
+def test_first_run_publishes_a_loadable_safetensors_model_with_card_and_reports(flow_store, tmp_path):
     _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
     flow_store.put("incoming/broken.csv", b"ticket_id,text,label\nX-1,crash,bug\nX-2,,bug\nX-3,hi,spam\n")
 
@@ -46,16 +52,37 @@ def test_first_run_publishes_a_loadable_safetensors_model(flow_store, tmp_path):
     assert (outcome.batches_ingested, outcome.rows_accepted, outcome.rows_quarantined) == (2, 301, 2)
     pointer, _ = read_production_pointer(flow_store)
     assert pointer.version == outcome.challenger_version == outcome.production_version
-    files = {info.key.rsplit("/", 1)[1] for info in flow_store.list_objects(f"models/{pointer.version}/")}
-    assert {"model.safetensors", "config.json", "tokenizer.json", "metrics.json"} <= files
+    files = {info.key.split("/", 2)[2] for info in flow_store.list_objects(f"models/{pointer.version}/")}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "metrics.json", "README.md"} <= files
+    assert {"reports/confusion_matrix.png", "reports/production_accuracy.png"} <= files
     assert not [name for name in files if name.endswith((".bin", ".pt", ".pkl", ".pth"))]
     model_dir = fetch_model(flow_store, pointer.version, tmp_path / "cache")
     predictions = predict_label_ids(model_dir, ["The app crashes on save", "Please add dark mode"], 64)
     assert all(0 <= label_id < len(LABELS) for label_id in predictions)
+    assert (model_dir / "reports" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     manifest, _ = read_manifest(flow_store)
     assert manifest.objects["incoming/broken.csv"].quarantined == 2
     assert flow_store.list_objects(f"quarantine/{outcome.run_id}/broken.csv")
-    assert "promoted" in _latest_report_markdown()
+    report = _latest_report_markdown()
+    assert "**promoted**" in report and "McNemar" in report and "recall" in report
+
+
+def test_the_model_card_records_metrics_lineage_and_recipe(flow_store):
+    _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
+    outcome = retrain(training=LEARNS)
+
+    card = flow_store.get(f"models/{outcome.challenger_version}/README.md")[0].decode()
+    header = yaml.safe_load(card.split("---\n")[1])
+
+    assert header["labels"] == list(LABELS)
+    metrics = {m["type"]: m["value"] for m in header["model-index"][0]["results"][0]["metrics"]}
+    assert metrics["accuracy"] == pytest.approx(outcome.challenger_accuracy, abs=1e-6)
+    details = header["ticket_retrainer"]
+    etag = read_manifest(flow_store)[0].objects["incoming/batch-1.csv"].etag
+    assert details["lineage"] == [{"key": "incoming/batch-1.csv", "etag": etag, "rows": 300}]
+    assert details["training"]["learning_rate"] == LEARNS.learning_rate
+    assert details["dataset_version"] == outcome.dataset_version
+    assert details["code_version"].startswith("0.1.0") and "torch" in details["library_versions"]
 
 
 def test_a_second_run_without_new_objects_ingests_nothing(flow_store):
@@ -83,8 +110,11 @@ def test_a_worse_challenger_is_not_published_and_the_pointer_is_unchanged(flow_s
     assert outcome.batches_ingested == 1
     assert outcome.champion_version == champion.challenger_version
     assert outcome.challenger_accuracy < outcome.champion_accuracy
+    assert outcome.challenger_new_data.examples == outcome.champion_new_data.examples > 0
     assert read_production_pointer(flow_store) == pointer_before
     assert _model_versions(flow_store) == {champion.challenger_version}
+    assert flow_store.list_objects(f"reports/{outcome.run_id}/confusion_matrix.png")
+    assert read_history(flow_store)[-1].action == "kept"
 
 
 def test_a_better_challenger_is_published_and_the_old_version_is_kept(flow_store):
@@ -92,13 +122,102 @@ def test_a_better_challenger_is_published_and_the_old_version_is_kept(flow_store
     weak = retrain(training=LEARNS_NOTHING)
     _drop_batch(flow_store, "batch-2.csv", 150, seed=2)
 
-    outcome = retrain(training=LEARNS)
+    outcome = retrain(training=LEARNS, gate=NO_RECALL_GUARD)
 
     assert outcome.status == "promoted"
     assert outcome.challenger_accuracy > outcome.champion_accuracy
     assert outcome.champion_version == weak.challenger_version
-    assert read_production_pointer(flow_store)[0].version == outcome.challenger_version
+    pointer = read_production_pointer(flow_store)[0]
+    assert (pointer.version, pointer.previous_version) == (
+        outcome.challenger_version,
+        weak.challenger_version,
+    )
     assert _model_versions(flow_store) == {weak.challenger_version, outcome.challenger_version}
+
+
+def test_a_forced_promotion_needs_a_reason_and_is_audited(flow_store):
+    _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
+    champion = retrain(training=LEARNS)
+    _drop_batch(flow_store, "batch-2.csv", 150, seed=2)
+    with pytest.raises(ValueError, match="force_reason"):
+        retrain(training=LEARNS_NOTHING, force=True)
+
+    outcome = retrain(
+        training=LEARNS_NOTHING, force=True, force_reason="incident 7: roll the new label set out"
+    )
+
+    assert outcome.status == "forced"
+    assert outcome.challenger_accuracy < outcome.champion_accuracy  # the rule alone would have kept it
+    pointer = read_production_pointer(flow_store)[0]
+    assert (pointer.version, pointer.action) == (outcome.challenger_version, "forced")
+    assert pointer.previous_version == champion.challenger_version
+    record = read_history(flow_store)[-1]
+    assert (record.action, record.forced_reason) == ("forced", "incident 7: roll the new label set out")
+    assert "FORCED" in record.reasons[0]
+
+
+def test_a_smoke_test_failure_blocks_publication(flow_store):
+    _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
+    impossible = GatePolicy(min_canary_accuracy=1.0)  # a random model cannot get all canaries right
+
+    outcome = retrain(training=LEARNS_NOTHING, gate=impossible)
+
+    assert outcome.status == "smoke-failed"
+    assert read_production_pointer(flow_store) == (None, None)
+    assert any("canary accuracy" in reason and "below the required" in reason for reason in outcome.reasons)
+    assert read_history(flow_store)[-1].action == "smoke-failed"
+    assert retrain(training=LEARNS).status == "promoted"  # same data, no champion: the next run tries again
+
+
+def test_a_crash_between_upload_and_flip_leaves_the_champion_and_the_next_run_works(flow_store, tmp_path):
+    _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
+    champion = retrain(training=LEARNS)
+    # A run that died after uploading (one complete version, one half-uploaded) but before the flip:
+    orphan = shutil.copytree(
+        fetch_model(flow_store, champion.challenger_version, tmp_path / "c"), tmp_path / "o"
+    )
+    (orphan / "metrics.json").unlink()
+    publish_model(flow_store, orphan, "m-orphan-complete", {"accuracy": 1.0})
+    flow_store.put("models/m-orphan-partial/config.json", b"{}")
+    assert read_production_pointer(flow_store)[0].version == champion.challenger_version
+
+    _drop_batch(flow_store, "batch-2.csv", 150, seed=2)
+    outcome = retrain(training=LEARNS, gate=NO_RECALL_GUARD)
+
+    assert outcome.status in {"promoted", "kept"}
+    assert outcome.champion_version == champion.challenger_version
+    assert "m-orphan-partial" not in _model_versions(flow_store)
+
+
+def test_the_decision_summary_is_sent_through_the_configured_notification_block(flow_store, monkeypatch):
+    _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
+    block_name = f"alerts-{uuid.uuid4().hex[:8]}"
+    with Receiver() as receiver:
+        CustomWebhookNotificationBlock(
+            name="retrainer",
+            url=receiver.url,
+            json_data={"subject": "{{subject}}", "text": "{{body}}"},
+            allow_private_urls=True,
+        ).save(block_name)
+        monkeypatch.setenv("RETRAINER_NOTIFICATION_BLOCK", f"custom-webhook/{block_name}")
+
+        outcome = retrain(training=LEARNS)
+
+    [payload] = receiver.payloads
+    assert payload["subject"] == f"ticket-retrainer: promoted (run {outcome.run_id})"
+    assert f"{outcome.challenger_accuracy:.4f}" in payload["text"] and "no champion yet" in payload["text"]
+
+
+def test_a_notification_that_cannot_be_delivered_fails_the_run_loudly(flow_store, monkeypatch):
+    _drop_batch(flow_store, "batch-1.csv", 60, seed=1)
+    with Receiver() as closed:
+        url = closed.url  # the port is closed once the receiver stops
+    block_name = f"alerts-{uuid.uuid4().hex[:8]}"
+    CustomWebhookNotificationBlock(name="retrainer", url=url, allow_private_urls=True).save(block_name)
+    monkeypatch.setenv("RETRAINER_NOTIFICATION_BLOCK", f"custom-webhook/{block_name}")
+
+    with pytest.raises(Exception, match="onnect"):
+        retrain(training=LEARNS)
 
 
 def _latest_report_markdown() -> str:
@@ -112,3 +231,27 @@ def _latest_report_markdown() -> str:
             return artifacts[0].data
 
     return asyncio.run(read())
+
+
+def test_a_run_that_loses_the_promotion_race_reports_it_and_changes_nothing(flow_store, tmp_path):
+    _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
+    champion = retrain(training=LEARNS)
+    pointer, etag_read_by_both = read_production_pointer(flow_store)
+    model_dir = fetch_model(flow_store, champion.challenger_version, tmp_path / "cache")
+    for racer in ("m-winner", "m-loser"):
+        racer_dir = shutil.copytree(model_dir, tmp_path / racer)
+        (racer_dir / "metrics.json").unlink()
+        publish_model(flow_store, racer_dir, racer, {"accuracy": 0.9})
+    settings = load_settings()
+
+    outcomes = {}
+    for racer in ("m-winner", "m-loser"):  # both read the same pointer ETag before either flipped
+        outcomes[racer] = RetrainOutcome(status="kept", run_id=racer, challenger_version=racer)
+        decision = Decision(promote=True, reasons=["test"])
+        smoke_and_flip(
+            flow_store, settings, tmp_path / racer, decision, pointer, etag_read_by_both, outcomes[racer]
+        )
+
+    assert (outcomes["m-winner"].status, outcomes["m-loser"].status) == ("promoted", "lost-race")
+    assert "changed nothing" in outcomes["m-loser"].reasons[-1]
+    assert read_production_pointer(flow_store)[0].version == "m-winner"

@@ -1,0 +1,82 @@
+"""Smoke test: the published artifacts, loaded back from S3 into a fresh cache, must work.
+
+Run after upload and before the pointer flips: a model that does not load, predicts outside the
+label set, or predicts differently after a reload never reaches production.
+"""
+
+import tempfile
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from retrainer import LABELS
+from retrainer.storage import ObjectStore
+from tasks.common import once_task
+from tasks.evaluate import predict_probabilities
+from tasks.registry import fetch_model
+
+CANARY_TICKETS: tuple[tuple[str, str], ...] = (
+    ("The app crashes every time I click save", "bug"),
+    ("Getting a 500 error when I open the billing page", "bug"),
+    ("Login page spins forever after the update and never loads", "bug"),
+    ("Exported CSV has duplicated rows and wrong totals", "bug"),
+    ("Please add a dark mode", "feature_request"),
+    ("It would be great to export reports to Excel", "feature_request"),
+    ("Could you support single sign-on with Okta?", "feature_request"),
+    ("We would love keyboard shortcuts in the editor", "feature_request"),
+    ("How do I change the email address on my account?", "general_inquiry"),
+    ("What are your support hours on weekends?", "general_inquiry"),
+    ("Can I get an invoice for last month?", "general_inquiry"),
+    ("Is my data stored in the EU?", "general_inquiry"),
+)
+
+
+class SmokeResult(BaseModel):
+    """The smoke test's verdict."""
+
+    passed: bool
+    reasons: list[str]
+    canary_accuracy: float | None = None
+
+
+def smoke_test(
+    store: ObjectStore,
+    version: str,
+    reference_dir: Path,
+    scratch_dir: Path,
+    max_length: int,
+    min_canary_accuracy: float,
+) -> SmokeResult:
+    """Load `version` from S3 into a fresh cache and check it against the local `reference_dir` model."""
+    texts = [text for text, _ in CANARY_TICKETS]
+    try:
+        with tempfile.TemporaryDirectory(prefix="smoke-", dir=scratch_dir) as fresh_cache:
+            published = fetch_model(store, version, Path(fresh_cache))
+            first = predict_probabilities(published, texts, max_length)
+            reloaded = predict_probabilities(published, texts, max_length)
+        reference = predict_probabilities(reference_dir, texts, max_length)
+    except Exception as error:  # any failure to load or predict is exactly what this test is for
+        return SmokeResult(
+            passed=False, reasons=[f"smoke test: {version} failed to load or predict: {error!r}"]
+        )
+    return _verdict(first, reloaded, reference, min_canary_accuracy)
+
+
+def _verdict(first, reloaded, reference, min_canary_accuracy: float) -> SmokeResult:
+    predicted = first.argmax(dim=-1).tolist()
+    expected = [LABELS.index(label) for _, label in CANARY_TICKETS]
+    accuracy = sum(p == e for p, e in zip(predicted, expected, strict=True)) / len(expected)
+    problems = []
+    if not all(0 <= label_id < len(LABELS) for label_id in predicted):
+        problems.append("predictions outside the label set")
+    if predicted != reloaded.argmax(dim=-1).tolist() or not first.allclose(reloaded, atol=1e-4):
+        problems.append("predictions change between two loads of the published files")
+    if predicted != reference.argmax(dim=-1).tolist():
+        problems.append("the published files predict differently from the model that was trained")
+    if accuracy < min_canary_accuracy:
+        problems.append(f"canary accuracy {accuracy:.2f} is below the required {min_canary_accuracy:.2f}")
+    summary = f"smoke test: {len(CANARY_TICKETS)} canary tickets, canary accuracy {accuracy:.2f}"
+    return SmokeResult(passed=not problems, reasons=[summary, *problems], canary_accuracy=accuracy)
+
+
+smoke_test_task = once_task(smoke_test, "smoke-test")
