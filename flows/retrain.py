@@ -4,6 +4,7 @@ It only wires tasks; the work lives in ``tasks/``. Settings are read when the fl
 """
 
 import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -63,6 +64,17 @@ from tasks.train import fine_tune_task
 from tasks.validate import ValidatedBatch, quarantine_batch_task, validate_batch_task
 
 
+@dataclass(frozen=True)
+class Run:
+    """What every step of one retrain run works with."""
+
+    store: ObjectStore
+    settings: RetrainerSettings
+    outcome: RetrainOutcome
+    pointer: ProductionPointer | None = None
+    pointer_etag: str | None = None  # what a promotion's compare-and-swap expects
+
+
 @flow(name="retrain")
 def retrain(
     training: TrainingConfig | None = None,
@@ -119,7 +131,8 @@ def retrain(
             champion = score_model_task(champion_dir, splits[EVAL], settings.training.max_length, new_rows)
         decision = decide_promotion(challenger, champion, settings.gate, outcome.forced_reason)
         _record_scores(outcome, challenger, pointer, champion, decision)
-        decide_and_publish(store, settings, curated, challenger_dir, decision, pointer, pointer_etag, outcome)
+        run = Run(store, settings, outcome, pointer, pointer_etag)
+        decide_and_publish(run, curated, challenger_dir, decision)
     return finish(settings, outcome)
 
 
@@ -151,17 +164,9 @@ def ingest_new_batches(
     return curated, {(result.key, result.etag) for result in validated}
 
 
-def decide_and_publish(
-    store: ObjectStore,
-    settings: RetrainerSettings,
-    curated: pd.DataFrame,
-    challenger_dir: Path,
-    decision: Decision,
-    pointer: ProductionPointer | None,
-    pointer_etag: str | None,
-    outcome: RetrainOutcome,
-) -> None:
+def decide_and_publish(run: Run, curated: pd.DataFrame, challenger_dir: Path, decision: Decision) -> None:
     """Draw the report pictures, then publish + smoke-test + flip when the gate says promote."""
+    store, settings, outcome = run.store, run.settings, run.outcome
     pictures = challenger_dir / "reports"
     pictures.mkdir()
     draw_confusion_matrices(outcome, pictures / CONFUSION_PNG)
@@ -175,23 +180,16 @@ def decide_and_publish(
             store.uri(f"{store.settings.models_prefix}{outcome.challenger_version}/reports/{name}")
             for name in (CONFUSION_PNG, ACCURACY_PNG)
         ]
-        smoke_and_flip(store, settings, challenger_dir, decision, pointer, pointer_etag, outcome)
+        smoke_and_flip(run, challenger_dir, decision)
     else:
         prefix = f"{store.settings.reports_prefix}{outcome.run_id}/"
         outcome.report_uris = [store.uri(key) for key in store.upload_dir(pictures, prefix)]
-    record_decision_task(store, _decision_record(outcome, pointer))
+    record_decision_task(store, _decision_record(outcome, run.pointer))
 
 
-def smoke_and_flip(
-    store: ObjectStore,
-    settings: RetrainerSettings,
-    challenger_dir: Path,
-    decision: Decision,
-    pointer: ProductionPointer | None,
-    pointer_etag: str | None,
-    outcome: RetrainOutcome,
-) -> None:
+def smoke_and_flip(run: Run, challenger_dir: Path, decision: Decision) -> None:
     """Smoke-test the published files, then flip the production pointer to them (compare-and-swap)."""
+    store, settings, outcome = run.store, run.settings, run.outcome
     smoke = smoke_test_task(
         store,
         outcome.challenger_version,
@@ -212,10 +210,10 @@ def smoke_and_flip(
         promoted_at=datetime.now(UTC),
         run_id=outcome.run_id,
         action="forced" if decision.forced else "promoted",
-        previous_version=pointer.version if pointer else None,
+        previous_version=run.pointer.version if run.pointer else None,
     )
     try:
-        flip_production_pointer_task(store, new_pointer, pointer_etag)
+        flip_production_pointer_task(store, new_pointer, run.pointer_etag)
     except PreconditionFailedError:
         outcome.status = "lost-race"
         outcome.reasons.append("another run changed the production pointer first; this run changed nothing")

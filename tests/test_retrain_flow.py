@@ -10,7 +10,7 @@ from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from flows.retrain import retrain, smoke_and_flip
+from flows.retrain import Run, retrain, smoke_and_flip
 from retrainer import LABELS
 from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import GatePolicy, TrainingConfig, load_settings
@@ -249,7 +249,7 @@ def test_a_run_that_loses_the_promotion_race_reports_it_and_changes_nothing(flow
         outcomes[racer] = RetrainOutcome(status="kept", run_id=racer, challenger_version=racer)
         decision = Decision(promote=True, reasons=["test"])
         smoke_and_flip(
-            flow_store, settings, tmp_path / racer, decision, pointer, etag_read_by_both, outcomes[racer]
+            Run(flow_store, settings, outcomes[racer], pointer, etag_read_by_both), tmp_path / racer, decision
         )
 
     assert (outcomes["m-winner"].status, outcomes["m-loser"].status) == ("promoted", "lost-race")

@@ -3,11 +3,11 @@
 Loaded by path through `evaluate.load(<this folder>)`; see `retrainer.metrics.load_metric`.
 """
 
-import datasets
 import evaluate
 
+from retrainer.metrics import label_id_metric_info
+
 _DESCRIPTION = "Accuracy: the share of predictions equal to the reference label."
-_CITATION = ""
 _KWARGS_DESCRIPTION = """
 Args:
     predictions (list of int): predicted label ids.
@@ -17,17 +17,9 @@ Returns:
 """
 
 
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Accuracy(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int32"), "references": datasets.Value("int32")}
-            ),
-        )
+        return label_id_metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references):
         total = len(references)

@@ -3,12 +3,12 @@
 Loaded by path through `evaluate.load(<this folder>)`; see `retrainer.metrics.load_metric`.
 """
 
-import datasets
 import evaluate
 import numpy as np
 
+from retrainer.metrics import label_id_metric_info
+
 _DESCRIPTION = "Confusion matrix, per-class precision/recall/F1 and macro F1 for single-label classification."
-_CITATION = ""
 _KWARGS_DESCRIPTION = """
 Args:
     predictions (list of int): predicted label ids.
@@ -22,17 +22,9 @@ Returns:
 """
 
 
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ClassificationReport(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int32"), "references": datasets.Value("int32")}
-            ),
-        )
+        return label_id_metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references, num_labels):
         matrix = np.zeros((num_labels, num_labels), dtype=np.int64)
