@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean automations
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Server-side alerting: BLOCK names a Prefect notification block, PREFECT_API_URL a Prefect server.
+automations: $(STAMP)
+	@test -n "$(BLOCK)" || { echo "usage: make automations BLOCK=slack-webhook/ml-alerts"; exit 2; }
+	$(BIN)/retrainer alerts apply --block "$(BLOCK)"
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .ruff_cache

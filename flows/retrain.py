@@ -9,13 +9,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
-from prefect import flow, unmapped
+from prefect import flow
 from prefect.runtime import flow_run
 
 from retrainer.provenance import code_version, library_versions
 from retrainer.settings import GatePolicy, RetrainerSettings, TrainingConfig, load_settings
 from retrainer.storage import ObjectStore, PreconditionFailedError
-from tasks.alerts import notify_task
+from tasks.alerts import alert_validation_failed_task, notify_task
 from tasks.dataset import (
     EVAL,
     TRAIN,
@@ -32,7 +32,7 @@ from tasks.gate import Decision, decide_promotion
 from tasks.ingest import (
     commit_manifest_task,
     discover_new_batches_task,
-    load_batch_task,
+    load_batches_task,
     manifest_entry,
     read_manifest_task,
     record_batches,
@@ -58,10 +58,17 @@ from tasks.report import (
     render_model_card,
     render_outcome_markdown,
     report_outcome_task,
+    report_validation_task,
 )
 from tasks.smoke import smoke_test_task
 from tasks.train import fine_tune_task
-from tasks.validate import ValidatedBatch, quarantine_batch_task, validate_batch_task
+from tasks.validate import (
+    ValidatedBatch,
+    ValidationFailedError,
+    quarantine_batches_task,
+    validate_batches_task,
+    validation_failure,
+)
 
 
 @dataclass(frozen=True)
@@ -142,11 +149,17 @@ def ingest_new_batches(
     """Ingest every new batch (quarantining what is bad); the curated dataset and this run's sources."""
     manifest, manifest_etag = read_manifest_task(store)
     new_objects = discover_new_batches_task(store, manifest)
-    loaded = load_batch_task.map(store=unmapped(store), info=new_objects).result()
-    validated = [validate_batch_task(batch) for batch in loaded]
-    for batch, result in zip(loaded, validated, strict=True):
-        quarantine_batch_task(store, outcome.run_id, result, batch.raw)
+    loaded = load_batches_task(store, new_objects, settings.ingest)
     curated = read_curated_task(store, manifest.dataset_version)
+    validated = validate_batches_task(
+        loaded,
+        settings.validation,
+        settings.ingest.label_aliases,
+        curated,
+        settings.eval_fraction,
+        settings.validation_fraction,
+    )
+    quarantine_batches_task(store, outcome.run_id, validated, [batch.raw for batch in loaded])
     dataset_version = manifest.dataset_version
     accepted = [result.accepted for result in validated if not result.accepted.empty]
     if accepted:
@@ -161,6 +174,12 @@ def ingest_new_batches(
         entries = {result.key: _entry(result, outcome.run_id) for result in validated}
         commit_manifest_task(store, record_batches(manifest, entries, dataset_version), manifest_etag)
     _count_ingestion(outcome, validated, dataset_version)
+    if validated:
+        report_validation_task(outcome.run_id, validated)
+    failure = validation_failure(validated)
+    if failure:
+        alert_validation_failed_task(settings.notification_block, outcome.run_id, validated, failure)
+        raise ValidationFailedError(failure)
     return curated, {(result.key, result.etag) for result in validated}
 
 

@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--text-column", default="text")
     score.set_defaults(handler=_score)
 
+    alerts = commands.add_parser("alerts", help="server-side alerting (Prefect automations)")
+    alerts_commands = alerts.add_subparsers(required=True, metavar="COMMAND")
+    apply = alerts_commands.add_parser("apply", help="create or replace the project's automations")
+    apply.add_argument("--block", required=True, help="notification block, e.g. slack-webhook/ml-alerts")
+    apply.set_defaults(handler=_apply_alerts)
+
     s3 = commands.add_parser("s3", help="serve a local SeaweedFS S3 on 127.0.0.1 until Ctrl+C")
     s3.add_argument("--dir", type=Path, default=Path(".demo/seaweedfs"), help="SeaweedFS data dir")
     s3.set_defaults(handler=_serve_s3)
@@ -150,6 +156,14 @@ def _score(args) -> int:
     output = args.output or args.input.with_suffix(".scored.csv")
     rows.to_csv(output, index=False)
     print(f"scored {len(rows)} rows with {version} -> {output}")
+    return 0
+
+
+def _apply_alerts(args) -> int:
+    from retrainer.automations import apply_automations
+
+    for name in apply_automations(args.block):
+        print(f"applied automation {name!r} -> {args.block}")
     return 0
 
 

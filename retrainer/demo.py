@@ -15,12 +15,30 @@ from retrainer.seaweed import LocalS3
 DEMO_ACCESS_KEY = "retrainer-demo"
 DEMO_SECRET_KEY = "retrainer-demo-secret"  # a local, loopback-only store; never a real credential
 DEMO_BUCKET = "ticket-retrainer"
+# A batch with two bad rows in twelve (under the 20% bad-row limit): they are quarantined, the rest go on.
 BAD_BATCH = (
-    b"ticket_id,text,label,created_at\n"
-    b"BAD-1,Export to PDF crashes the app,bug,2026-02-01T10:00:00+00:00\n"
-    b"BAD-2,,bug,2026-02-01T10:00:00+00:00\n"
-    b"BAD-3,Can we get SSO?,feature,2026-02-01T10:00:00+00:00\n"
-)
+    "ticket_id,text,label,created_at\n"
+    + "".join(
+        f"MIX-{n},{text},{label},2026-02-01T10:00:00+00:00\n"
+        for n, (text, label) in enumerate(
+            [
+                ("Export to PDF crashes the app on large reports", "bug"),
+                ("", "bug"),
+                ("Can we get SSO with Azure AD?", "feature"),
+                ("Where do I download last year's invoices?", "question"),
+                ("Sync fails with error 409 after the update", "bug"),
+                ("Please add a Gantt view to projects", "feature_request"),
+                ("Is there an on-premise version?", "general_inquiry"),
+                ("Uploads over 2 GB stop at 99 percent", "bug"),
+                ("It would help to pin comments", "feature_request"),
+                ("How do I remove a user from the billing plan?", "general_inquiry"),
+                ("Mobile app logs me out every hour", "urgent"),
+                ("Let us export dashboards as PNG", "feature_request"),
+            ],
+            start=1,
+        )
+    )
+).encode()
 
 
 def run_demo(workdir: Path, first_batch: int = 600, second_batch: int = 300) -> None:

@@ -123,6 +123,16 @@ _AMBIGUOUS_TEMPLATES = [
 ]
 _AMBIGUOUS_SHARE = 0.08
 _OPENERS = ["", "", "", "Hi team, ", "Hello, ", "Hey, ", "Quick question: ", "Urgent: ", "FYI: "]
+_CONTEXTS = [
+    "",
+    "Account {n}.",
+    "Workspace {n}.",
+    "Ticket ref {n}.",
+    "Our team has {small} users.",
+    "This started {small} days ago.",
+    "Order #{n}.",
+    "Seen by {small} colleagues.",
+]
 _CLOSERS = ["", "", "", " Thanks!", " Thank you.", " Any help appreciated.", " Cheers", " :("]
 _TEMPLATES = {
     "bug": _BUG_TEMPLATES,
@@ -140,13 +150,17 @@ def generate_tickets(
     """
     rng = random.Random(seed)
     start = start or datetime(2026, 1, 1, tzinfo=UTC)
-    rows = []
+    rows, seen = [], set()
     for index in range(count):
         label = LABELS[index % len(LABELS)]
+        text = _ticket_text(rng, label)
+        while text in seen:  # real queues rarely hold two identical tickets; validation rejects them
+            text = _ticket_text(rng, label)
+        seen.add(text)
         rows.append(
             {
                 "ticket_id": f"{id_prefix}-{seed}-{index:06d}",
-                "text": _ticket_text(rng, label),
+                "text": text,
                 "label": label,
                 "created_at": (start + timedelta(minutes=rng.randint(0, 60 * 24 * 30))).isoformat(),
             }
@@ -168,4 +182,6 @@ def _ticket_text(rng: random.Random, label: str) -> str:
     body = template.format(
         feature=rng.choice(_FEATURES), platform=rng.choice(_PLATFORMS), wish=rng.choice(_WISHES)
     )
-    return f"{rng.choice(_OPENERS)}{body[0].upper()}{body[1:]}{rng.choice(_CLOSERS)}"
+    context = rng.choice(_CONTEXTS).format(n=rng.randint(1000, 99999), small=rng.randint(2, 40))
+    text = f"{rng.choice(_OPENERS)}{body[0].upper()}{body[1:]}{rng.choice(_CLOSERS)}"
+    return f"{text} {context}".strip()

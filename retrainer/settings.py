@@ -37,6 +37,7 @@ class S3Settings(BaseModel):
     models_prefix: str = Field("models/", description="Published model versions and the pointer.")
     reports_prefix: str = Field("reports/", description="Decision reports of runs that published nothing.")
     max_attempts: int = Field(5, ge=1, le=20, description="botocore retry attempts (standard mode).")
+    max_pool_connections: int = Field(32, ge=1, le=512, description="HTTP connections kept per client.")
 
 
 class TrainingConfig(BaseModel):
@@ -72,6 +73,42 @@ class GatePolicy(BaseModel):
     )
 
 
+class IngestSettings(BaseModel):
+    """How batch files are read."""
+
+    column_aliases: dict[str, str] = Field(
+        default_factory=lambda: {"body": "text", "description": "text", "category": "label"},
+        description="Source column name -> canonical name (ticket_id, text, label, created_at).",
+    )
+    label_aliases: dict[str, str] = Field(
+        default_factory=lambda: {"feature": "feature_request", "question": "general_inquiry"},
+        description="Source label (lower-cased) -> label in the label set.",
+    )
+    max_object_bytes: int = Field(256 * 2**20, ge=1, description="Larger objects are quarantined unread.")
+    max_concurrency: int = Field(16, ge=1, le=256, description="Objects downloaded and parsed at once.")
+
+
+class ValidationPolicy(BaseModel):
+    """What makes a row bad, and when a whole batch is rejected."""
+
+    min_text_chars: int = Field(3, ge=1, description="Shorter texts are rejected.")
+    max_text_chars: int = Field(20_000, ge=1, description="Longer texts are rejected (not truncated).")
+    max_bad_row_share: float = Field(
+        0.2, ge=0.0, le=1.0, description="More bad rows than this: batch rejected."
+    )
+    min_rows_per_batch: int = Field(1, ge=1, description="Batches with fewer good rows are rejected.")
+    min_rows_per_class: int = Field(0, ge=0, description="Per label, in each batch (0: no minimum).")
+    max_label_drift: float = Field(
+        0.3, ge=0.0, le=1.0, description="Total variation distance of the batch's labels vs the curated data."
+    )
+    max_length_drift: float = Field(
+        1.0, ge=0.0, description="Relative change of median text length vs the curated data."
+    )
+    drift_min_rows: int = Field(
+        100, ge=1, description="Drift is only judged when batch and curated data are this big."
+    )
+
+
 class RetrainerSettings(BaseSettings):
     """All configuration of a retraining run."""
 
@@ -80,6 +117,8 @@ class RetrainerSettings(BaseSettings):
     s3: S3Settings = Field(default_factory=S3Settings)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     gate: GatePolicy = Field(default_factory=GatePolicy)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    validation: ValidationPolicy = Field(default_factory=ValidationPolicy)
     notification_block: str | None = Field(
         None, description="Name of a Prefect notification block that receives each run's decision summary."
     )

@@ -137,7 +137,10 @@ class ObjectStore:
 
 
 def _build_client(settings: S3Settings):
-    config = Config(retries={"max_attempts": settings.max_attempts, "mode": "standard"})
+    config = Config(
+        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+        max_pool_connections=settings.max_pool_connections,  # concurrent loads need more than the default 10
+    )
     return boto3.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config)
 
 

@@ -2,8 +2,9 @@
 
 from pathlib import Path
 
+import pandas as pd
 import yaml
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
 from retrainer import LABELS
@@ -12,8 +13,12 @@ from retrainer.settings import hub_id_of
 from tasks.common import once_task
 from tasks.evaluate import EvalReport
 from tasks.registry import PRODUCTION_CHANGES, DecisionRecord
+from tasks.validate import ValidatedBatch
 
 DECISION_ARTIFACT_KEY = "retrain-decision"
+VALIDATION_ARTIFACT_KEY = "validation-report"
+VALIDATION_TABLE_KEY = "validation-batches"
+EXAMPLES_PER_REASON = 3
 CONFUSION_PNG = "confusion_matrix.png"
 ACCURACY_PNG = "production_accuracy.png"
 
@@ -178,6 +183,68 @@ def report_outcome(outcome: RetrainOutcome) -> RetrainOutcome:
     return outcome
 
 
+def render_validation_markdown(run_id: str, batches: list[ValidatedBatch]) -> str:
+    """The validation report: per-batch counts and verdicts, reason counts, escaped examples."""
+    lines = [
+        f"# Validation of run `{run_id}`",
+        "",
+        "| batch | rows | accepted | quarantined | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for batch in batches:
+        verdict = "REJECTED: " + _escape("; ".join(batch.batch_errors)) if batch.rejected_whole else "ok"
+        counts = f"{batch.rows} | {len(batch.accepted)} | {len(batch.rejected)}"
+        lines.append(f"| `{_code_safe(batch.key)}` | {counts} | {verdict} |")
+    rejected = [batch.rejected.assign(batch=batch.key) for batch in batches if not batch.rejected.empty]
+    if rejected:
+        lines += ["", "## Reasons", *_reason_examples(rejected)]
+    return "\n".join(lines)
+
+
+def validation_table(batches: list[ValidatedBatch]) -> list[dict]:
+    """One row per batch, for the table artifact."""
+    return [
+        {
+            "batch": batch.key,
+            "rows": batch.rows,
+            "accepted": len(batch.accepted),
+            "quarantined": len(batch.rejected),
+            "rejected_whole": batch.rejected_whole,
+            "reasons": "; ".join(batch.batch_errors),
+        }
+        for batch in batches
+    ]
+
+
+def report_validation(run_id: str, batches: list[ValidatedBatch]) -> None:
+    """Attach the validation report (markdown) and the per-batch table to the run."""
+    create_markdown_artifact(
+        markdown=render_validation_markdown(run_id, batches),
+        key=VALIDATION_ARTIFACT_KEY,
+        description="Validation",
+    )
+    create_table_artifact(table=validation_table(batches), key=VALIDATION_TABLE_KEY, description="Batches")
+
+
+def _reason_examples(rejected: list[pd.DataFrame]) -> list[str]:
+    rows = pd.concat(rejected, ignore_index=True)
+    rows["kind"] = rows["reason"].astype(str).str.replace(r"\(got .*?\)", "", regex=True).str.slice(0, 120)
+    lines = []
+    for kind, group in rows.groupby("kind", sort=False):
+        lines.append(f"- **{len(group)}** × {_escape(kind)}")
+        for example in group.head(EXAMPLES_PER_REASON).itertuples():
+            text = _preview_text(getattr(example, "text", ""))
+            lines.append(f"  - `{_code_safe(str(example.batch))}` row {example.source_row}: `{text}`")
+    return lines
+
+
+def _preview_text(value) -> str:
+    """A short, inert preview of ticket text for a report (inside an inline-code span)."""
+    text = value if isinstance(value, str) else repr(value)
+    text = "".join(char if char.isprintable() else " " for char in text)
+    return _code_safe(text[:100] + ("…" if len(text) > 100 else ""))
+
+
 _CARD_FIELDS = (
     "version",
     "dataset_version",
@@ -242,8 +309,9 @@ def _escape(text: str) -> str:
 
 
 def _code_safe(text: str) -> str:
-    """Keep a value inside its inline-code span (no backticks, no line breaks)."""
-    return text.replace("`", "'").replace("\n", " ")
+    """Keep a value inside its inline-code span (no backticks, no line breaks, no table pipes)."""
+    return text.replace("`", "'").replace("\n", " ").replace("\r", " ").replace("|", "\\|")
 
 
 report_outcome_task = once_task(report_outcome, "report-outcome")
+report_validation_task = once_task(report_validation, "report-validation")

@@ -67,3 +67,11 @@ def retrain_env(monkeypatch, s3_settings, tiny_model_dir, tmp_path, prefect_api)
     monkeypatch.setenv("RETRAINER_BASE_MODEL", str(tiny_model_dir))
     monkeypatch.setenv("RETRAINER_WORK_DIR", str(tmp_path / "work"))
     return s3_settings
+
+
+@pytest.fixture
+def flow_store_env(retrain_env) -> ObjectStore:
+    """The store of a flow test's bucket (the environment points the retrain flow at it)."""
+    store = ObjectStore(retrain_env)
+    store.ensure_bucket()
+    return store

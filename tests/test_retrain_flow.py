@@ -2,6 +2,7 @@
 
 import asyncio
 import shutil
+import time
 import uuid
 
 import pytest
@@ -34,6 +35,21 @@ def flow_store(retrain_env) -> ObjectStore:
     return store
 
 
+@pytest.fixture
+def webhook(monkeypatch):
+    """A real HTTP receiver behind a saved CustomWebhookNotificationBlock named in the settings."""
+    block_name = f"alerts-{uuid.uuid4().hex[:8]}"
+    with Receiver() as receiver:
+        CustomWebhookNotificationBlock(
+            name="retrainer",
+            url=receiver.url,
+            json_data={"subject": "{{subject}}", "text": "{{body}}"},
+            allow_private_urls=True,
+        ).save(block_name)
+        monkeypatch.setenv("RETRAINER_NOTIFICATION_BLOCK", f"custom-webhook/{block_name}")
+        yield receiver
+
+
 def _drop_batch(store: ObjectStore, name: str, count: int, seed: int) -> None:
     store.put(f"incoming/{name}", tickets_to_csv(generate_tickets(count, seed=seed, id_prefix=name)))
 
@@ -44,12 +60,15 @@ def _model_versions(store: ObjectStore) -> set[str]:
 
 def test_first_run_publishes_a_loadable_safetensors_model_with_card_and_reports(flow_store, tmp_path):
     _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
-    flow_store.put("incoming/broken.csv", b"ticket_id,text,label\nX-1,crash,bug\nX-2,,bug\nX-3,hi,spam\n")
+    mostly_good = "ticket_id,text,label\n" + "".join(
+        f"X-{n},Crash number {n} on save,bug\n" for n in range(9)
+    )
+    flow_store.put("incoming/broken.csv", (mostly_good + "X-9,,bug\n").encode())  # 10% bad: under the limit
 
     outcome = retrain(training=LEARNS)
 
     assert outcome.status == "promoted"
-    assert (outcome.batches_ingested, outcome.rows_accepted, outcome.rows_quarantined) == (2, 301, 2)
+    assert (outcome.batches_ingested, outcome.rows_accepted, outcome.rows_quarantined) == (2, 309, 1)
     pointer, _ = read_production_pointer(flow_store)
     assert pointer.version == outcome.challenger_version == outcome.production_version
     files = {info.key.split("/", 2)[2] for info in flow_store.list_objects(f"models/{pointer.version}/")}
@@ -61,7 +80,7 @@ def test_first_run_publishes_a_loadable_safetensors_model_with_card_and_reports(
     assert all(0 <= label_id < len(LABELS) for label_id in predictions)
     assert (model_dir / "reports" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     manifest, _ = read_manifest(flow_store)
-    assert manifest.objects["incoming/broken.csv"].quarantined == 2
+    assert manifest.objects["incoming/broken.csv"].quarantined == 1
     assert flow_store.list_objects(f"quarantine/{outcome.run_id}/broken.csv")
     report = _latest_report_markdown()
     assert "**promoted**" in report and "McNemar" in report and "recall" in report
@@ -189,21 +208,12 @@ def test_a_crash_between_upload_and_flip_leaves_the_champion_and_the_next_run_wo
     assert "m-orphan-partial" not in _model_versions(flow_store)
 
 
-def test_the_decision_summary_is_sent_through_the_configured_notification_block(flow_store, monkeypatch):
+def test_the_decision_summary_is_sent_through_the_configured_notification_block(flow_store, webhook):
     _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
-    block_name = f"alerts-{uuid.uuid4().hex[:8]}"
-    with Receiver() as receiver:
-        CustomWebhookNotificationBlock(
-            name="retrainer",
-            url=receiver.url,
-            json_data={"subject": "{{subject}}", "text": "{{body}}"},
-            allow_private_urls=True,
-        ).save(block_name)
-        monkeypatch.setenv("RETRAINER_NOTIFICATION_BLOCK", f"custom-webhook/{block_name}")
 
-        outcome = retrain(training=LEARNS)
+    outcome = retrain(training=LEARNS)
 
-    [payload] = receiver.payloads
+    [payload] = webhook.payloads
     assert payload["subject"] == f"ticket-retrainer: promoted (run {outcome.run_id})"
     assert f"{outcome.challenger_accuracy:.4f}" in payload["text"] and "no champion yet" in payload["text"]
 
@@ -255,3 +265,48 @@ def test_a_run_that_loses_the_promotion_race_reports_it_and_changes_nothing(flow
     assert (outcomes["m-winner"].status, outcomes["m-loser"].status) == ("promoted", "lost-race")
     assert "changed nothing" in outcomes["m-loser"].reasons[-1]
     assert read_production_pointer(flow_store)[0].version == "m-winner"
+
+
+def test_a_rejected_batch_fails_the_run_alerts_and_skips_training_but_keeps_the_good_batch(
+    flow_store, webhook, monkeypatch
+):
+    _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
+    flow_store.put("incoming/bad.csv", b"ticket_id,label\nB-1,bug\n")  # no text column
+
+    state = retrain(training=LEARNS, return_state=True)
+
+    assert state.is_failed()
+    assert "incoming/bad.csv: missing required column(s) text" in state.message
+    [payload] = webhook.payloads
+    assert payload["subject"].startswith("ticket-retrainer: validation FAILED")
+    assert "incoming/bad.csv: missing required column(s) text (found: ticket_id, label)" in payload["text"]
+    assert read_production_pointer(flow_store) == (None, None)  # training was skipped
+    assert read_manifest(flow_store)[0].objects["incoming/batch-1.csv"].accepted == 300
+    assert _event_payloads("retrainer.validation.failed", "incoming/bad.csv")[0]["reasons"] == [
+        "missing required column(s) text (found: ticket_id, label)"
+    ]
+    monkeypatch.delenv("RETRAINER_NOTIFICATION_BLOCK")
+    assert retrain(training=LEARNS).status == "promoted"  # the next run trains on the good batch
+
+
+def _event_payloads(event: str, batch_key: str) -> list[dict]:
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    async def read() -> list[dict]:
+        async with get_client() as client:
+            response = await client._client.post(
+                "/events/filter",
+                json={
+                    "filter": EventFilter(
+                        event=EventNameFilter(name=[event]),
+                        resource=EventResourceFilter(id=[f"ticket-retrainer.batch.{batch_key}"]),
+                    ).model_dump(mode="json")
+                },
+            )
+            response.raise_for_status()
+            return [item["payload"] for item in response.json()["events"]]
+
+    deadline = time.monotonic() + 20  # events reach the API asynchronously
+    while not (payloads := asyncio.run(read())) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return payloads

@@ -25,4 +25,5 @@ def test_csv_batches_parse_back_unchanged():
     tickets = generate_tickets(50, seed=1)
 
     parsed = parse_batch(tickets_to_csv(tickets), "incoming/batch.csv")
+    assert list(parsed.pop("_row")) == list(range(1, 51))  # 1-based record numbers for error messages
     assert parsed.equals(tickets)
