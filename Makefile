@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: demo test lint clean automations
+.PHONY: demo test lint clean automations setup deploy
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ lint: $(STAMP)
 automations: $(STAMP)
 	@test -n "$(BLOCK)" || { echo "usage: make automations BLOCK=slack-webhook/ml-alerts"; exit 2; }
 	$(BIN)/retrainer alerts apply --block "$(BLOCK)"
+
+# Against a Prefect server (PREFECT_API_URL): work pools (+ automations with BLOCK=...), then deployments.
+setup: $(STAMP)
+	$(BIN)/retrainer setup $(if $(BLOCK),--block "$(BLOCK)")
+
+deploy: $(STAMP)
+	$(BIN)/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .ruff_cache

@@ -75,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("--block", required=True, help="notification block, e.g. slack-webhook/ml-alerts")
     apply.set_defaults(handler=_apply_alerts)
 
+    setup = commands.add_parser(
+        "setup", help="create work pools (and, with --block, automations); idempotent"
+    )
+    setup.add_argument("--block", help="notification block for the automations, e.g. slack-webhook/ml-alerts")
+    setup.set_defaults(handler=_setup)
+
     s3 = commands.add_parser("s3", help="serve a local SeaweedFS S3 on 127.0.0.1 until Ctrl+C")
     s3.add_argument("--dir", type=Path, default=Path(".demo/seaweedfs"), help="SeaweedFS data dir")
     s3.set_defaults(handler=_serve_s3)
@@ -164,6 +170,14 @@ def _apply_alerts(args) -> int:
 
     for name in apply_automations(args.block):
         print(f"applied automation {name!r} -> {args.block}")
+    return 0
+
+
+def _setup(args) -> int:
+    from retrainer.platform import set_up
+
+    for action in set_up(args.block):
+        print(action)
     return 0
 
 

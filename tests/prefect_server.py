@@ -44,6 +44,7 @@ class PrefectServer:
             str(self.port),
         ]
         env = {key: value for key, value in self.environment().items() if key != "PREFECT_API_URL"}
+        env["PREFECT_UI_API_URL"] = self.api_url  # the UI in a browser must call this port, not 4200
         log = (self.home / "server.log").open("wb")
         self.process = subprocess.Popen(
             command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -1,0 +1,117 @@
+"""The Prefect UI in a real browser (Debian's Chromium driven by Playwright): find the
+nightly-retrain deployment, open a custom run with its typed parameters, start it, see it complete."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from retrainer.samples import generate_tickets, tickets_to_csv
+from tasks.registry import read_production_pointer
+from tests.prefect_server import PrefectServer
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = ROOT / ".test-artifacts" / "browser"
+# Quiet, offline-safe flags: without the background-networking ones Chromium dials out at start.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def chromium() -> str:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    return CHROMIUM
+
+
+def _flow_run_state(server: PrefectServer) -> str | None:
+    request = urllib.request.Request(
+        f"{server.api_url}/flow_runs/filter",
+        data=b"{}",
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        runs = [run for run in json.loads(response.read()) if run["state_type"] != "SCHEDULED"]
+    return runs[0]["state_type"] if runs else None
+
+
+def test_a_custom_run_from_the_ui_completes_and_publishes(chromium, flow_store_env, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    flow_store_env.put("incoming/batch-1.csv", tickets_to_csv(generate_tickets(150, seed=1)))
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with PrefectServer(tmp_path / "prefect") as server:
+        env = {**server.environment(), "RETRAINER_CHECKOUT_DIR": str(ROOT)}
+        for command in (
+            ["-m", "retrainer.cli", "setup"],
+            ["-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"],
+        ):
+            subprocess.run(
+                [sys.executable, *command], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300
+            )
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "cpu", "--type", "process"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page.goto(server.api_url.removesuffix("/api") + "/deployments")
+                page.get_by_text("nightly-retrain").first.click()
+                expect(page.get_by_text("At 02:00 AM every day")).to_be_visible()
+                page.screenshot(path=SCREENSHOTS / "1-deployment.png")
+                page.get_by_role("button", name="Run", exact=True).click()
+                page.get_by_text("Custom run").click()
+                expect(page.get_by_text("force_reason (Optional)")).to_be_visible()
+                page.get_by_text(
+                    "TrainingConfig", exact=True
+                ).click()  # the typed form of the training config
+                expect(page.get_by_text("Learning Rate (Optional)")).to_be_visible()
+                expect(page.get_by_role("spinbutton").first).to_have_value("0.00002")  # the typed default
+                page.screenshot(path=SCREENSHOTS / "2-custom-run-form.png", full_page=True)
+                page.get_by_role("button", name="Submit").click()
+                deadline = time.monotonic() + 600
+                while _flow_run_state(server) not in {"COMPLETED", "FAILED", "CRASHED"}:
+                    assert time.monotonic() < deadline, "the run did not finish in 10 minutes"
+                    time.sleep(2)
+                page.reload()
+                page.screenshot(path=SCREENSHOTS / "3-after-run.png", full_page=True)
+                browser.close()
+            assert _flow_run_state(server) == "COMPLETED"
+        finally:
+            for _ in range(2):  # a worker needs a second SIGTERM to stop
+                if worker.poll() is None:
+                    os.killpg(worker.pid, signal.SIGTERM)
+                    time.sleep(3)
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+    pointer, _ = read_production_pointer(flow_store_env)
+    assert pointer is not None
+    assert shutil.disk_usage(SCREENSHOTS)  # screenshots saved for humans to look at
+    assert sorted(path.name for path in SCREENSHOTS.iterdir()) >= [
+        "1-deployment.png",
+        "2-custom-run-form.png",
+    ]
