@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pandas as pd
 from prefect import flow
+from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
+from flows.fine_tune import fine_tune_flow
 from retrainer.provenance import code_version, library_versions
 from retrainer.settings import GatePolicy, RetrainerSettings, TrainingConfig, load_settings
 from retrainer.storage import ObjectStore, PreconditionFailedError
 from tasks.alerts import alert_validation_failed_task, notify_task
 from tasks.dataset import (
     EVAL,
-    TRAIN,
-    VALIDATION,
     check_splits,
     lineage,
     merge_curated,
@@ -61,7 +61,6 @@ from tasks.report import (
     report_validation_task,
 )
 from tasks.smoke import smoke_test_task
-from tasks.train import fine_tune_task
 from tasks.validate import (
     ValidatedBatch,
     ValidationFailedError,
@@ -122,14 +121,7 @@ def retrain(
         return finish(settings, outcome)
     splits = check_splits(curated)
     with tempfile.TemporaryDirectory(prefix="run-", dir=_scratch(settings)) as run_dir:
-        challenger_dir = fine_tune_task(
-            splits[TRAIN],
-            splits[VALIDATION],
-            settings.base_model,
-            settings.base_model_revision,
-            settings.training,
-            Path(run_dir),
-        )
+        challenger_dir = train_challenger(store, settings, outcome, Path(run_dir))
         new_rows = rows_from_sources(splits[EVAL], new_sources)
         challenger = score_model_task(challenger_dir, splits[EVAL], settings.training.max_length, new_rows)
         champion = None
@@ -141,6 +133,31 @@ def retrain(
         run = Run(store, settings, outcome, pointer, pointer_etag)
         decide_and_publish(run, curated, challenger_dir, decision)
     return finish(settings, outcome)
+
+
+def train_challenger(
+    store: ObjectStore, settings: RetrainerSettings, outcome: RetrainOutcome, run_dir: Path
+) -> Path:
+    """Run the fine-tune flow (as a deployment when configured, else in-process) and fetch its model."""
+    prefix = f"{settings.s3.runs_prefix}{outcome.run_id}/challenger/"
+    parameters = {
+        "dataset_version": outcome.dataset_version,
+        "output_prefix": prefix,
+        "training": settings.training,
+        "base_model": settings.base_model,
+    }
+    if settings.fine_tune_deployment:
+        run = run_deployment(
+            settings.fine_tune_deployment,
+            parameters={**parameters, "training": settings.training.model_dump()},
+            timeout=settings.fine_tune_timeout_s,
+        )
+        if not run.state or not run.state.is_completed():
+            raise RuntimeError(f"fine-tune run {run.name} ended {run.state.name if run.state else 'unknown'}")
+    else:
+        fine_tune_flow(**parameters)
+    store.download_prefix(prefix, run_dir / "challenger")
+    return run_dir / "challenger"
 
 
 def ingest_new_batches(

@@ -8,7 +8,7 @@ them from the standard AWS environment, shared config files or an instance role.
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGED_BASE_MODEL = "packaged:all-MiniLM-L6-v2"
@@ -36,7 +36,15 @@ class S3Settings(BaseModel):
     quarantine_prefix: str = Field("quarantine/", description="Rejected rows and files, per run.")
     models_prefix: str = Field("models/", description="Published model versions and the pointer.")
     reports_prefix: str = Field("reports/", description="Decision reports of runs that published nothing.")
+    runs_prefix: str = Field("runs/", description="Per-run scratch (the challenger before the gate).")
     max_attempts: int = Field(5, ge=1, le=20, description="botocore retry attempts (standard mode).")
+
+    @field_validator("endpoint_url", mode="before")
+    @classmethod
+    def _empty_endpoint_means_aws(cls, value: str | None) -> str | None:
+        """``RETRAINER_S3__ENDPOINT_URL=`` (empty) means AWS S3, as documented, not an invalid URL."""
+        return value or None
+
     max_pool_connections: int = Field(32, ge=1, le=512, description="HTTP connections kept per client.")
 
 
@@ -119,6 +127,10 @@ class RetrainerSettings(BaseSettings):
     gate: GatePolicy = Field(default_factory=GatePolicy)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     validation: ValidationPolicy = Field(default_factory=ValidationPolicy)
+    fine_tune_deployment: str | None = Field(
+        None, description="Run fine-tuning as this deployment (e.g. fine-tune/fine-tune on the gpu pool)."
+    )
+    fine_tune_timeout_s: int = Field(6 * 3600, ge=60, description="How long retrain waits for fine-tune.")
     notification_block: str | None = Field(
         None, description="Name of a Prefect notification block that receives each run's decision summary."
     )

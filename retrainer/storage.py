@@ -113,12 +113,12 @@ class ObjectStore:
             raise
         return response["ETag"]
 
-    def upload_dir(self, local_dir: Path, prefix: str) -> list[str]:
-        """Upload every file below `local_dir` under `prefix`, never overwriting (If-None-Match)."""
+    def upload_dir(self, local_dir: Path, prefix: str, *, immutable: bool = True) -> list[str]:
+        """Upload every file below `local_dir` under `prefix`; `immutable` refuses to overwrite."""
         keys = []
         for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
             key = prefix + path.relative_to(local_dir).as_posix()
-            self.put(key, path.read_bytes(), if_none_match=True)
+            self.put(key, path.read_bytes(), if_none_match=immutable)
             keys.append(key)
         return keys
 

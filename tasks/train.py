@@ -25,7 +25,8 @@ from retrainer import LABELS
 from retrainer.logs import run_logger
 from retrainer.metrics import load_metric
 from retrainer.settings import PACKAGED_BASE_MODEL, TrainingConfig
-from tasks.common import once_task
+from retrainer.storage import ObjectStore
+from tasks.common import once_task, read_task
 
 LABEL_TO_ID = {label: index for index, label in enumerate(LABELS)}
 
@@ -131,5 +132,12 @@ def _round(value):
     return f"{value:.4g}" if isinstance(value, float) else value
 
 
+def upload_challenger(store: ObjectStore, model_dir: Path, prefix: str) -> list[str]:
+    """Upload a trained model to a run's scratch prefix (not the registry: the gate has not spoken)."""
+    return store.upload_dir(model_dir, prefix, immutable=False)
+
+
 # Training is not I/O: a retry would only repeat a deterministic failure.
 fine_tune_task = once_task(fine_tune, "fine-tune")
+# A retried upload rewrites the same scratch keys with the same bytes: idempotent.
+upload_challenger_task = read_task(upload_challenger, "upload-challenger")

@@ -74,3 +74,17 @@ class PrefectServer:
                 continue
         self.process.kill()
         self.process.wait(10)
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    """Stop a `prefect worker start` process group: it needs a second SIGTERM, then SIGKILL."""
+    for _ in range(2):
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(5)
+            except subprocess.TimeoutExpired:
+                continue
+    if worker.poll() is None:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)

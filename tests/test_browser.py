@@ -4,7 +4,6 @@ nightly-retrain deployment, open a custom run with its typed parameters, start i
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import pytest
 
 from retrainer.samples import generate_tickets, tickets_to_csv
 from tasks.registry import read_production_pointer
-from tests.prefect_server import PrefectServer
+from tests.prefect_server import PrefectServer, stop_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -102,12 +101,7 @@ def test_a_custom_run_from_the_ui_completes_and_publishes(chromium, flow_store_e
                 browser.close()
             assert _flow_run_state(server) == "COMPLETED"
         finally:
-            for _ in range(2):  # a worker needs a second SIGTERM to stop
-                if worker.poll() is None:
-                    os.killpg(worker.pid, signal.SIGTERM)
-                    time.sleep(3)
-            if worker.poll() is None:
-                os.killpg(worker.pid, signal.SIGKILL)
+            stop_worker(worker)
     pointer, _ = read_production_pointer(flow_store_env)
     assert pointer is not None
     assert shutil.disk_usage(SCREENSHOTS)  # screenshots saved for humans to look at

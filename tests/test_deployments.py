@@ -15,10 +15,14 @@ from prefect.flows import load_flow_from_entrypoint
 
 from retrainer.samples import generate_tickets, tickets_to_csv
 from tasks.registry import read_production_pointer
-from tests.prefect_server import PrefectServer
+from tests.prefect_server import PrefectServer, stop_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
+
+
+# Values for parameters a caller must always pass (fine-tune is started by retrain with these).
+REQUIRED_AT_RUN = {"dataset_version": "ds-20260101T000000Z-0123456789", "output_prefix": "runs/r/challenger/"}
 
 
 def _deployments() -> list[dict]:
@@ -29,7 +33,10 @@ def _deployments() -> list[dict]:
 def test_every_deployment_loads_and_its_defaults_validate(deployment):
     flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
 
-    flow.validate_parameters(deployment.get("parameters") or {})
+    required = set(flow.parameters.required or [])
+    flow.validate_parameters(
+        {**{name: REQUIRED_AT_RUN[name] for name in required}, **deployment["parameters"]}
+    )
     for schedule in deployment.get("schedules", []):
         CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])
         ZoneInfo(schedule["timezone"])
@@ -59,56 +66,76 @@ def _api(server: PrefectServer, path: str, body: dict | None = None) -> dict | l
         return json.loads(response.read())
 
 
-def test_a_deployed_nightly_retrain_started_like_the_ui_run_button_publishes_a_model(
+def _python(args: list[str], env: dict, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_a_deployed_nightly_retrain_started_like_the_ui_run_button_trains_on_the_gpu_pool_and_publishes(
     flow_store_env, tmp_path
 ):
     flow_store_env.put("incoming/batch-1.csv", tickets_to_csv(generate_tickets(150, seed=1)))
     with PrefectServer(tmp_path / "prefect") as server:
-        env = {**server.environment(), "RETRAINER_CHECKOUT_DIR": str(ROOT)}
+        env = {
+            **server.environment(),
+            "RETRAINER_CHECKOUT_DIR": str(ROOT),
+            "RETRAINER_FINE_TUNE_DEPLOYMENT": "fine-tune/fine-tune",  # retrain hands training to the gpu pool
+            "RETRAINER_ALERT_WEBHOOK_URL": "http://127.0.0.1:9/hook",  # setup saves the alerts block from it
+            "RETRAINER_ALERT_WEBHOOK_PRIVATE": "1",
+        }
         for command in (
             ["-m", "retrainer.cli", "setup"],
-            ["-m", "retrainer.cli", "setup"],
+            ["-m", "retrainer.cli", "setup"],  # idempotent
             ["-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_YAML)],
         ):
-            done = subprocess.run(
-                [sys.executable, *command],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
+            done = _python(command, env, ROOT, timeout=300)
             assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
+        automations = _api(server, "/automations/filter", {})
+        assert sorted(a["name"] for a in automations) == [
+            "ticket-retrainer: flow run failed",
+            "ticket-retrainer: validation failed",
+        ]  # set up twice, created once
         [deployment] = _api(
             server, "/deployments/filter", {"deployments": {"name": {"any_": ["nightly-retrain"]}}}
         )
         assert deployment["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the server validates the typed parameters
+            _api(
+                server,
+                f"/deployments/{deployment['id']}/create_flow_run",
+                {"parameters": {"training": {"learning_rate": 5}}},
+            )
+        assert refused.value.code in {409, 422} and "learning_rate" in refused.value.read().decode()
         flow_run = _api(server, f"/deployments/{deployment['id']}/create_flow_run", {"parameters": {}})
-        worker = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "worker",
-                "start",
-                "--pool",
-                "cpu",
-                "--type",
-                "process",
-                "--run-once",
-            ],
+        gpu_worker = subprocess.Popen(  # serves the fine-tune run that retrain starts
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "gpu", "--type", "process"],
             cwd=tmp_path,
             env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
+        try:
+            worker = _python(
+                ["-m", "prefect", "worker", "start", "--pool", "cpu", "--type", "process", "--run-once"],
+                env,
+                tmp_path,
+            )
+        finally:
+            stop_worker(gpu_worker)
+        fine_tune_runs = _api(server, "/flow_runs/filter", {"flows": {"name": {"any_": ["fine-tune"]}}})
         with urllib.request.urlopen(f"{server.api_url}/flow_runs/{flow_run['id']}", timeout=30) as response:
             state = json.loads(response.read())["state"]
 
     assert state["type"] == "COMPLETED", worker.stdout[-3000:] + worker.stderr[-3000:]
+    assert [run["state_type"] for run in fine_tune_runs] == ["COMPLETED"]  # trained by the gpu pool's worker
     pointer, _ = read_production_pointer(flow_store_env)
     assert pointer is not None and pointer.run_id == flow_run["id"]

@@ -54,3 +54,8 @@ def test_hub_ids_and_folders_pass_through_and_the_packaged_model_resolves_to_its
     packaged = resolve_base_model(PACKAGED_BASE_MODEL)
     assert packaged.endswith("model")
     assert (Path(packaged) / "model.safetensors").is_file()
+
+
+def test_an_empty_endpoint_means_aws_s3(monkeypatch):
+    monkeypatch.setenv("RETRAINER_S3__ENDPOINT_URL", "")
+    assert RetrainerSettings().s3.endpoint_url is None

@@ -1,0 +1,48 @@
+"""The ``fine-tune`` flow: train a challenger from a curated dataset version, by reference.
+
+Inputs and output are S3 references (a dataset version and an output prefix), never in-memory
+objects, so the flow runs in-process on the embedded default or as a deployment on the ``gpu`` work
+pool on another machine.
+"""
+
+import tempfile
+from pathlib import Path
+
+from prefect import flow
+
+from retrainer.settings import TrainingConfig, load_settings
+from retrainer.storage import ObjectStore
+from tasks.dataset import TRAIN, VALIDATION, check_splits, read_curated_task
+from tasks.train import fine_tune_task, upload_challenger_task
+
+
+@flow(name="fine-tune")
+def fine_tune_flow(
+    dataset_version: str,
+    output_prefix: str,
+    training: TrainingConfig | None = None,
+    base_model: str | None = None,
+) -> str:
+    """Fine-tune the base model on `dataset_version` and upload the best epoch under `output_prefix`.
+
+    Args:
+        dataset_version: curated dataset version id (``datasets/<version>/curated.parquet``).
+        output_prefix: S3 prefix (in the configured bucket) that receives the trained model.
+        training: hyper-parameters (default: the configured training settings).
+        base_model: hub id or local folder (default: the configured base model).
+    """
+    settings = load_settings(training=training, base_model=base_model)
+    store = ObjectStore(settings.s3)
+    splits = check_splits(read_curated_task(store, dataset_version))
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fine-tune-", dir=settings.work_dir) as scratch:
+        model_dir = fine_tune_task(
+            splits[TRAIN],
+            splits[VALIDATION],
+            settings.base_model,
+            settings.base_model_revision,
+            settings.training,
+            Path(scratch),
+        )
+        upload_challenger_task(store, model_dir, output_prefix)
+    return output_prefix

