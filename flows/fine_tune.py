@@ -5,15 +5,27 @@ objects, so the flow runs in-process on the embedded default or as a deployment 
 pool on another machine.
 """
 
+import hashlib
+import json
 import tempfile
 from pathlib import Path
 
 from prefect import flow
 
-from retrainer.settings import TrainingConfig, load_settings
+from retrainer.settings import RetrainerSettings, TrainingConfig, load_settings
 from retrainer.storage import ObjectStore
+from tasks.checkpoints import CheckpointSync
 from tasks.dataset import TRAIN, VALIDATION, check_splits, read_curated_task
 from tasks.train import fine_tune_task, upload_challenger_task
+
+
+def checkpoint_prefix(settings: RetrainerSettings, dataset_version: str) -> str:
+    """Fixed per (dataset version, base model, training config): a rerun of the same job resumes."""
+    recipe = json.dumps(
+        [settings.base_model, settings.base_model_revision, settings.training.model_dump()], sort_keys=True
+    )
+    digest = hashlib.sha256(recipe.encode()).hexdigest()[:12]
+    return f"{settings.s3.runs_prefix}checkpoints/{dataset_version}/{digest}/"
 
 
 @flow(name="fine-tune")
@@ -43,6 +55,7 @@ def fine_tune_flow(
             settings.base_model_revision,
             settings.training,
             Path(scratch),
+            checkpoints=CheckpointSync(store, checkpoint_prefix(settings, dataset_version)),
         )
         upload_challenger_task(store, model_dir, output_prefix)
     return output_prefix

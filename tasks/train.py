@@ -4,12 +4,15 @@ The best epoch is chosen on the *validation* split, never on the gate's eval spl
 compares champion and challenger on data neither of them was selected on.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from datasets import Dataset
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.context import FlowRunContext, TaskRunContext
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -22,10 +25,13 @@ from transformers import (
 )
 
 from retrainer import LABELS
+from retrainer.devices import cpu_supports_bf16
 from retrainer.logs import run_logger
 from retrainer.metrics import load_metric
+from retrainer.provenance import library_versions
 from retrainer.settings import PACKAGED_BASE_MODEL, TrainingConfig
 from retrainer.storage import ObjectStore
+from tasks.checkpoints import CheckpointSync
 from tasks.common import once_task, read_task
 
 LABEL_TO_ID = {label: index for index, label in enumerate(LABELS)}
@@ -47,8 +53,14 @@ def fine_tune(
     revision: str,
     config: TrainingConfig,
     output_dir: Path,
+    checkpoints: CheckpointSync | None = None,
+    callbacks: list[TrainerCallback] | None = None,
 ) -> Path:
-    """Fine-tune `base_model` and save the best epoch (safetensors + tokenizer) to ``output_dir/model``."""
+    """Fine-tune `base_model` and save the best epoch (safetensors + tokenizer) to ``output_dir/model``.
+
+    With `checkpoints`, every checkpoint goes to S3 and a run resumes from the latest one there.
+    ``model/training.json`` records the step it resumed from, the seed and the library versions.
+    """
     source = resolve_base_model(base_model)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -59,27 +71,45 @@ def fine_tune(
         label2id=LABEL_TO_ID,
         use_safetensors=True,
     )
+    checkpoint_dir = output_dir / "checkpoints"
+    resume_from = checkpoints.restore(checkpoint_dir) if checkpoints else None
     trainer = Trainer(
         model=model,
-        args=training_arguments(config, output_dir / "checkpoints"),
+        args=training_arguments(config, checkpoint_dir, resumable=checkpoints is not None),
         train_dataset=tokenize(train_rows, tokenizer, config.max_length),
         eval_dataset=tokenize(validation_rows, tokenizer, config.max_length),
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),  # pad per batch, not to max_length
         compute_metrics=compute_accuracy,
-        callbacks=[RunLogCallback()],
+        callbacks=[RunLogCallback(), *([checkpoints.callback()] if checkpoints else []), *(callbacks or [])],
     )
     trainer.remove_callback(PrinterCallback)  # RunLogCallback logs instead of printing to stdout
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     model_dir = output_dir / "model"
     trainer.save_model(str(model_dir))  # the best epoch: load_best_model_at_end=True
     # The Trainer also pickles its arguments; nothing pickled is published (config goes in metrics.json).
     (model_dir / "training_args.bin").unlink(missing_ok=True)
+    record = {
+        "resumed_from_step": int(resume_from.name.split("-")[1]) if resume_from else None,
+        "global_step": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "seed": config.seed,
+        "base_model": base_model,
+        "base_model_revision": revision,
+        "base_model_commit": getattr(model.config, "_commit_hash", None),
+        "library_versions": library_versions(),
+    }
+    (model_dir / "training.json").write_text(json.dumps(record, indent=2))
     return model_dir
 
 
-def training_arguments(config: TrainingConfig, checkpoint_dir: Path) -> TrainingArguments:
-    """The Trainer's arguments for `config`: evaluate and save each epoch, keep the best by accuracy."""
+def training_arguments(
+    config: TrainingConfig, checkpoint_dir: Path, resumable: bool = False
+) -> TrainingArguments:
+    """The Trainer's arguments for `config`: evaluate and save each epoch, keep the best by accuracy.
+
+    `resumable` checkpoints also carry optimizer, scheduler and RNG state (needed to resume).
+    """
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
         learning_rate=config.learning_rate,
@@ -94,11 +124,27 @@ def training_arguments(config: TrainingConfig, checkpoint_dir: Path) -> Training
         load_best_model_at_end=True,
         metric_for_best_model="accuracy",
         save_total_limit=2,
-        save_only_model=True,
+        save_only_model=not resumable,
         report_to="none",
         disable_tqdm=True,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Batches of similar length: with per-batch padding, much less compute is spent on padding.
+        train_sampling_strategy="group_by_length",
+        **precision_arguments(),
     )
+
+
+def precision_arguments() -> dict:
+    """Mixed precision for the hardware at hand: bf16 (+TF32) on recent GPUs, fp16 on older ones,
+    bf16 autocast on CPUs with native bf16 (measured 1.2-1.3x per step here), fp32 elsewhere.
+    Several GPUs are used by the Trainer's own data parallelism (launch with torchrun/accelerate)."""
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return {"bf16": True, "tf32": torch.cuda.get_device_capability()[0] >= 8}
+        return {"fp16": True}
+    if cpu_supports_bf16():
+        return {"bf16": True, "use_cpu": True}
+    return {}
 
 
 def tokenize(rows: pd.DataFrame, tokenizer, max_length: int) -> Dataset:
@@ -120,12 +166,29 @@ def compute_accuracy(prediction: EvalPrediction) -> dict[str, float]:
 
 
 class RunLogCallback(TrainerCallback):
-    """Sends the Trainer's log lines (loss, eval accuracy, epoch) to the Prefect run logs."""
+    """Sends the Trainer's log lines (loss, eval accuracy, epoch) to the Prefect run logs, and its
+    progress to a Prefect progress artifact (inside a run)."""
+
+    def __init__(self) -> None:
+        self._artifact_id = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and _in_prefect_run():
+            self._artifact_id = create_progress_artifact(progress=0.0, description="Fine-tuning progress (%)")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and state.is_world_process_zero:
             summary = ", ".join(f"{name}={_round(value)}" for name, value in logs.items())
             run_logger().info("step %d/%d: %s", state.global_step, state.max_steps, summary)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        every = max(1, state.max_steps // 20)  # about 20 updates per run, not one per step
+        if self._artifact_id and (state.global_step % every == 0 or state.global_step == state.max_steps):
+            update_progress_artifact(self._artifact_id, progress=100.0 * state.global_step / state.max_steps)
+
+
+def _in_prefect_run() -> bool:
+    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
 
 
 def _round(value):

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, ArtifactFilterType
 
 from flows.retrain import Run, retrain, smoke_and_flip
 from retrainer import LABELS
@@ -84,6 +84,7 @@ def test_first_run_publishes_a_loadable_safetensors_model_with_card_and_reports(
     assert flow_store.list_objects(f"quarantine/{outcome.run_id}/broken.csv")
     report = _latest_report_markdown()
     assert "**promoted**" in report and "McNemar" in report and "recall" in report
+    assert _latest_progress() == 100.0  # the Trainer's progress reached the Prefect progress artifact
 
 
 def test_the_model_card_records_metrics_lineage_and_recipe(flow_store):
@@ -228,6 +229,19 @@ def test_a_notification_that_cannot_be_delivered_fails_the_run_loudly(flow_store
 
     with pytest.raises(Exception, match="onnect"):
         retrain(training=LEARNS)
+
+
+def _latest_progress() -> float:
+    async def read() -> float:
+        async with get_client() as client:
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])),
+                sort="CREATED_DESC",
+                limit=1,
+            )
+            return float(artifacts[0].data)
+
+    return asyncio.run(read())
 
 
 def _latest_report_markdown() -> str:

@@ -59,3 +59,18 @@ def test_hub_ids_and_folders_pass_through_and_the_packaged_model_resolves_to_its
 def test_an_empty_endpoint_means_aws_s3(monkeypatch):
     monkeypatch.setenv("RETRAINER_S3__ENDPOINT_URL", "")
     assert RetrainerSettings().s3.endpoint_url is None
+
+
+def test_training_uses_length_grouping_and_the_precision_this_hardware_supports(tmp_path):
+    import torch
+
+    from retrainer.devices import cpu_supports_bf16
+    from retrainer.settings import TrainingConfig
+    from tasks.train import training_arguments
+
+    arguments = training_arguments(TrainingConfig(), tmp_path)
+
+    assert arguments.train_sampling_strategy == "group_by_length"
+    if not torch.cuda.is_available():
+        assert arguments.bf16 is cpu_supports_bf16()  # bf16 autocast only where the CPU does bf16
+        assert not arguments.fp16
