@@ -56,6 +56,7 @@ def fine_tune_flow(
             settings.training,
             Path(scratch),
             checkpoints=CheckpointSync(store, checkpoint_prefix(settings, dataset_version)),
+            tokenized_cache=settings.work_dir / "tokenized" / dataset_version,  # versions never change
         )
         upload_challenger_task(store, model_dir, output_prefix)
     return output_prefix

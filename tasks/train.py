@@ -4,6 +4,7 @@ The best epoch is chosen on the *validation* split, never on the gate's eval spl
 compares champion and challenger on data neither of them was selected on.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -55,10 +56,12 @@ def fine_tune(
     output_dir: Path,
     checkpoints: CheckpointSync | None = None,
     callbacks: list[TrainerCallback] | None = None,
+    tokenized_cache: Path | None = None,
 ) -> Path:
     """Fine-tune `base_model` and save the best epoch (safetensors + tokenizer) to ``output_dir/model``.
 
     With `checkpoints`, every checkpoint goes to S3 and a run resumes from the latest one there.
+    With `tokenized_cache` (a folder per dataset version), tokenized splits are reused across runs.
     ``model/training.json`` records the step it resumed from, the seed and the library versions.
     """
     source = resolve_base_model(base_model)
@@ -76,8 +79,18 @@ def fine_tune(
     trainer = Trainer(
         model=model,
         args=training_arguments(config, checkpoint_dir, resumable=checkpoints is not None),
-        train_dataset=tokenize(train_rows, tokenizer, config.max_length),
-        eval_dataset=tokenize(validation_rows, tokenizer, config.max_length),
+        train_dataset=tokenize(
+            train_rows,
+            tokenizer,
+            config.max_length,
+            _cache_file(tokenized_cache, "train", source, revision, config),
+        ),
+        eval_dataset=tokenize(
+            validation_rows,
+            tokenizer,
+            config.max_length,
+            _cache_file(tokenized_cache, "validation", source, revision, config),
+        ),
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),  # pad per batch, not to max_length
         compute_metrics=compute_accuracy,
@@ -147,8 +160,11 @@ def precision_arguments() -> dict:
     return {}
 
 
-def tokenize(rows: pd.DataFrame, tokenizer, max_length: int) -> Dataset:
-    """A tokenized `datasets.Dataset` with ``labels`` ids, truncated to `max_length` tokens."""
+def tokenize(rows: pd.DataFrame, tokenizer, max_length: int, cache_file: Path | None = None) -> Dataset:
+    """A tokenized `datasets.Dataset` with ``labels`` ids, truncated to `max_length` tokens.
+
+    With `cache_file`, an existing file is loaded instead of tokenizing again.
+    """
     dataset = Dataset.from_dict(
         {"text": rows["text"].tolist(), "labels": [LABEL_TO_ID[label] for label in rows["label"]]}
     )
@@ -156,7 +172,20 @@ def tokenize(rows: pd.DataFrame, tokenizer, max_length: int) -> Dataset:
         lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length),
         batched=True,
         remove_columns=["text"],
+        cache_file_name=str(cache_file) if cache_file else None,
+        load_from_cache_file=cache_file is not None,
     )
+
+
+def _cache_file(
+    folder: Path | None, split: str, source: str, revision: str, config: TrainingConfig
+) -> Path | None:
+    """One file per split, tokenizer and length budget inside a dataset version's cache folder."""
+    if folder is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(f"{source}|{revision}|{config.max_length}".encode()).hexdigest()[:12]
+    return folder / f"{split}-{key}.arrow"
 
 
 def compute_accuracy(prediction: EvalPrediction) -> dict[str, float]:

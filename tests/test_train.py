@@ -53,3 +53,16 @@ def test_a_run_without_checkpoints_starts_fresh_and_says_so(store, tiny_model_di
 
     record = json.loads((model_dir / "training.json").read_text())
     assert record["resumed_from_step"] is None and record["global_step"] == record["max_steps"]
+
+
+def test_tokenized_splits_are_cached_per_dataset_version(store, tiny_model_dir, splits, tmp_path):
+    config = TrainingConfig(learning_rate=5e-3, num_train_epochs=1)
+    cache = tmp_path / "tokenized" / "ds-1"
+    arguments = (splits[TRAIN], splits[VALIDATION], str(tiny_model_dir), "main", config)
+
+    fine_tune(*arguments, tmp_path / "first", tokenized_cache=cache)
+    files = {path: path.stat().st_mtime_ns for path in cache.glob("*.arrow")}
+    fine_tune(*arguments, tmp_path / "second", tokenized_cache=cache)
+
+    assert {path.name.split("-")[0] for path in files} == {"train", "validation"}
+    assert {path: path.stat().st_mtime_ns for path in cache.glob("*.arrow")} == files  # reused, not rewritten
