@@ -6,7 +6,7 @@ them from the standard AWS environment, shared config files or an instance role.
 """
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +57,10 @@ class TrainingConfig(BaseModel):
     num_train_epochs: Annotated[float, Field(gt=0.0, le=100.0)] = 3.0
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
     max_length: Annotated[int, Field(ge=8, le=8192)] = 128
+    truncation_side: Literal["right", "left"] = Field(
+        "right",
+        description="Which end of a text over max_length is cut: right keeps the start (title first).",
+    )
     seed: int = 42
 
 

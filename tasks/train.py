@@ -66,6 +66,7 @@ def fine_tune(
     """
     source = resolve_base_model(base_model)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+    tokenizer.truncation_side = config.truncation_side  # saved with the model, so scoring cuts the same way
     model = AutoModelForSequenceClassification.from_pretrained(
         source,
         revision=revision,
@@ -184,7 +185,8 @@ def _cache_file(
     if folder is None:
         return None
     folder.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(f"{source}|{revision}|{config.max_length}".encode()).hexdigest()[:12]
+    recipe = f"{source}|{revision}|{config.max_length}|{config.truncation_side}"
+    key = hashlib.sha256(recipe.encode()).hexdigest()[:12]
     return folder / f"{split}-{key}.arrow"
 
 

@@ -66,3 +66,20 @@ def test_tokenized_splits_are_cached_per_dataset_version(store, tiny_model_dir, 
 
     assert {path.name.split("-")[0] for path in files} == {"train", "validation"}
     assert {path: path.stat().st_mtime_ns for path in cache.glob("*.arrow")} == files  # reused, not rewritten
+
+
+def test_the_truncation_side_is_part_of_the_recipe_and_saved_with_the_model(
+    store, tiny_model_dir, splits, tmp_path
+):
+    from transformers import AutoTokenizer
+
+    config = TrainingConfig(learning_rate=5e-3, num_train_epochs=1, max_length=8, truncation_side="left")
+
+    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], str(tiny_model_dir), "main", config, tmp_path)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert tokenizer.truncation_side == "left"
+    ids = tokenizer("one two three four five six seven eight nine ten", truncation=True, max_length=8)[
+        "input_ids"
+    ]
+    assert tokenizer.decode(ids, skip_special_tokens=True).endswith("ten")  # the end of the text is kept
