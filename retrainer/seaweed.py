@@ -100,6 +100,10 @@ def _weed_command(data_dir: Path, ports: dict[str, int]) -> list[str]:
         "-webdav=false",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
+        # Every bucket is a collection with volumes of its own: small volumes (and as many as the disk
+        # allows) keep many buckets possible, e.g. one per test; the 1 GiB default ran out at ~50.
+        "-master.volumeSizeLimitMB=64",
+        "-volume.max=0",
         *(f"-{flag}={port}" for flag, port in ports.items()),
     ]
 
