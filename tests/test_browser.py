@@ -66,12 +66,13 @@ def test_a_custom_run_from_the_ui_completes_and_publishes(chromium, flow_store_e
             subprocess.run(
                 [sys.executable, *command], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300
             )
+        worker_log = (tmp_path / "worker.log").open("wb")  # read back when the worker dies early
         worker = subprocess.Popen(
             [sys.executable, "-m", "prefect", "worker", "start", "--pool", "cpu", "--type", "process"],
             cwd=tmp_path,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=worker_log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         try:
@@ -95,6 +96,9 @@ def test_a_custom_run_from_the_ui_completes_and_publishes(chromium, flow_store_e
                 deadline = time.monotonic() + 600
                 while _flow_run_state(server) not in {"COMPLETED", "FAILED", "CRASHED"}:
                     assert time.monotonic() < deadline, "the run did not finish in 10 minutes"
+                    assert worker.poll() is None, (
+                        "the worker exited:\n" + (tmp_path / "worker.log").read_text()[-3000:]
+                    )
                     time.sleep(2)
                 page.reload()
                 page.screenshot(path=SCREENSHOTS / "3-after-run.png", full_page=True)
