@@ -10,14 +10,13 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import socket
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from retrainer.samples import generate_tickets, tickets_to_csv
-from retrainer.seaweed import LocalS3
+from retrainer.seaweed import LocalS3, free_ports
 from retrainer.settings import IngestSettings, S3Settings
 from retrainer.storage import ObjectStore
 from tasks.ingest import load_batches
@@ -50,12 +49,6 @@ def _serve_with_latency(listen_port: int, target_port: int, latency_s: float) ->
     asyncio.run(main())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--objects", type=int, default=1000)
@@ -69,7 +62,7 @@ def main() -> None:
         os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench-secret")
         endpoint, proxy = s3.endpoint_url, None
         if args.latency_ms:
-            port = _free_port()
+            port = free_ports(("proxy",))["proxy"]
             proxy = multiprocessing.Process(
                 target=_serve_with_latency,
                 args=(port, s3.ports["s3.port"], args.latency_ms / 1000),

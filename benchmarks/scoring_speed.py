@@ -10,10 +10,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
-from datasets import Dataset
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from retrainer import LABELS
 from retrainer.devices import cpu_supports_bf16
@@ -22,30 +20,14 @@ from retrainer.settings import PACKAGED_BASE_MODEL
 from tasks.evaluate import predict_probabilities
 from tasks.train import resolve_base_model
 
-NLBSE = Path(__file__).resolve().parents[2] / "shared" / "data" / "nlbse24" / "issues_train.csv"
-
-
-def seed_scoring(model_dir: str, texts: list[str], max_length: int) -> np.ndarray:
-    """The seed's approach: tokenize padded to max_length, Trainer.predict in fp32."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=len(LABELS))
-    encoded = Dataset.from_dict({"text": texts}).map(
-        lambda batch: tokenizer(batch["text"], truncation=True, padding="max_length", max_length=max_length),
-        batched=True,
-        remove_columns=["text"],
-    )
-    arguments = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="seed-scoring-"),
-        per_device_eval_batch_size=64,
-        report_to="none",
-        disable_tqdm=True,
-    )
-    return Trainer(model=model, args=arguments).predict(encoded).predictions.argmax(axis=-1)
+from baseline import NLBSE, load_issues, seed_predict
 
 
 def measure(name: str, texts: list[str], model_dir: str, max_length: int) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     started = time.perf_counter()
-    baseline = seed_scoring(model_dir, texts, max_length)
+    baseline = seed_predict(model, tokenizer, texts, max_length)
     seed_seconds = time.perf_counter() - started
     started = time.perf_counter()
     ours = predict_probabilities(Path(model_dir), texts, max_length).argmax(dim=-1).numpy()
@@ -70,20 +52,15 @@ def main() -> None:
     model_dir = resolve_base_model(PACKAGED_BASE_MODEL)
     # Both scorers load the same folder; the classifier head is fresh but seeded identically per load.
     tickets = generate_tickets(args.count, seed=5)["text"].tolist()
-    measure("generated tickets", tickets, _with_head(model_dir), 128)
-    if NLBSE.is_file():
-        issues = pd.read_csv(NLBSE).head(args.count)
-        measure(
-            "NLBSE'24 GitHub issues",
-            (issues["title"] + "\n" + issues["body"].fillna("")).tolist(),
-            _with_head(model_dir),
-            128,
-        )
+    with tempfile.TemporaryDirectory(prefix="scoring-bench-model-") as scratch:
+        with_head = _with_head(model_dir, Path(scratch))
+        measure("generated tickets", tickets, with_head, 128)
+        if NLBSE.is_file():
+            measure("NLBSE'24 GitHub issues", load_issues().head(args.count)["text"].tolist(), with_head, 128)
 
 
-def _with_head(model_dir: str) -> str:
+def _with_head(model_dir: str, target: Path) -> str:
     """Save the base model with a fixed (seeded) classification head, so both scorers use one model."""
-    target = Path(tempfile.mkdtemp(prefix="scoring-bench-model-"))
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(
         model_dir,

@@ -46,8 +46,7 @@ def fine_tune_flow(
     settings = load_settings(training=training, base_model=base_model)
     store = ObjectStore(settings.s3)
     splits = check_splits(read_curated_task(store, dataset_version))
-    settings.work_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="fine-tune-", dir=settings.work_dir) as scratch:
+    with tempfile.TemporaryDirectory(prefix="fine-tune-", dir=settings.scratch_dir()) as scratch:
         model_dir = fine_tune_task(
             splits[TRAIN],
             splits[VALIDATION],

@@ -120,7 +120,7 @@ def retrain(
         outcome.reasons.append(f"dataset {outcome.dataset_version} was already decided on; champion kept")
         return finish(settings, outcome)
     splits = check_splits(curated)
-    with tempfile.TemporaryDirectory(prefix="run-", dir=_scratch(settings)) as run_dir:
+    with tempfile.TemporaryDirectory(prefix="run-", dir=settings.scratch_dir()) as run_dir:
         challenger_dir = train_challenger(store, settings, outcome, Path(run_dir))
         new_rows = rows_from_sources(splits[EVAL], new_sources)
         challenger = score_model_task(challenger_dir, splits[EVAL], settings.training.max_length, new_rows)
@@ -230,7 +230,7 @@ def smoke_and_flip(run: Run, challenger_dir: Path, decision: Decision) -> None:
         store,
         outcome.challenger_version,
         challenger_dir,
-        _scratch(settings),
+        settings.scratch_dir(),
         settings.training.max_length,
         settings.gate.min_canary_accuracy,
     )
@@ -342,8 +342,3 @@ def _decision_record(outcome: RetrainOutcome, pointer: ProductionPointer | None)
         previous_production=pointer.version if pointer else None,
         reasons=outcome.reasons,
     )
-
-
-def _scratch(settings: RetrainerSettings) -> Path:
-    settings.work_dir.mkdir(parents=True, exist_ok=True)
-    return settings.work_dir

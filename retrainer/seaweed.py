@@ -36,7 +36,7 @@ class LocalS3:
     def start(self, timeout_s: float = 30.0) -> "LocalS3":
         """Start SeaweedFS and wait until its S3 port answers."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.ports = _free_ports(_PORT_FLAGS + tuple(f"{flag}.grpc" for flag in _PORT_FLAGS))
+        self.ports = free_ports(_PORT_FLAGS + tuple(f"{flag}.grpc" for flag in _PORT_FLAGS))
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -108,7 +108,7 @@ def _weed_command(data_dir: Path, ports: dict[str, int]) -> list[str]:
     ]
 
 
-def _free_ports(names: tuple[str, ...]) -> dict[str, int]:
+def free_ports(names: tuple[str, ...]) -> dict[str, int]:
     """Ask the OS for distinct free loopback ports (held open together so none repeats)."""
     sockets = []
     try:

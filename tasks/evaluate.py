@@ -12,8 +12,9 @@ from pydantic import BaseModel, Field
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from retrainer import LABELS
-from retrainer.devices import bf16_autocast, inference_device
+from retrainer.devices import inference_device, inference_dtype
 from retrainer.metrics import load_metric
+from retrainer.text import InputRecipe, encode
 from tasks.common import once_task
 from tasks.train import LABEL_TO_ID
 
@@ -42,31 +43,35 @@ class ModelEvaluation(BaseModel):
 def load_classifier(model_dir: Path):
     """Tokenizer and model from a local folder (safetensors only), checked against the label set."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+    device = inference_device()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, use_safetensors=True, dtype=inference_dtype(device)
+    )
     labels = [model.config.id2label[index] for index in range(model.config.num_labels)]
     if labels != list(LABELS):
         raise ValueError(f"model in {model_dir} predicts {labels}, expected {list(LABELS)}")
-    return tokenizer, model.to(inference_device()).eval()
+    return tokenizer, model.to(device).eval()
 
 
 def predict_probabilities(
     model_dir: Path, texts: list[str], max_length: int, batch_size: int = 64
 ) -> torch.Tensor:
-    """Class probabilities (one row per text, columns in label order), batched by similar length."""
+    """Class probabilities (one row per text, columns in label order), batched by similar length.
+
+    Texts are encoded with the model's own input recipe; `max_length` only applies to models saved
+    before recipes were (they read raw text cut at the end).
+    """
     tokenizer, model = load_classifier(model_dir)
+    recipe = InputRecipe.of_model(model_dir, max_length)
     order = sorted(range(len(texts)), key=lambda index: len(texts[index]))  # little padding per batch
     probabilities = torch.empty((len(texts), len(LABELS)))
-    with torch.inference_mode(), bf16_autocast(model.device):
+    with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            encoded = tokenizer(
-                [texts[index] for index in chunk],
-                truncation=True,
-                max_length=max_length,
-                padding=True,
-                return_tensors="pt",
-            ).to(model.device)
-            probabilities[chunk] = model(**encoded).logits.float().softmax(dim=-1).cpu()
+            encoded = encode(
+                [texts[index] for index in chunk], tokenizer, recipe, padding=True, return_tensors="pt"
+            )
+            probabilities[chunk] = model(**encoded.to(model.device)).logits.float().softmax(dim=-1).cpu()
     return probabilities
 
 

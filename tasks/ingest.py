@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 
 from retrainer.settings import IngestSettings
 from retrainer.storage import ObjectInfo, ObjectStore
+from retrainer.text import join_title
 from tasks.common import once_task, read_task
 
 MANIFEST_NAME = "manifest.json"
@@ -133,7 +134,7 @@ def parse_batch(raw: bytes, key: str, column_aliases: dict[str, str] | None = No
         raise BatchFormatError(
             f"{key}: unsupported file type (expected .csv, .jsonl or .parquet, optionally .gz)"
         )
-    return _apply_column_aliases(frame, key, column_aliases or {})
+    return _merge_title(_apply_column_aliases(frame, key, column_aliases or {}))
 
 
 def record_batches(
@@ -247,6 +248,17 @@ def _apply_column_aliases(frame: pd.DataFrame, key: str, aliases: dict[str, str]
             f"{key}: column(s) {', '.join(clashes)} given twice (directly or through an alias)"
         )
     return frame.rename(columns=renames)
+
+
+def _merge_title(frame: pd.DataFrame) -> pd.DataFrame:
+    """A ``title`` column becomes the first line of ``text`` (the model reads the title first)."""
+    if "title" not in frame.columns:
+        return frame
+    bodies = frame["text"] if "text" in frame.columns else [None] * len(frame)
+    frame["text"] = [
+        join_title(title, body) or body for title, body in zip(frame["title"], bodies, strict=True)
+    ]
+    return frame.drop(columns=["title"])
 
 
 def _refuse_duplicate_columns(columns: list[str], key: str) -> None:

@@ -32,6 +32,7 @@ from retrainer.metrics import load_metric
 from retrainer.provenance import library_versions
 from retrainer.settings import PACKAGED_BASE_MODEL, TrainingConfig
 from retrainer.storage import ObjectStore
+from retrainer.text import InputRecipe, encode
 from tasks.checkpoints import CheckpointSync
 from tasks.common import once_task, read_task
 
@@ -66,7 +67,7 @@ def fine_tune(
     """
     source = resolve_base_model(base_model)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
-    tokenizer.truncation_side = config.truncation_side  # saved with the model, so scoring cuts the same way
+    recipe = config.input_recipe()
     model = AutoModelForSequenceClassification.from_pretrained(
         source,
         revision=revision,
@@ -81,16 +82,13 @@ def fine_tune(
         model=model,
         args=training_arguments(config, checkpoint_dir, resumable=checkpoints is not None),
         train_dataset=tokenize(
-            train_rows,
-            tokenizer,
-            config.max_length,
-            _cache_file(tokenized_cache, "train", source, revision, config),
+            train_rows, tokenizer, recipe, _cache_file(tokenized_cache, "train", source, revision, recipe)
         ),
         eval_dataset=tokenize(
             validation_rows,
             tokenizer,
-            config.max_length,
-            _cache_file(tokenized_cache, "validation", source, revision, config),
+            recipe,
+            _cache_file(tokenized_cache, "validation", source, revision, recipe),
         ),
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),  # pad per batch, not to max_length
@@ -103,6 +101,7 @@ def fine_tune(
     trainer.save_model(str(model_dir))  # the best epoch: load_best_model_at_end=True
     # The Trainer also pickles its arguments; nothing pickled is published (config goes in metrics.json).
     (model_dir / "training_args.bin").unlink(missing_ok=True)
+    recipe.save(model_dir)  # scoring reads the text the way training did
     record = {
         "resumed_from_step": int(resume_from.name.split("-")[1]) if resume_from else None,
         "global_step": trainer.state.global_step,
@@ -131,6 +130,7 @@ def training_arguments(
         per_device_eval_batch_size=config.per_device_eval_batch_size,
         num_train_epochs=config.num_train_epochs,
         weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,  # transformers 5: a float below 1 is a share of the steps
         seed=config.seed,
         eval_strategy="epoch",
         save_strategy="epoch",
@@ -143,7 +143,7 @@ def training_arguments(
         disable_tqdm=True,
         dataloader_pin_memory=torch.cuda.is_available(),
         # Batches of similar length: with per-batch padding, much less compute is spent on padding.
-        train_sampling_strategy="group_by_length",
+        train_sampling_strategy="group_by_length" if config.length_grouping else "random",
         **precision_arguments(),
     )
 
@@ -161,8 +161,8 @@ def precision_arguments() -> dict:
     return {}
 
 
-def tokenize(rows: pd.DataFrame, tokenizer, max_length: int, cache_file: Path | None = None) -> Dataset:
-    """A tokenized `datasets.Dataset` with ``labels`` ids, truncated to `max_length` tokens.
+def tokenize(rows: pd.DataFrame, tokenizer, recipe: InputRecipe, cache_file: Path | None = None) -> Dataset:
+    """A tokenized `datasets.Dataset` with ``labels`` ids, encoded as `recipe` says.
 
     With `cache_file`, an existing file is loaded instead of tokenizing again.
     """
@@ -170,7 +170,7 @@ def tokenize(rows: pd.DataFrame, tokenizer, max_length: int, cache_file: Path | 
         {"text": rows["text"].tolist(), "labels": [LABEL_TO_ID[label] for label in rows["label"]]}
     )
     return dataset.map(
-        lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length),
+        lambda batch: encode(batch["text"], tokenizer, recipe),
         batched=True,
         remove_columns=["text"],
         cache_file_name=str(cache_file) if cache_file else None,
@@ -179,14 +179,13 @@ def tokenize(rows: pd.DataFrame, tokenizer, max_length: int, cache_file: Path | 
 
 
 def _cache_file(
-    folder: Path | None, split: str, source: str, revision: str, config: TrainingConfig
+    folder: Path | None, split: str, source: str, revision: str, recipe: InputRecipe
 ) -> Path | None:
-    """One file per split, tokenizer and length budget inside a dataset version's cache folder."""
+    """One file per split, tokenizer and input recipe inside a dataset version's cache folder."""
     if folder is None:
         return None
     folder.mkdir(parents=True, exist_ok=True)
-    recipe = f"{source}|{revision}|{config.max_length}|{config.truncation_side}"
-    key = hashlib.sha256(recipe.encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{source}|{revision}|{recipe.model_dump_json()}".encode()).hexdigest()[:12]
     return folder / f"{split}-{key}.arrow"
 
 

@@ -2,12 +2,13 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from retrainer.seaweed import free_ports
 
 
 class PrefectServer:
@@ -15,9 +16,7 @@ class PrefectServer:
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_ports(("api",))["api"]
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.process: subprocess.Popen | None = None
 

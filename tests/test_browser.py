@@ -8,11 +8,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from retrainer.samples import generate_tickets, tickets_to_csv
+from retrainer.settings import TrainingConfig
 from tasks.registry import read_production_pointer
 from tests.prefect_server import PrefectServer, stop_worker
 
@@ -90,7 +92,8 @@ def test_a_custom_run_from_the_ui_completes_and_publishes(chromium, flow_store_e
                     "TrainingConfig", exact=True
                 ).click()  # the typed form of the training config
                 expect(page.get_by_text("Learning Rate (Optional)")).to_be_visible()
-                expect(page.get_by_role("spinbutton").first).to_have_value("0.00002")  # the typed default
+                default_lr = format(Decimal(str(TrainingConfig().learning_rate)), "f")  # "0.0001"
+                expect(page.get_by_role("spinbutton").first).to_have_value(default_lr)  # the typed default
                 page.screenshot(path=SCREENSHOTS / "2-custom-run-form.png", full_page=True)
                 page.get_by_role("button", name="Submit").click()
                 deadline = time.monotonic() + 600

@@ -95,6 +95,25 @@ def test_column_and_label_aliases_are_configurable(store):
     ]
 
 
+def test_a_title_column_becomes_the_first_line_of_the_text(store):
+    body = (
+        b"ticket_id,title,body,label\n"
+        b"T-1,Crash on save,The editor closes when I save,bug\n"
+        b"T-2,Dark mode please,,feature\n"
+        b"T-3,,How do I export my data?,question\n"
+        b"T-4,,,bug\n"
+    )
+
+    _, [result] = _validate(store, {"incoming/issues.csv": body})
+
+    assert result.accepted[["ticket_id", "text"]].values.tolist() == [
+        ["T-1", "Crash on save\nThe editor closes when I save"],
+        ["T-2", "Dark mode please"],
+        ["T-3", "How do I export my data?"],
+    ]
+    assert result.rejected["ticket_id"].tolist() == ["T-4"]  # no title and no body: quarantined, not dropped
+
+
 def test_duplicates_conflicts_and_eval_leakage_against_curated_data(store):
     curated = merge_curated(
         None,

@@ -5,20 +5,48 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from retrainer.settings import PACKAGED_BASE_MODEL, RetrainerSettings, TrainingConfig, load_settings
+from retrainer.settings import (
+    PACKAGED_BASE_MODEL,
+    SEED_RECIPE,
+    RetrainerSettings,
+    TrainingConfig,
+    load_settings,
+)
 from tasks.train import resolve_base_model
 
 
-def test_defaults_are_the_seed_recipe_and_the_packaged_model(monkeypatch):
-    for name in ("RETRAINER_BASE_MODEL", "RETRAINER_S3__BUCKET"):
+def test_defaults_are_the_tuned_recipe_and_the_packaged_model(monkeypatch):
+    for name in ("RETRAINER_BASE_MODEL", "RETRAINER_S3__BUCKET", "RETRAINER_TRAINING_PRESET"):
         monkeypatch.delenv(name, raising=False)
     settings = RetrainerSettings()
 
     assert settings.base_model == PACKAGED_BASE_MODEL
     assert settings.training == TrainingConfig(
-        learning_rate=2e-5, per_device_train_batch_size=16, num_train_epochs=3, weight_decay=0.01
+        learning_rate=1e-4,
+        per_device_train_batch_size=16,
+        num_train_epochs=5,
+        warmup_ratio=0.1,
+        weight_decay=0.01,
+        max_length=128,
+        truncation="head_tail",
+        clean_text=True,
+        length_grouping=False,
     )
     assert settings.s3.bucket == "ticket-retrainer"
+
+
+def test_the_seed_preset_is_the_seed_projects_recipe():
+    assert SEED_RECIPE.model_dump(exclude={"per_device_eval_batch_size", "head_share", "seed"}) == {
+        "learning_rate": 2e-5,
+        "per_device_train_batch_size": 16,
+        "num_train_epochs": 3.0,
+        "warmup_ratio": 0.0,
+        "weight_decay": 0.01,
+        "max_length": 128,
+        "truncation": "head",
+        "clean_text": False,
+        "length_grouping": False,
+    }
 
 
 def test_environment_variables_fill_nested_settings(monkeypatch):
@@ -38,6 +66,18 @@ def test_run_overrides_win_over_the_environment(monkeypatch):
     settings = load_settings(training=TrainingConfig(learning_rate=1e-4), base_model="bert-base-uncased")
     assert settings.training.learning_rate == 1e-4
     assert settings.base_model == "bert-base-uncased"
+
+
+def test_a_preset_is_the_base_recipe_and_single_fields_override_it(monkeypatch):
+    monkeypatch.setenv("RETRAINER_TRAINING_PRESET", "seed")
+    assert RetrainerSettings().training == SEED_RECIPE
+
+    monkeypatch.setenv("RETRAINER_TRAINING__LEARNING_RATE", "3e-5")
+    assert RetrainerSettings().training == SEED_RECIPE.model_copy(update={"learning_rate": 3e-5})
+
+    monkeypatch.setenv("RETRAINER_TRAINING_PRESET", "fastest")
+    with pytest.raises(ValidationError, match="training_preset"):
+        RetrainerSettings()
 
 
 def test_invalid_values_are_refused(monkeypatch):
@@ -61,16 +101,18 @@ def test_an_empty_endpoint_means_aws_s3(monkeypatch):
     assert RetrainerSettings().s3.endpoint_url is None
 
 
-def test_training_uses_length_grouping_and_the_precision_this_hardware_supports(tmp_path):
+def test_training_samples_as_configured_with_the_precision_this_hardware_supports(tmp_path):
     import torch
 
     from retrainer.devices import cpu_supports_bf16
-    from retrainer.settings import TrainingConfig
     from tasks.train import training_arguments
 
     arguments = training_arguments(TrainingConfig(), tmp_path)
+    grouped = training_arguments(TrainingConfig(length_grouping=True), tmp_path)
 
-    assert arguments.train_sampling_strategy == "group_by_length"
+    assert arguments.train_sampling_strategy == "random"
+    assert grouped.train_sampling_strategy == "group_by_length"
+    assert arguments.warmup_steps == 0.1 and arguments.learning_rate == 1e-4
     if not torch.cuda.is_available():
         assert arguments.bf16 is cpu_supports_bf16()  # bf16 autocast only where the CPU does bf16
         assert not arguments.fp16

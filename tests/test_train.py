@@ -3,12 +3,15 @@
 import json
 
 import pytest
+import torch
 from transformers import TrainerCallback
 
 from retrainer.samples import generate_tickets
 from retrainer.settings import TrainingConfig
+from retrainer.text import RECIPE_FILE, InputRecipe
 from tasks.checkpoints import CheckpointSync
 from tasks.dataset import TRAIN, VALIDATION, check_splits, merge_curated
+from tasks.evaluate import predict_probabilities
 from tasks.train import fine_tune
 
 
@@ -68,18 +71,27 @@ def test_tokenized_splits_are_cached_per_dataset_version(store, tiny_model_dir, 
     assert {path: path.stat().st_mtime_ns for path in cache.glob("*.arrow")} == files  # reused, not rewritten
 
 
-def test_the_truncation_side_is_part_of_the_recipe_and_saved_with_the_model(
+def test_the_input_recipe_is_saved_with_the_model_and_scoring_follows_it(
     store, tiny_model_dir, splits, tmp_path
 ):
-    from transformers import AutoTokenizer
-
-    config = TrainingConfig(learning_rate=5e-3, num_train_epochs=1, max_length=8, truncation_side="left")
+    config = TrainingConfig(
+        learning_rate=5e-3, num_train_epochs=1, max_length=8, truncation="tail", clean_text=True
+    )
 
     model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], str(tiny_model_dir), "main", config, tmp_path)
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    assert tokenizer.truncation_side == "left"
-    ids = tokenizer("one two three four five six seven eight nine ten", truncation=True, max_length=8)[
-        "input_ids"
-    ]
-    assert tokenizer.decode(ids, skip_special_tokens=True).endswith("ten")  # the end of the text is kept
+    assert InputRecipe.of_model(model_dir, default_max_length=512) == config.input_recipe()
+
+
+def test_scoring_encodes_text_with_the_models_own_recipe(store, tiny_model_dir, splits, tmp_path):
+    config = TrainingConfig(learning_rate=0.0, num_train_epochs=1, max_length=8, truncation="tail")
+    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], str(tiny_model_dir), "main", config, tmp_path)
+    texts = ["crash report" + " the app closes when I press save twice"]
+    texts.append("unrelated words" + texts[0].removeprefix("crash report"))
+
+    tail_only = predict_probabilities(model_dir, texts, 512)
+    (model_dir / RECIPE_FILE).unlink()  # as a model from before recipes: raw text, cut at 512 tokens
+    legacy = predict_probabilities(model_dir, texts, 512)
+
+    assert torch.equal(tail_only[0], tail_only[1])  # only the last 6 words are read: the same for both
+    assert not torch.equal(legacy[0], legacy[1])

@@ -1,0 +1,155 @@
+"""Text preparation: each step on its own, the whole cleaning, head+tail truncation, the saved recipe."""
+
+import pytest
+from transformers import AutoTokenizer
+
+from retrainer.text import (
+    InputRecipe,
+    clean_text,
+    encode,
+    join_title,
+    keep_head_and_tail,
+    normalise_whitespace,
+    prepare_texts,
+    shorten_code_blocks,
+    shorten_links,
+    shorten_stack_traces,
+    strip_html_comments,
+    strip_template_lines,
+)
+
+ISSUE_FORM = """App crashes when saving a file
+<!-- Please fill in the sections below. Search existing issues first. -->
+### Describe the bug
+Saving a large file crashes the app.
+
+### Checklist
+- [x] I searched existing issues
+- [ ] I am on the latest version
+
+### Additional context
+_No response_
+"""
+
+
+def test_html_comments_are_removed_even_multiline_or_unclosed():
+    assert strip_html_comments("a <!-- hidden\nstill hidden --> b") == "a  b"
+    assert strip_html_comments("kept <!-- never closed\nmore") == "kept "
+
+
+def test_template_headings_checklists_and_empty_form_fields_are_removed():
+    text = (
+        "### Describe the bug\nIt breaks.\n**To Reproduce**\n- [ ] searched\n_No response_\n#123 is related"
+    )
+    assert strip_template_lines(text).split("\n") == ["", "It breaks.", "", "", "", "#123 is related"]
+
+
+def test_a_long_code_block_keeps_its_first_and_last_lines_without_fences():
+    code = "\n".join(f"line {n}" for n in range(1, 31))
+    shortened = shorten_code_blocks(f"before\n```python\n{code}\n```\nafter").split("\n")
+    assert shortened == [
+        "before",
+        *(f"line {n}" for n in range(1, 7)),
+        "[... 22 lines ...]",
+        "line 29",
+        "line 30",
+        "after",
+    ]
+    assert shorten_code_blocks("```\nshort\n```") == "short"
+
+
+def test_a_python_traceback_keeps_its_first_frames_its_last_frame_and_the_error():
+    frames = "".join(f'  File "/app/m{n}.py", line {n}, in f{n}\n    call_{n}()\n' for n in range(10))
+    trace = f"Traceback (most recent call last):\n{frames}ValueError: bad input"
+    lines = shorten_stack_traces(trace).split("\n")
+    assert lines[0] == "Traceback (most recent call last):"
+    assert lines[1:5] == [
+        '  File "/app/m0.py", line 0, in f0',
+        "    call_0()",
+        '  File "/app/m1.py", line 1, in f1',
+        "    call_1()",
+    ]
+    assert lines[5] == "[... 7 frames ...]"
+    assert lines[6:] == ['  File "/app/m9.py", line 9, in f9', "    call_9()", "ValueError: bad input"]
+
+
+def test_java_and_js_frames_are_shortened_and_short_traces_kept():
+    java = "NullPointerException\n" + "\n".join(f"    at com.x.C{n}.run(C{n}.java:{n})" for n in range(8))
+    assert shorten_stack_traces(java).split("\n") == [
+        "NullPointerException",
+        "    at com.x.C0.run(C0.java:0)",
+        "    at com.x.C1.run(C1.java:1)",
+        "[... 5 frames ...]",
+        "    at com.x.C7.run(C7.java:7)",
+    ]
+    short = "Error\n    at a (x.js:1)\n    at b (x.js:2)"
+    assert shorten_stack_traces(short) == short
+
+
+def test_images_and_links_shrink_to_a_marker_and_a_host():
+    text = "see ![shot](https://user-images.githubusercontent.com/1/abc.png) and https://github.com/a/b/issues/1."
+    assert shorten_links(text) == "see [image] and github.com."
+
+
+def test_whitespace_runs_collapse():
+    assert normalise_whitespace("a   b  \n\n\n\n c\t\t d \n") == "a b\n\n c d"
+
+
+def test_clean_text_keeps_the_title_first_and_whole_and_drops_the_template():
+    cleaned = clean_text(ISSUE_FORM)
+    assert cleaned == "App crashes when saving a file\nSaving a large file crashes the app."
+    assert clean_text("### Title that looks like a heading\nbody").startswith(
+        "### Title that looks like a heading"
+    )
+
+
+def test_join_title_puts_the_title_first_and_tolerates_missing_parts():
+    assert join_title("Crash on save", "Steps: open, save") == "Crash on save\nSteps: open, save"
+    assert join_title(None, "only a body") == "only a body"
+    assert join_title("only a title", float("nan")) == "only a title"
+
+
+def test_keep_head_and_tail_cuts_on_token_boundaries():
+    text = "t0 t1 t2 t3 t4 t5 t6 t7 t8 t9"
+    spans = [(3 * n, 3 * n + 2) for n in range(10)]
+    assert keep_head_and_tail(text, spans, budget=4, head_tokens=3) == "t0 t1 t2\nt9"
+    assert keep_head_and_tail(text, spans, budget=4, head_tokens=4) == "t0 t1 t2 t3"
+    assert keep_head_and_tail(text, spans, budget=10, head_tokens=3) == text
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_head_tail_encoding_keeps_the_title_the_start_and_the_end(tokenizer):
+    title = "crash when saving"
+    body = " ".join(["middle"] * 200) + " final words"
+    recipe = InputRecipe(max_length=16, truncation="head_tail", head_share=0.25)
+    ids = encode([f"{title}\n{body}"], tokenizer, recipe)["input_ids"][0]
+    words = tokenizer.decode(ids, skip_special_tokens=True).split()
+    assert len(ids) <= 16
+    assert words[:3] == ["crash", "when", "saving"]  # the title is longer than 25% of 14: kept whole
+    assert words[-2:] == ["final", "words"]
+
+
+def test_head_and_tail_truncation_keep_opposite_ends(tokenizer):
+    text = "first " + "filler " * 50 + "last"
+    head = encode([text], tokenizer, InputRecipe(max_length=8, truncation="head"))["input_ids"][0]
+    tail = encode([text], tokenizer, InputRecipe(max_length=8, truncation="tail"))["input_ids"][0]
+    assert tokenizer.decode(head, skip_special_tokens=True).split()[0] == "first"
+    assert tokenizer.decode(tail, skip_special_tokens=True).split()[-1] == "last"
+
+
+def test_prepare_texts_applies_cleaning_only_when_asked(tokenizer):
+    raw = prepare_texts([ISSUE_FORM], tokenizer, InputRecipe(max_length=512))
+    cleaned = prepare_texts([ISSUE_FORM], tokenizer, InputRecipe(max_length=512, clean=True))
+    assert raw == [ISSUE_FORM]
+    assert cleaned == [clean_text(ISSUE_FORM)]
+
+
+def test_the_recipe_round_trips_and_old_models_read_raw_text(tmp_path):
+    recipe = InputRecipe(max_length=256, truncation="head_tail", head_share=0.6, clean=True)
+    assert InputRecipe.of_model(tmp_path, default_max_length=64) == InputRecipe(max_length=64)
+    recipe.save(tmp_path)
+    assert InputRecipe.of_model(tmp_path, default_max_length=64) == recipe
