@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from retrainer.settings import TRAINING_PRESETS
+from retrainer.settings import TRAINING_PRESETS, RetrainerSettings
 
 # Quiet, offline-friendly defaults for interactive use; anything the user set wins.
 _CLI_ENVIRONMENT = {
@@ -104,9 +104,9 @@ def _demo(args) -> int:
 def _run(args) -> int:
     from flows.retrain import retrain
 
-    if args.preset:
-        os.environ["RETRAINER_TRAINING_PRESET"] = args.preset  # the flow reads its settings when it starts
-    outcome = retrain()
+    # The preset, with any RETRAINER_TRAINING__* on top, as the run's training parameter.
+    training = RetrainerSettings(training_preset=args.preset).training if args.preset else None
+    outcome = retrain(training=training)
     print(outcome.model_dump_json(indent=2))
     return 0
 
@@ -191,14 +191,12 @@ def _setup(args) -> int:
 
 
 def _store():
-    from retrainer.settings import RetrainerSettings
     from retrainer.storage import ObjectStore
 
     return ObjectStore(RetrainerSettings().s3)
 
 
 def _production_model():
-    from retrainer.settings import RetrainerSettings
     from retrainer.storage import ObjectStore
     from tasks.registry import fetch_production_model
 

