@@ -1,8 +1,8 @@
 """What the benchmarks share: the NLBSE'24 issues and the seed project's own training and scoring code.
 
 The seed pads every text to max_length, trains in fp32 with random batches and the Trainer's
-defaults, and scores with `Trainer.predict`; kept here once so every benchmark compares against the
-same baseline.
+defaults (evaluating and saving each epoch, best epoch by accuracy), and scores with
+`Trainer.predict`; kept here once so every benchmark compares against the same baseline.
 """
 
 import tempfile
@@ -15,9 +15,11 @@ from transformers import Trainer, TrainingArguments
 
 from retrainer.settings import TrainingConfig
 from retrainer.text import join_title
-from tasks.train import LABEL_TO_ID
+from tasks.train import LABEL_TO_ID, compute_accuracy
 
 NLBSE = Path(__file__).resolve().parents[2] / "shared" / "data" / "nlbse24" / "issues_train.csv"
+SEED = 42
+"""The seed recipe's random seed."""
 LABEL_MAP = {"bug": "bug", "feature": "feature_request", "question": "general_inquiry"}
 
 
@@ -44,8 +46,26 @@ def seed_encode(tokenizer, texts: list[str], labels: list[str] | None, max_lengt
     )
 
 
-def seed_trainer(model, output_dir: Path, epochs: float = 3.0, train_dataset=None) -> Trainer:
-    """The seed's Trainer: lr 2e-5, batch 16 (64 to score), weight decay 0.01, fp32, no checkpoints."""
+def seed_trainer(
+    model, output_dir: Path, epochs: float = 3.0, train_dataset=None, validation_dataset=None
+) -> Trainer:
+    """The seed's Trainer: lr 2e-5, batch 16 (64 to score), weight decay 0.01, fp32.
+
+    With `validation_dataset`, as the seed trained: evaluate and save a checkpoint each epoch and
+    load the best epoch by accuracy at the end.
+    """
+    per_epoch = (
+        {
+            "eval_strategy": "epoch",
+            "save_strategy": "epoch",
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "accuracy",
+            "save_total_limit": 2,
+            "save_only_model": True,
+        }
+        if validation_dataset is not None
+        else {"save_strategy": "no"}
+    )
     arguments = TrainingArguments(
         output_dir=str(output_dir),
         learning_rate=2e-5,
@@ -53,12 +73,18 @@ def seed_trainer(model, output_dir: Path, epochs: float = 3.0, train_dataset=Non
         per_device_eval_batch_size=64,
         num_train_epochs=epochs,
         weight_decay=0.01,
-        save_strategy="no",
         report_to="none",
         disable_tqdm=True,
-        seed=42,
+        seed=SEED,
+        **per_epoch,
     )
-    return Trainer(model=model, args=arguments, train_dataset=train_dataset)
+    return Trainer(
+        model=model,
+        args=arguments,
+        train_dataset=train_dataset,
+        eval_dataset=validation_dataset,
+        compute_metrics=compute_accuracy if validation_dataset is not None else None,
+    )
 
 
 def seed_predict(model, tokenizer, texts: list[str], max_length: int) -> np.ndarray:

@@ -72,12 +72,28 @@ class TrainingConfig(BaseModel):
     clean_text: bool = Field(
         True, description="Strip issue-template boilerplate, shorten code blocks and stack traces."
     )
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Share of each target spread over the other labels (0: none)."
+    )
+    attention_dropout: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout on attention weights while training; empty: the base model's own (0.1 for "
+        "BERT). 0 trains ~1.1x faster on CPU but scored lower on GitHub issues.",
+    )
     length_grouping: bool = Field(
-        False,
-        description="Batches of similar length: less padding, faster (off: the tuned recipe was measured "
-        "with random batches).",
+        True,
+        description="Batches of similar length: less padding, faster (measured as accurate as random "
+        "batches on GitHub issues).",
     )
     seed: int = 42
+
+    @field_validator("attention_dropout", mode="before")
+    @classmethod
+    def _empty_means_the_base_models_own(cls, value: object) -> object:
+        """``RETRAINER_TRAINING__ATTENTION_DROPOUT=`` (empty) keeps the base model's dropout."""
+        return None if value == "" else value
 
     def input_recipe(self) -> InputRecipe:
         """How texts become model input for this configuration (saved with the model)."""

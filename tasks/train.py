@@ -15,14 +15,17 @@ from datasets import Dataset
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext, TaskRunContext
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
     EvalPrediction,
+    PretrainedConfig,
     PrinterCallback,
     Trainer,
     TrainerCallback,
     TrainingArguments,
+    set_seed,
 )
 
 from retrainer import LABELS
@@ -68,13 +71,9 @@ def fine_tune(
     source = resolve_base_model(base_model)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     recipe = config.input_recipe()
+    set_seed(config.seed)  # before the model exists: its new classification head is drawn from the seed
     model = AutoModelForSequenceClassification.from_pretrained(
-        source,
-        revision=revision,
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id=LABEL_TO_ID,
-        use_safetensors=True,
+        source, revision=revision, config=model_config(source, revision, config), use_safetensors=True
     )
     checkpoint_dir = output_dir / "checkpoints"
     resume_from = checkpoints.restore(checkpoint_dir) if checkpoints else None
@@ -116,6 +115,26 @@ def fine_tune(
     return model_dir
 
 
+ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
+"""What architectures call the dropout on attention weights (BERT/RoBERTa, DistilBERT, GPT-2)."""
+
+
+def model_config(source: str, revision: str, config: TrainingConfig) -> PretrainedConfig:
+    """The base model's configuration with the product's labels and the run's attention dropout."""
+    model_config = AutoConfig.from_pretrained(
+        source,
+        revision=revision,
+        num_labels=len(LABELS),
+        id2label=dict(enumerate(LABELS)),
+        label2id=LABEL_TO_ID,
+    )
+    if config.attention_dropout is not None:
+        for field in ATTENTION_DROPOUT_FIELDS:
+            if hasattr(model_config, field):
+                setattr(model_config, field, config.attention_dropout)
+    return model_config
+
+
 def training_arguments(
     config: TrainingConfig, checkpoint_dir: Path, resumable: bool = False
 ) -> TrainingArguments:
@@ -130,6 +149,7 @@ def training_arguments(
         per_device_eval_batch_size=config.per_device_eval_batch_size,
         num_train_epochs=config.num_train_epochs,
         weight_decay=config.weight_decay,
+        label_smoothing_factor=config.label_smoothing,
         warmup_steps=config.warmup_ratio,  # transformers 5: a float below 1 is a share of the steps
         seed=config.seed,
         eval_strategy="epoch",

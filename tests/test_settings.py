@@ -30,7 +30,9 @@ def test_defaults_are_the_tuned_recipe_and_the_packaged_model(monkeypatch):
         max_length=128,
         truncation="head_tail",
         clean_text=True,
-        length_grouping=False,
+        label_smoothing=0.0,
+        attention_dropout=None,
+        length_grouping=True,
     )
     assert settings.s3.bucket == "ticket-retrainer"
 
@@ -45,6 +47,8 @@ def test_the_seed_preset_is_the_seed_projects_recipe():
         "max_length": 128,
         "truncation": "head",
         "clean_text": False,
+        "label_smoothing": 0.0,
+        "attention_dropout": None,
         "length_grouping": False,
     }
 
@@ -58,6 +62,14 @@ def test_environment_variables_fill_nested_settings(monkeypatch):
     assert settings.s3.endpoint_url == "http://127.0.0.1:9000"
     assert settings.training.learning_rate == 5e-5
     assert settings.base_model == "distilbert-base-uncased"
+
+
+def test_an_empty_attention_dropout_means_the_base_models_own(monkeypatch):
+    monkeypatch.setenv("RETRAINER_TRAINING__ATTENTION_DROPOUT", "0.05")
+    assert RetrainerSettings().training.attention_dropout == 0.05
+
+    monkeypatch.setenv("RETRAINER_TRAINING__ATTENTION_DROPOUT", "")
+    assert RetrainerSettings().training.attention_dropout is None
 
 
 def test_run_overrides_win_over_the_environment(monkeypatch):
@@ -108,10 +120,11 @@ def test_training_samples_as_configured_with_the_precision_this_hardware_support
     from tasks.train import training_arguments
 
     arguments = training_arguments(TrainingConfig(), tmp_path)
-    grouped = training_arguments(TrainingConfig(length_grouping=True), tmp_path)
+    shuffled = training_arguments(TrainingConfig(length_grouping=False, label_smoothing=0.1), tmp_path)
 
-    assert arguments.train_sampling_strategy == "random"
-    assert grouped.train_sampling_strategy == "group_by_length"
+    assert arguments.train_sampling_strategy == "group_by_length"
+    assert shuffled.train_sampling_strategy == "random"
+    assert (arguments.label_smoothing_factor, shuffled.label_smoothing_factor) == (0.0, 0.1)
     assert arguments.warmup_steps == 0.1 and arguments.learning_rate == 1e-4
     if not torch.cuda.is_available():
         assert arguments.bf16 is cpu_supports_bf16()  # bf16 autocast only where the CPU does bf16

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from retrainer.samples import generate_tickets
@@ -56,6 +57,34 @@ def test_a_run_without_checkpoints_starts_fresh_and_says_so(store, tiny_model_di
 
     record = json.loads((model_dir / "training.json").read_text())
     assert record["resumed_from_step"] is None and record["global_step"] == record["max_steps"]
+
+
+def test_the_seed_makes_training_reproducible(store, tiny_model_dir, splits, tmp_path):
+    def train(seed: int, folder: str) -> dict[str, torch.Tensor]:
+        config = TrainingConfig(learning_rate=5e-3, num_train_epochs=1, seed=seed)
+        model_dir = fine_tune(
+            splits[TRAIN], splits[VALIDATION], str(tiny_model_dir), "main", config, tmp_path / folder
+        )
+        return load_file(model_dir / "model.safetensors")
+
+    first, again, other = train(7, "first"), train(7, "again"), train(8, "other")
+
+    assert all(torch.equal(first[name], again[name]) for name in first)  # the new head included
+    assert not torch.equal(first["classifier.weight"], other["classifier.weight"])
+
+
+@pytest.mark.parametrize(("attention_dropout", "saved"), [(0.0, 0.0), (0.05, 0.05), (None, 0.1)])
+def test_attention_dropout_is_the_runs_or_the_base_models_own(
+    store, tiny_model_dir, splits, tmp_path, attention_dropout, saved
+):
+    config = TrainingConfig(learning_rate=5e-3, num_train_epochs=1, attention_dropout=attention_dropout)
+
+    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], str(tiny_model_dir), "main", config, tmp_path)
+
+    trained = json.loads((model_dir / "config.json").read_text())
+    assert trained["attention_probs_dropout_prob"] == saved  # None: BertConfig's 0.1 of the tiny base
+    assert trained["hidden_dropout_prob"] == 0.1  # only attention dropout is the run's to change
+    assert trained["id2label"] == {"0": "bug", "1": "feature_request", "2": "general_inquiry"}
 
 
 def test_tokenized_splits_are_cached_per_dataset_version(store, tiny_model_dir, splits, tmp_path):
