@@ -121,18 +121,27 @@ ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attention_dropout",
 
 def model_config(source: str, revision: str, config: TrainingConfig) -> PretrainedConfig:
     """The base model's configuration with the product's labels and the run's attention dropout."""
-    model_config = AutoConfig.from_pretrained(
+    base = AutoConfig.from_pretrained(
         source,
         revision=revision,
         num_labels=len(LABELS),
         id2label=dict(enumerate(LABELS)),
         label2id=LABEL_TO_ID,
     )
-    if config.attention_dropout is not None:
-        for field in ATTENTION_DROPOUT_FIELDS:
-            if hasattr(model_config, field):
-                setattr(model_config, field, config.attention_dropout)
-    return model_config
+    if config.attention_dropout is None:
+        return base
+    fields = [field for field in ATTENTION_DROPOUT_FIELDS if hasattr(base, field)]
+    for field in fields:
+        setattr(base, field, config.attention_dropout)
+    if not fields:  # a setting that silently did nothing would mislead whoever compares runs
+        run_logger().warning(
+            "attention_dropout=%s ignored: %s (%s) has none of %s",
+            config.attention_dropout,
+            source,
+            base.model_type,
+            ", ".join(ATTENTION_DROPOUT_FIELDS),
+        )
+    return base
 
 
 def training_arguments(

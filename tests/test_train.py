@@ -10,6 +10,7 @@ from transformers import TrainerCallback
 from retrainer.samples import generate_tickets
 from retrainer.settings import TrainingConfig
 from retrainer.text import RECIPE_FILE, InputRecipe
+from tasks import train
 from tasks.checkpoints import CheckpointSync
 from tasks.dataset import TRAIN, VALIDATION, check_splits, merge_curated
 from tasks.evaluate import predict_probabilities
@@ -85,6 +86,17 @@ def test_attention_dropout_is_the_runs_or_the_base_models_own(
     assert trained["attention_probs_dropout_prob"] == saved  # None: BertConfig's 0.1 of the tiny base
     assert trained["hidden_dropout_prob"] == 0.1  # only attention dropout is the run's to change
     assert trained["id2label"] == {"0": "bug", "1": "feature_request", "2": "general_inquiry"}
+
+
+def test_an_attention_dropout_the_architecture_lacks_is_reported_not_silently_ignored(
+    tiny_model_dir, monkeypatch, caplog
+):
+    monkeypatch.setattr(train, "ATTENTION_DROPOUT_FIELDS", ("attn_dropout_of_another_architecture",))
+
+    config = train.model_config(str(tiny_model_dir), "main", TrainingConfig(attention_dropout=0.0))
+
+    assert config.attention_probs_dropout_prob == 0.1  # untouched
+    assert "attention_dropout=0.0 ignored" in caplog.text and "(bert)" in caplog.text
 
 
 def test_tokenized_splits_are_cached_per_dataset_version(store, tiny_model_dir, splits, tmp_path):
