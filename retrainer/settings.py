@@ -8,7 +8,7 @@ them from the standard AWS environment, shared config files or an instance role.
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from retrainer.text import InputRecipe, Truncation
@@ -19,6 +19,15 @@ PACKAGED_BASE_MODEL_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 """The Hub id of the packaged model's weights (for model cards)."""
 
 
+def _empty_as_unset(value: object) -> object:
+    """An empty environment variable (``NAME=``) means "not set", not an invalid value."""
+    return None if value == "" else value
+
+
+EmptyMeansUnset = BeforeValidator(_empty_as_unset)
+"""For optional settings: an empty value is None (the documented default), as for an unset one."""
+
+
 def hub_id_of(base_model: str) -> str:
     """The Hub id a base model setting stands for (the packaged model is a copy of a Hub model)."""
     return PACKAGED_BASE_MODEL_HUB_ID if base_model == PACKAGED_BASE_MODEL else base_model
@@ -27,7 +36,7 @@ def hub_id_of(base_model: str) -> str:
 class S3Settings(BaseModel):
     """Where the object store is and how its keys are laid out."""
 
-    endpoint_url: str | None = Field(
+    endpoint_url: Annotated[str | None, EmptyMeansUnset] = Field(
         None, description="S3 endpoint; empty means AWS S3. E.g. http://127.0.0.1:8333 for SeaweedFS."
     )
     region: str = Field("us-east-1", description="Region used to sign requests.")
@@ -40,13 +49,6 @@ class S3Settings(BaseModel):
     reports_prefix: str = Field("reports/", description="Decision reports of runs that published nothing.")
     runs_prefix: str = Field("runs/", description="Per-run scratch (the challenger before the gate).")
     max_attempts: int = Field(5, ge=1, le=20, description="botocore retry attempts (standard mode).")
-
-    @field_validator("endpoint_url", mode="before")
-    @classmethod
-    def _empty_endpoint_means_aws(cls, value: str | None) -> str | None:
-        """``RETRAINER_S3__ENDPOINT_URL=`` (empty) means AWS S3, as documented, not an invalid URL."""
-        return value or None
-
     max_pool_connections: int = Field(32, ge=1, le=512, description="HTTP connections kept per client.")
 
 
@@ -75,7 +77,7 @@ class TrainingConfig(BaseModel):
     label_smoothing: float = Field(
         0.0, ge=0.0, lt=1.0, description="Share of each target spread over the other labels (0: none)."
     )
-    attention_dropout: float | None = Field(
+    attention_dropout: Annotated[float | None, EmptyMeansUnset] = Field(
         None,
         ge=0.0,
         lt=1.0,
@@ -88,12 +90,6 @@ class TrainingConfig(BaseModel):
         "batches on GitHub issues).",
     )
     seed: int = 42
-
-    @field_validator("attention_dropout", mode="before")
-    @classmethod
-    def _empty_means_the_base_models_own(cls, value: object) -> object:
-        """``RETRAINER_TRAINING__ATTENTION_DROPOUT=`` (empty) keeps the base model's dropout."""
-        return None if value == "" else value
 
     def input_recipe(self) -> InputRecipe:
         """How texts become model input for this configuration (saved with the model)."""
