@@ -2,7 +2,9 @@
 
 Data: ../shared/data/nlbse24/issues_train.csv (1,500 issues, 5 repositories x 3 labels x 100).
 A fixed split stratified by repository and label holds out 20% (300 issues) for the test; 10% of the
-rest (also stratified) picks the best epoch, as the flow's validation split does. Every configuration
+rest (also stratified) picks the best epoch, as the flow's validation split does. With `--folds K`,
+every issue is tested once instead (K stratified folds, each trained on the others): slower, but the
+estimate rests on all 1,500 issues and shows its spread, which one split of 300 cannot. Every configuration
 trains with `tasks.train.fine_tune` and is scored with `tasks.evaluate` (the product's own code), so
 text preparation and truncation are the product's too.
 
@@ -11,6 +13,7 @@ each result as a JSON line to `--results` (so a sweep can run in the background 
 
     .venv/bin/python benchmarks/quality.py                       # seed recipe and the tuned defaults
     .venv/bin/python benchmarks/quality.py --config lr1e-4:learning_rate=1e-4,num_train_epochs=5
+    .venv/bin/python benchmarks/quality.py --folds 5 --config tuned   # 5-fold cross-validation
 """
 
 import argparse
@@ -41,6 +44,16 @@ def stratified_split(rows: pd.DataFrame, share: float, seed: int) -> tuple[pd.Da
     return rows.drop(index=held_out), rows.loc[held_out]
 
 
+def stratified_folds(rows: pd.DataFrame, folds: int, seed: int) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """(rest, test) per fold: every repository x label group shuffled by `seed` and dealt into `folds`
+    parts, so each issue is tested exactly once and every test fold has the same mix."""
+    fold_of = pd.Series(0, index=rows.index)
+    for _, group in rows.groupby(["repo", "label"]):
+        shuffled = group.sample(frac=1.0, random_state=seed).index
+        fold_of[shuffled] = np.arange(len(shuffled)) % folds
+    return [(rows[fold_of != fold], rows[fold_of == fold]) for fold in range(folds)]
+
+
 def measure(name: str, config: TrainingConfig, train, validation, test, workdir: Path) -> dict:
     """Train one configuration and score it on the test split."""
     started = time.perf_counter()
@@ -60,8 +73,45 @@ def measure(name: str, config: TrainingConfig, train, validation, test, workdir:
         "macro_f1": overall.macro_f1,
         "f1": overall.f1,
         "per_repo_macro_f1": per_repo,
+        "predictions": dict(zip(test["ticket_id"], (LABELS[index] for index in predicted), strict=True)),
         "train_seconds": seconds,
         "train_samples_per_s": len(train) * config.num_train_epochs / seconds,
+        "config": config.model_dump(),
+        "device": describe_device(),
+    }
+
+
+def cross_validate(name: str, config: TrainingConfig, issues: pd.DataFrame, folds: int) -> dict:
+    """`measure` on every fold; the summary scores all out-of-fold predictions together."""
+    per_fold = []
+    for fold, (rest, test) in enumerate(stratified_folds(issues, folds, SPLIT_SEED)):
+        train, validation = stratified_split(rest, VALIDATION_SHARE, SPLIT_SEED)
+        with tempfile.TemporaryDirectory() as workdir:
+            per_fold.append(measure(f"{name}/fold{fold}", config, train, validation, test, Path(workdir)))
+        print_table(per_fold[-1:])
+    predictions = {ticket: label for result in per_fold for ticket, label in result["predictions"].items()}
+    scored = issues[issues["ticket_id"].isin(predictions)]
+    predicted = np.array([LABEL_TO_ID[predictions[ticket]] for ticket in scored["ticket_id"]])
+    references = np.array([LABEL_TO_ID[label] for label in scored["label"]])
+    overall = evaluation_report(predicted.tolist(), references.tolist())
+    fold_f1 = np.array([result["macro_f1"] for result in per_fold])
+    seconds = sum(result["train_seconds"] for result in per_fold)
+    return {
+        "name": name,
+        "folds": folds,
+        "accuracy": overall.accuracy,
+        "macro_f1": overall.macro_f1,
+        "fold_macro_f1": fold_f1.tolist(),
+        "fold_macro_f1_std": float(fold_f1.std(ddof=1)),
+        "f1": overall.f1,
+        "per_repo_macro_f1": {
+            repo: evaluation_report(predicted[mask].tolist(), references[mask].tolist()).macro_f1
+            for repo in sorted(scored["repo"].unique())
+            for mask in [(scored["repo"] == repo).to_numpy()]
+        },
+        "predictions": predictions,
+        "train_seconds": seconds / folds,
+        "train_samples_per_s": sum(r["train_samples_per_s"] for r in per_fold) / folds,
         "config": config.model_dump(),
         "device": describe_device(),
     }
@@ -97,16 +147,24 @@ def main() -> None:
     parser.add_argument("--config", action="append", help="preset name or name:key=value,... (repeatable)")
     parser.add_argument("--results", type=Path, default=Path(".bench/quality.jsonl"))
     parser.add_argument("--data", type=Path, default=NLBSE)
+    parser.add_argument("--folds", type=int, default=0, help="K-fold cross-validation instead of one split")
     args = parser.parse_args()
-    rest, test = stratified_split(load_issues(args.data), TEST_SHARE, SPLIT_SEED)
+    issues = load_issues(args.data)
+    rest, test = stratified_split(issues, TEST_SHARE, SPLIT_SEED)
     train, validation = stratified_split(rest, VALIDATION_SHARE, SPLIT_SEED)
-    print(f"{len(train)} train / {len(validation)} validation / {len(test)} test issues")
+    if args.folds:
+        print(f"{args.folds}-fold cross-validation over {len(issues)} issues")
+    else:
+        print(f"{len(train)} train / {len(validation)} validation / {len(test)} test issues")
     args.results.parent.mkdir(parents=True, exist_ok=True)
     results = []
     for spec in args.config or ["seed", "tuned"]:
         name, config = parse_config(spec)
-        with tempfile.TemporaryDirectory() as workdir:
-            result = measure(name, config, train, validation, test, Path(workdir))
+        if args.folds:
+            result = cross_validate(name, config, issues, args.folds)
+        else:
+            with tempfile.TemporaryDirectory() as workdir:
+                result = measure(name, config, train, validation, test, Path(workdir))
         results.append(result)
         with args.results.open("a") as out:
             out.write(json.dumps(result) + "\n")
@@ -115,6 +173,14 @@ def main() -> None:
     print_table(results)
     labels = ", ".join(LABELS)
     print(f"(macro-F1 over {labels}; per-repository columns are macro-F1 on that repository's test issues)")
+    for result in results:
+        if "folds" in result:
+            spread = ", ".join(f"{f1:.3f}" for f1 in result["fold_macro_f1"])
+            scored = len(result["predictions"])
+            print(
+                f"{result['name']}: out-of-fold macro-F1 {result['macro_f1']:.3f} over {scored} issues;"
+                f" per fold {spread} (std {result['fold_macro_f1_std']:.3f})"
+            )
 
 
 if __name__ == "__main__":
