@@ -1,10 +1,11 @@
 """Training speed: the seed recipe vs the project's trainer, same data, model, epochs, one process.
 
 The seed recipe pads every example to max_length 128 and trains in fp32 with random batches,
-evaluating and saving each epoch and keeping the best (as the seed did; both are timed from loading
-the base model to the best epoch loaded, on the same validation slice). The
-project's trainer runs its `tuned` defaults at the same 128 tokens (or `--set` overrides): cleaned
-text, per-batch padding, bf16 autocast where the CPU (or GPU) supports it. Prints samples/s of each,
+evaluating and saving each epoch and keeping the best (as the seed did). The project's trainer runs
+its `tuned` defaults at the same 128 tokens (or `--set` overrides): cleaned text, per-batch padding,
+bf16 autocast where the CPU (or GPU) supports it, the same per-epoch evaluation on the same
+validation slice, the mean of the last epochs' weights. Both are timed from loading the base model
+to the model they publish, loaded. Prints samples/s of each,
 the ratio, and accuracy on a held-out split, for the NLBSE'24 GitHub issues
 (../shared/data/nlbse24/issues_train.csv) and for short generated tickets. Also times scoring the
 held-out split: the seed's Trainer.predict with max-length padding vs the project's scorer.
@@ -42,7 +43,7 @@ def validation_slice(train: pd.DataFrame) -> pd.DataFrame:
 def seed_recipe(train: pd.DataFrame, test: pd.DataFrame, epochs: float, workdir: Path):
     """The seed's training and scoring; returns (train seconds, test accuracy, scoring seconds).
 
-    Timed like the project's `fine_tune`: from loading the base model to the best epoch loaded.
+    Timed like the project's `fine_tune`: from loading the base model to the model it publishes.
     """
     started = time.perf_counter()
     source = resolve_base_model(PACKAGED_BASE_MODEL)

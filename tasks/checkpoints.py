@@ -59,11 +59,16 @@ class _UploadCheckpoints(TrainerCallback):
         output = Path(args.output_dir)
         name = f"checkpoint-{state.global_step}"
         self.sync.store.upload_dir(output / name, f"{self.sync.prefix}{name}/", immutable=False)
-        kept = sorted((path.name for path in output.glob("checkpoint-*")), key=lambda n: int(n.split("-")[1]))
+        kept = sorted((path.name for path in output.glob("checkpoint-*")), key=checkpoint_step)
         marker = {"latest": name, "step": state.global_step, "checkpoints": kept}
         self.sync.store.put(
             self.sync.prefix + LATEST, json.dumps(marker).encode(), content_type="application/json"
         )
+
+
+def checkpoint_step(name: str | Path) -> int:
+    """The training step a Trainer checkpoint folder (``checkpoint-<step>``) was saved at."""
+    return int(Path(name).name.split("-")[1])
 
 
 def _relocate_best_checkpoint(state_file: Path, local_dir: Path) -> None:

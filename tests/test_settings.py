@@ -33,6 +33,7 @@ def test_defaults_are_the_tuned_recipe_and_the_packaged_model(monkeypatch):
         label_smoothing=0.0,
         attention_dropout=None,
         length_grouping=True,
+        average_share=0.6,
     )
     assert settings.s3.bucket == "ticket-retrainer"
 
@@ -50,7 +51,16 @@ def test_the_seed_preset_is_the_seed_projects_recipe():
         "label_smoothing": 0.0,
         "attention_dropout": None,
         "length_grouping": False,
+        "average_share": 0.0,  # the best epoch by accuracy, as the seed kept
     }
+
+
+@pytest.mark.parametrize(
+    ("epochs", "share", "averaged"),
+    [(5, 0.6, 3), (3, 0.6, 2), (10, 0.6, 6), (1, 0.6, 1), (2.5, 0.6, 2), (5, 0, 0)],
+)
+def test_averaging_takes_a_share_of_the_last_epochs_never_none_of_them(epochs, share, averaged):
+    assert TrainingConfig(num_train_epochs=epochs, average_share=share).averaged_epochs() == averaged
 
 
 def test_environment_variables_fill_nested_settings(monkeypatch):

@@ -1,6 +1,7 @@
 """Fine-tuning: checkpoints in S3 let a killed run resume; the run records how it was made."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,23 +33,66 @@ def splits():
     return check_splits(merge_curated(None, tickets, 0.2, 0.1))
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint_in_s3_and_finishes(
-    store, tiny_model_dir, splits, tmp_path
-):
+def _kill_after_first_checkpoint_then_rerun(
+    store, tiny_model_dir, splits, tmp_path, config
+) -> tuple[dict, Path]:
+    """Train on a 'first machine' that dies right after its first checkpoint reached S3, then run the
+    same job on a second machine; the first machine's ``latest.json`` and the second's model folder."""
     sync = CheckpointSync(store, "runs/checkpoints/ds-test/abc/")
-    config = TrainingConfig(learning_rate=5e-3, num_train_epochs=3)
     arguments = (splits[TRAIN], splits[VALIDATION], str(tiny_model_dir), "main", config)
-
     with pytest.raises(MachineLostError):
         fine_tune(*arguments, tmp_path / "first-machine", sync, [_DieAfterFirstCheckpoint()])
     saved = json.loads(store.get("runs/checkpoints/ds-test/abc/latest.json")[0])
-    model_dir = fine_tune(*arguments, tmp_path / "second-machine", sync)
+    return saved, fine_tune(*arguments, tmp_path / "second-machine", sync)
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_in_s3_and_finishes(
+    store, tiny_model_dir, splits, tmp_path
+):
+    config = TrainingConfig(learning_rate=5e-3, num_train_epochs=3)
+
+    saved, model_dir = _kill_after_first_checkpoint_then_rerun(
+        store, tiny_model_dir, splits, tmp_path, config
+    )
 
     record = json.loads((model_dir / "training.json").read_text())
     assert saved["step"] > 0 and record["resumed_from_step"] == saved["step"]
     assert record["global_step"] == record["max_steps"] > saved["step"]  # it finished the remaining epochs
     assert record["seed"] == 42 and "transformers" in record["library_versions"]
     assert (model_dir / "model.safetensors").is_file() and not (model_dir / "training_args.bin").exists()
+
+
+def test_averaging_publishes_the_mean_weights_of_the_last_epochs(store, tiny_model_dir, splits, tmp_path):
+    config = TrainingConfig(learning_rate=5e-3, num_train_epochs=3, average_share=0.6)  # 2 of 3
+
+    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], str(tiny_model_dir), "main", config, tmp_path)
+
+    record = json.loads((model_dir / "training.json").read_text())
+    assert len(record["averaged_steps"]) == 2 and record["averaged_steps"][-1] == record["max_steps"]
+    second_last, last = (
+        load_file(tmp_path / "checkpoints" / f"checkpoint-{step}" / "model.safetensors")
+        for step in record["averaged_steps"]
+    )
+    published = load_file(model_dir / "model.safetensors")
+    assert published.keys() == last.keys()
+    for name, weights in published.items():
+        expected = (second_last[name] + last[name]) / 2 if weights.is_floating_point() else last[name]
+        assert torch.allclose(weights, expected, atol=1e-6), name
+    assert not torch.equal(published["classifier.weight"], last["classifier.weight"])
+
+
+def test_a_resumed_run_averages_the_epochs_saved_before_it_was_killed(
+    store, tiny_model_dir, splits, tmp_path
+):
+    config = TrainingConfig(learning_rate=5e-3, num_train_epochs=3, average_share=1.0)
+
+    saved, model_dir = _kill_after_first_checkpoint_then_rerun(
+        store, tiny_model_dir, splits, tmp_path, config
+    )
+
+    record = json.loads((model_dir / "training.json").read_text())
+    assert record["resumed_from_step"] == saved["step"]
+    assert record["averaged_steps"][0] == saved["step"] and len(record["averaged_steps"]) == 3
 
 
 def test_a_run_without_checkpoints_starts_fresh_and_says_so(store, tiny_model_dir, splits, tmp_path):
