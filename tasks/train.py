@@ -1,8 +1,8 @@
 """Fine-tune: train a challenger from the base model on the curated train split with the Trainer.
 
-The best epoch is chosen on the *validation* split, never on the gate's eval split, so the gate
-compares champion and challenger on data neither of them was selected on (averaging the last epochs
-selects nothing at all).
+Each epoch is evaluated on the *validation* split, never on the gate's eval split. The published
+weights are the mean of the last epochs (or the best epoch by validation accuracy), so the gate
+compares champion and challenger on data neither of them was selected on.
 """
 
 import hashlib
