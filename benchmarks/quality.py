@@ -54,25 +54,31 @@ def stratified_folds(rows: pd.DataFrame, folds: int, seed: int) -> list[tuple[pd
     return [(rows[fold_of != fold], rows[fold_of == fold]) for fold in range(folds)]
 
 
+def scores(test: pd.DataFrame, predicted: np.ndarray) -> dict:
+    """Accuracy, macro-F1, per-label F1 and per-repository macro-F1 of label ids predicted for `test`."""
+    references = np.array([LABEL_TO_ID[label] for label in test["label"]])
+    overall = evaluation_report(predicted.tolist(), references.tolist())
+    return {
+        "accuracy": overall.accuracy,
+        "macro_f1": overall.macro_f1,
+        "f1": overall.f1,
+        "per_repo_macro_f1": {
+            repo: evaluation_report(predicted[mask].tolist(), references[mask].tolist()).macro_f1
+            for repo in sorted(test["repo"].unique())
+            for mask in [(test["repo"] == repo).to_numpy()]
+        },
+    }
+
+
 def measure(name: str, config: TrainingConfig, train, validation, test, workdir: Path) -> dict:
     """Train one configuration and score it on the test split."""
     started = time.perf_counter()
     model_dir = fine_tune(train, validation, PACKAGED_BASE_MODEL, "main", config, workdir)
     seconds = time.perf_counter() - started
     predicted = np.array(predict_label_ids(model_dir, test["text"].tolist(), config.max_length))
-    references = np.array([LABEL_TO_ID[label] for label in test["label"]])
-    overall = evaluation_report(predicted.tolist(), references.tolist())
-    per_repo = {
-        repo: evaluation_report(predicted[mask].tolist(), references[mask].tolist()).macro_f1
-        for repo in sorted(test["repo"].unique())
-        for mask in [(test["repo"] == repo).to_numpy()]
-    }
     return {
         "name": name,
-        "accuracy": overall.accuracy,
-        "macro_f1": overall.macro_f1,
-        "f1": overall.f1,
-        "per_repo_macro_f1": per_repo,
+        **scores(test, predicted),
         "predictions": dict(zip(test["ticket_id"], (LABELS[index] for index in predicted), strict=True)),
         "train_seconds": seconds,
         "train_samples_per_s": len(train) * config.num_train_epochs / seconds,
@@ -92,23 +98,14 @@ def cross_validate(name: str, config: TrainingConfig, issues: pd.DataFrame, fold
     predictions = {ticket: label for result in per_fold for ticket, label in result["predictions"].items()}
     scored = issues[issues["ticket_id"].isin(predictions)]
     predicted = np.array([LABEL_TO_ID[predictions[ticket]] for ticket in scored["ticket_id"]])
-    references = np.array([LABEL_TO_ID[label] for label in scored["label"]])
-    overall = evaluation_report(predicted.tolist(), references.tolist())
     fold_f1 = np.array([result["macro_f1"] for result in per_fold])
     seconds = sum(result["train_seconds"] for result in per_fold)
     return {
         "name": name,
         "folds": folds,
-        "accuracy": overall.accuracy,
-        "macro_f1": overall.macro_f1,
+        **scores(scored, predicted),
         "fold_macro_f1": fold_f1.tolist(),
         "fold_macro_f1_std": float(fold_f1.std(ddof=1)),
-        "f1": overall.f1,
-        "per_repo_macro_f1": {
-            repo: evaluation_report(predicted[mask].tolist(), references[mask].tolist()).macro_f1
-            for repo in sorted(scored["repo"].unique())
-            for mask in [(scored["repo"] == repo).to_numpy()]
-        },
         "predictions": predictions,
         "train_seconds": seconds / folds,
         "train_samples_per_s": sum(r["train_samples_per_s"] for r in per_fold) / folds,

@@ -100,10 +100,9 @@ def fine_tune(
     )
     trainer.remove_callback(PrinterCallback)  # RunLogCallback logs instead of printing to stdout
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    averaged_epochs = config.averaged_epochs()
     averaged = (
-        average_last_checkpoints(trainer.model, checkpoint_dir, config.averaged_epochs())
-        if config.averaged_epochs()
-        else None
+        average_last_checkpoints(trainer.model, checkpoint_dir, averaged_epochs) if averaged_epochs else None
     )
     model_dir = output_dir / "model"
     trainer.save_model(str(model_dir))  # the averaged weights, or the best epoch (load_best_model_at_end)
