@@ -35,7 +35,7 @@ def fine_tune_flow(
     training: TrainingConfig | None = None,
     base_model: str | None = None,
 ) -> str:
-    """Fine-tune the base model on `dataset_version` and upload the best epoch under `output_prefix`.
+    """Fine-tune the base model on `dataset_version` and upload the trained model under `output_prefix`.
 
     Args:
         dataset_version: curated dataset version id (``datasets/<version>/curated.parquet``).

@@ -60,7 +60,7 @@ class TrainingConfig(BaseModel):
     learning_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-4
     per_device_train_batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
     per_device_eval_batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
-    num_train_epochs: Annotated[float, Field(gt=0.0, le=100.0)] = 5.0
+    num_train_epochs: Annotated[float, Field(gt=0.0, le=100.0)] = 8.0
     warmup_ratio: float = Field(
         0.1, ge=0.0, lt=1.0, description="Share of steps with a rising learning rate."
     )
@@ -94,8 +94,8 @@ class TrainingConfig(BaseModel):
         0.6,
         ge=0.0,
         le=1.0,
-        description="Publish the mean weights of the last epochs, this share of them (0.6 of 5 epochs: "
-        "the last 3), instead of the best epoch by validation accuracy; 0: the best epoch.",
+        description="Publish the mean weights of the last epochs, this share of them (0.6 of 8 epochs: "
+        "the last 5), instead of the best epoch by validation accuracy; 0: the best epoch.",
     )
     seed: int = 42
 
@@ -223,7 +223,11 @@ class RetrainerSettings(BaseSettings):
         0.2, gt=0.0, lt=0.5, description="Share of tickets (by hash of ticket_id) held out for the gate."
     )
     validation_fraction: float = Field(
-        0.1, gt=0.0, lt=0.5, description="Share of tickets used to pick the best epoch (never the gate's)."
+        0.1,
+        gt=0.0,
+        lt=0.5,
+        description="Share of tickets scored after each epoch (the best epoch when averaging is off);"
+        " never the gate's.",
     )
     work_dir: Path = Field(
         Path.home() / ".cache" / "ticket-retrainer",

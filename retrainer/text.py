@@ -150,7 +150,11 @@ def prepare_texts(texts: list[str], tokenizer, recipe: InputRecipe) -> list[str]
     if recipe.truncation != "head_tail":
         return list(texts)
     budget = recipe.max_length - tokenizer.num_special_tokens_to_add()
-    offsets = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    # Whole texts are measured on purpose, to cut them below; verbose=False silences the tokenizer's
+    # "longer than the specified maximum sequence length ... indexing errors" warning, untrue here.
+    offsets = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)[
+        "offset_mapping"
+    ]
     return [
         keep_head_and_tail(
             text, spans, budget, max(round(budget * recipe.head_share), _title_tokens(text, spans))

@@ -24,7 +24,7 @@ def test_defaults_are_the_tuned_recipe_and_the_packaged_model(monkeypatch):
     assert settings.training == TrainingConfig(
         learning_rate=1e-4,
         per_device_train_batch_size=16,
-        num_train_epochs=5,
+        num_train_epochs=8,
         warmup_ratio=0.1,
         weight_decay=0.01,
         max_length=128,
@@ -57,7 +57,7 @@ def test_the_seed_preset_is_the_seed_projects_recipe():
 
 @pytest.mark.parametrize(
     ("epochs", "share", "averaged"),
-    [(5, 0.6, 3), (3, 0.6, 2), (10, 0.6, 6), (1, 0.6, 1), (2.5, 0.6, 2), (5, 0, 0)],
+    [(8, 0.6, 5), (5, 0.6, 3), (3, 0.6, 2), (10, 0.6, 6), (1, 0.6, 1), (2.5, 0.6, 2), (5, 0, 0)],
 )
 def test_averaging_takes_a_share_of_the_last_epochs_never_none_of_them(epochs, share, averaged):
     assert TrainingConfig(num_train_epochs=epochs, average_share=share).averaged_epochs() == averaged

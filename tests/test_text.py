@@ -153,3 +153,12 @@ def test_the_recipe_round_trips_and_old_models_read_raw_text(tmp_path):
     assert InputRecipe.of_model(tmp_path, default_max_length=64) == InputRecipe(max_length=64)
     recipe.save(tmp_path)
     assert InputRecipe.of_model(tmp_path, default_max_length=64) == recipe
+
+
+def test_measuring_a_long_text_to_cut_it_warns_of_no_indexing_errors(tiny_model_dir, caplog):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, model_max_length=32)  # fresh: it warns once
+    ids = encode(["title\n" + "word " * 200], tokenizer, InputRecipe(max_length=16, truncation="head_tail"))[
+        "input_ids"
+    ][0]
+    assert len(ids) == 16
+    assert "sequence length is longer" not in caplog.text
