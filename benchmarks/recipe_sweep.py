@@ -7,11 +7,12 @@ loop (AdamW without decay on biases and LayerNorms, linear warm-up and decay, gr
 bf16 autocast, length-grouped batches, the base model's dropout, the classification head drawn from
 the seed) and runs several trainings side by side on one GPU. The text is the product's: `prep`
 encodes the issues with `retrainer.text.encode` on this machine, so the GPU machine needs only torch
-and transformers. Each run scores every epoch and the mean weights of its last K epochs (every K) on
+and transformers (and this checkout on PYTHONPATH: the weights are averaged by `retrainer.weights`, as
+in the product). Each run scores every epoch and the mean weights of its last K epochs (every K) on
 its test fold, so one training answers "best epoch, last epoch or mean of the last K".
 
     .venv/bin/python benchmarks/recipe_sweep.py prep                  # here: token ids, folds, fp16 model
-    python3 benchmarks/recipe_sweep.py run --set lengths --out OUT    # there: .bench/sweep carried
+    PYTHONPATH=. python3 benchmarks/recipe_sweep.py run --set lengths --out OUT  # there, .bench/sweep carried
     .venv/bin/python benchmarks/recipe_sweep.py summary OUT/results.jsonl
 
 The folds are `benchmarks/quality.py --folds 5`'s (same seed), each training on 90% of the other
@@ -32,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from retrainer.weights import mean_weights
 
 SWEEP_DIR = Path(".bench/sweep")
 INPUTS = {
@@ -98,6 +101,7 @@ SETS = {
     ],
 }
 """The three sweeps run on an H100 (results in the README's *Model quality*)."""
+SMOKE_EPOCHS = 2
 
 
 # ---- prep (here: the product's text preparation) -------------------------------------------------
@@ -108,7 +112,7 @@ def prepare(out: Path) -> None:
     from quality import SPLIT_SEED, VALIDATION_SHARE, stratified_folds, stratified_split
     from transformers import AutoModel, AutoTokenizer
 
-    from retrainer.settings import PACKAGED_BASE_MODEL
+    from retrainer.settings import PACKAGED_BASE_MODEL, TrainingConfig
     from retrainer.text import encode
     from tasks.train import LABEL_TO_ID, resolve_base_model
 
@@ -139,6 +143,10 @@ def prepare(out: Path) -> None:
     }
     out.mkdir(parents=True, exist_ok=True)
     data = {"labels": [LABEL_TO_ID[label] for label in issues["label"]], "repo": issues["repo"].tolist()}
+    epoch_counts = {SMOKE_EPOCHS} | {config["epochs"] for configs in SETS.values() for config in configs}
+    data["averaged_epochs"] = {  # the product's rule, for the mirror loop (no pydantic there)
+        str(epochs): TrainingConfig(num_train_epochs=epochs).averaged_epochs() for epochs in epoch_counts
+    }
     (out / "data.json").write_text(json.dumps(data | {"folds": folds, "input_ids": input_ids}))
     AutoModel.from_pretrained(source).half().save_pretrained(out / "model")
     print(f"wrote {out}: {len(issues)} issues, inputs {', '.join(INPUTS)}")
@@ -154,11 +162,6 @@ def start_worker(folder: str, threads: int) -> None:
     """Load the prepared data; share the cores between workers (oversubscribed threads spin-wait)."""
     torch.set_num_threads(threads)
     DATA.update(json.loads((Path(folder) / "data.json").read_text()), folder=folder)
-
-
-def averaged_epochs(epochs: int, share: float = 0.6) -> int:
-    """The product's rule (TrainingConfig.averaged_epochs) for the default share."""
-    return max(1, int(share * math.ceil(epochs) + 0.5))
 
 
 def grouped_order(lengths: list[int], batch: int, generator: torch.Generator) -> list[int]:
@@ -266,11 +269,11 @@ def train_run(config: dict, fold: int, seed: int, device: torch.device) -> tuple
         epoch_validation.append(predict(model, ids, validation, config["pool"]))
         epoch_test.append(predict(model, ids, test, config["pool"]))
     seconds = time.perf_counter() - started
-    mean_of_last, default = {}, averaged_epochs(config["epochs"])
+    mean_of_last, default = {}, DATA["averaged_epochs"][str(config["epochs"])]
     for count in range(1, config["epochs"] + 1):
-        model.load_state_dict(mean_state(snapshots[-count:]))
+        model.load_state_dict(mean_weights(snapshots[-count:]))
         mean_of_last[count] = predict(model, ids, test, config["pool"])
-    model.load_state_dict(mean_state(snapshots[-default:]))
+    model.load_state_dict(mean_weights(snapshots[-default:]))
     row = {
         "config": config["name"], "fold": fold, "seed": seed, "train_s": seconds, "test": test,
         "epoch_validation_accuracy": [accuracy(p, validation) for p in epoch_validation],
@@ -285,14 +288,6 @@ def train_run(config: dict, fold: int, seed: int, device: torch.device) -> tuple
 def spread(rows: list[int], count: int | None) -> list[int]:
     """`count` of `rows`, evenly spaced (so every repository and label, as the issues are ordered)."""
     return rows if count is None else rows[:: max(1, len(rows) // count)][:count]  # None: all
-
-
-def mean_state(states: list[dict]) -> dict:
-    """The element-wise mean of state dicts (integer buffers from the last)."""
-    return {
-        name: torch.stack([s[name].float() for s in states]).mean(0) if last.is_floating_point() else last
-        for name, last in states[-1].items()
-    }
 
 
 def accuracy(probabilities: np.ndarray, rows: list[int]) -> float:
@@ -319,7 +314,7 @@ def run_job(job: tuple[dict, int, str]) -> list[dict]:
             time.sleep(1)
         states.append({name: t.to(device) for name, t in torch.load(first).items()})
         model = base_model(42, 42, device)
-        model.load_state_dict(mean_state(states))
+        model.load_state_dict(mean_weights(states))
         test = rows[0]["test"]
         soup = predict(model, DATA["input_ids"][config["inputs"]], test, config["pool"])
         rows.append({"config": f"{config['name']}-soup{len(states)}", "fold": fold, "seed": -1, "test": test,
@@ -334,7 +329,7 @@ def run(data: Path, set_name: str, out: Path, workers: int, deadline_s: float, s
     out.mkdir(parents=True, exist_ok=True)
     weights_dir = tempfile.mkdtemp(prefix="recipe-sweep-")  # scratch for soups; not sent back
     folds = [0] if smoke else range(5)
-    configs = [dict(c, epochs=2, rows=32) if smoke else c for c in SETS[set_name]]
+    configs = [dict(c, epochs=SMOKE_EPOCHS, rows=32) if smoke else c for c in SETS[set_name]]
     jobs = [(config, fold, weights_dir) for config in configs for fold in folds]
     print(f"{len(jobs)} jobs, {workers} workers, cuda={torch.cuda.is_available()}", flush=True)
     pool = multiprocessing.get_context("spawn").Pool(

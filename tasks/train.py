@@ -38,6 +38,7 @@ from retrainer.provenance import library_versions
 from retrainer.settings import PACKAGED_BASE_MODEL, TrainingConfig
 from retrainer.storage import ObjectStore
 from retrainer.text import InputRecipe, encode
+from retrainer.weights import mean_weights
 from tasks.checkpoints import CheckpointSync, checkpoint_step
 from tasks.common import once_task, read_task
 
@@ -132,14 +133,7 @@ def average_last_checkpoints(model: torch.nn.Module, checkpoint_dir: Path, count
     averages the epochs saved before it was killed too.
     """
     folders = sorted(checkpoint_dir.glob("checkpoint-*"), key=checkpoint_step)[-count:]
-    states = [load_file(folder / "model.safetensors") for folder in folders]
-    mean = {
-        name: torch.stack([state[name].float() for state in states]).mean(dim=0).to(last.dtype)
-        if last.is_floating_point()
-        else last
-        for name, last in states[-1].items()
-    }
-    model.load_state_dict(mean)
+    model.load_state_dict(mean_weights([load_file(folder / "model.safetensors") for folder in folders]))
     return [checkpoint_step(folder) for folder in folders]
 
 
