@@ -27,8 +27,9 @@ import pandas as pd
 
 from retrainer import LABELS
 from retrainer.devices import describe_device
+from retrainer.lexical import LexicalModel
 from retrainer.settings import PACKAGED_BASE_MODEL, TRAINING_PRESETS, TrainingConfig
-from tasks.evaluate import evaluation_report, predict_label_ids
+from tasks.evaluate import evaluation_report, predict_probabilities
 from tasks.train import LABEL_TO_ID, fine_tune
 
 from baseline import NLBSE, config_with, load_issues
@@ -75,11 +76,20 @@ def measure(name: str, config: TrainingConfig, train, validation, test, workdir:
     started = time.perf_counter()
     model_dir = fine_tune(train, validation, PACKAGED_BASE_MODEL, "main", config, workdir)
     seconds = time.perf_counter() - started
-    predicted = np.array(predict_label_ids(model_dir, test["text"].tolist(), config.max_length))
+    texts = test["text"].tolist()
+    transformer = predict_probabilities(model_dir, texts, config.max_length, lexical=False)
+    lexical = LexicalModel.load(model_dir)
+    blended = lexical.blend(transformer, texts) if lexical else transformer
+    predicted = blended.argmax(dim=-1).numpy()
+    parts = {"transformer": transformer} | ({"lexical": lexical.probabilities(texts)} if lexical else {})
     return {
         "name": name,
         **scores(test, predicted),
         "predictions": dict(zip(test["ticket_id"], (LABELS[index] for index in predicted), strict=True)),
+        "part_probabilities": {  # each half of a blended model alone, to score it apart
+            part: dict(zip(test["ticket_id"], np.round(p.numpy(), 4).tolist(), strict=True))
+            for part, p in parts.items()
+        },
         "train_seconds": seconds,
         "train_samples_per_s": len(train) * config.num_train_epochs / seconds,
         "config": config.model_dump(),
@@ -98,12 +108,21 @@ def cross_validate(name: str, config: TrainingConfig, issues: pd.DataFrame, fold
     predictions = {ticket: label for result in per_fold for ticket, label in result["predictions"].items()}
     scored = issues[issues["ticket_id"].isin(predictions)]
     predicted = np.array([LABEL_TO_ID[predictions[ticket]] for ticket in scored["ticket_id"]])
+    part_probabilities = {
+        part: {ticket: p for result in per_fold for ticket, p in result["part_probabilities"][part].items()}
+        for part in per_fold[0]["part_probabilities"]
+    }
     fold_f1 = np.array([result["macro_f1"] for result in per_fold])
     seconds = sum(result["train_seconds"] for result in per_fold)
     return {
         "name": name,
         "folds": folds,
         **scores(scored, predicted),
+        "part_macro_f1": {
+            part: scores(scored, np.array([np.argmax(p[t]) for t in scored["ticket_id"]]))["macro_f1"]
+            for part, p in part_probabilities.items()
+        },
+        "part_probabilities": part_probabilities,
         "fold_macro_f1": fold_f1.tolist(),
         "fold_macro_f1_std": float(fold_f1.std(ddof=1)),
         "predictions": predictions,
@@ -174,9 +193,10 @@ def main() -> None:
         if "folds" in result:
             spread = ", ".join(f"{f1:.3f}" for f1 in result["fold_macro_f1"])
             scored = len(result["predictions"])
+            parts = ", ".join(f"{part} alone {f1:.3f}" for part, f1 in result["part_macro_f1"].items())
             print(
                 f"{result['name']}: out-of-fold macro-F1 {result['macro_f1']:.3f} over {scored} issues;"
-                f" per fold {spread} (std {result['fold_macro_f1_std']:.3f})"
+                f" per fold {spread} (std {result['fold_macro_f1_std']:.3f}); {parts}"
             )
 
 

@@ -14,6 +14,7 @@ its test fold, so one training answers "best epoch, last epoch or mean of the la
     .venv/bin/python benchmarks/recipe_sweep.py prep                  # here: token ids, folds, fp16 model
     PYTHONPATH=. python3 benchmarks/recipe_sweep.py run --set lengths --out OUT  # there, .bench/sweep carried
     .venv/bin/python benchmarks/recipe_sweep.py summary OUT/results.jsonl
+    .venv/bin/python benchmarks/recipe_sweep.py summary OUT/results.jsonl --blend 0 0.5 0.6 1  # + lexical
 
 The folds are `benchmarks/quality.py --folds 5`'s (same seed), each training on 90% of the other
 folds, as there. The base model travels as fp16 safetensors (the device's 64 MiB limit); it is
@@ -53,14 +54,21 @@ reads it (``text``), with the repository's name first (``repo``) or the title al
 
 
 def recipe(name, inputs="256", lr=1e-4, epochs=5, batch=16, seeds=(42,), soup=False, pool="cls", **rest):
-    """One configuration; `soup` runs reuse seed 42's head and average their weights with its run."""
+    """One configuration; `soup` runs reuse seed 42's head and average their weights with its run.
+    `adapt_epochs`: masked-language-model epochs on the training texts before fine-tuning
+    (task-adaptive pre-training); `rdrop`: weight of R-Drop's consistency loss (two dropout passes);
+    `supcon`: share of a supervised contrastive loss on the pooled embedding."""
     return dict(
         name=name, inputs=inputs, lr=lr, epochs=epochs, batch=batch, seeds=list(seeds), soup=soup,
         pool=pool, weight_decay=rest.get("weight_decay", 0.01), warmup=rest.get("warmup", 0.1),
         freeze_embeddings=rest.get("freeze_embeddings", False), rows=None,
+        adapt_epochs=rest.get("adapt_epochs", 0), rdrop=rest.get("rdrop", 0.0),
+        supcon=rest.get("supcon", 0.0), split=rest.get("split"),
     )  # fmt: skip
 
 
+OTHER_SPLIT_SEEDS = (7, 99)
+"""Fold seeds besides quality.py's (a recipe's ``split``): folds no choice was made on."""
 SETS = {
     "lengths": [
         recipe("L128", inputs="128"),
@@ -99,8 +107,25 @@ SETS = {
         recipe("L256-E8-s1", epochs=8, seeds=(1,)),
         recipe("L128-E12-s7", inputs="128", epochs=12, seeds=(7,)),
     ],
+    "ideas": [
+        recipe(f"{name}-s{seed}", inputs="128", epochs=8, seeds=(seed,), **changes)
+        for seed in (42, 7, 1)
+        for name, changes in [
+            ("E8", {}),
+            ("E8-adapt10", {"adapt_epochs": 10}),
+            ("E8-rdrop1", {"rdrop": 1.0}),
+            ("E8-supcon0.3", {"supcon": 0.3}),
+            ("E8-adapt25", {"adapt_epochs": 25}),
+        ]
+    ],
+    "splits": [
+        recipe(f"E8-split{split}-s{seed}", inputs="128", epochs=8, seeds=(seed,), split=split)
+        for split in OTHER_SPLIT_SEEDS
+        for seed in (42, 7, 1)
+    ],
 }
-"""The three sweeps run on an H100 (results in the README's *Model quality*)."""
+"""The sweeps run on an H100 (`lengths`, `inputs`, `epochs`) and an H200 (`ideas`); results in the
+README's *Model quality*."""
 SMOKE_EPOCHS = 2
 
 
@@ -119,12 +144,14 @@ def prepare(out: Path) -> None:
     from baseline import config_with, load_issues
 
     issues = load_issues().reset_index(drop=True)
-    folds = []
-    for rest, test in stratified_folds(issues, 5, SPLIT_SEED):
-        train, validation = stratified_split(rest, VALIDATION_SHARE, SPLIT_SEED)
-        folds.append(
+    folds = {  # quality.py's folds, and others drawn the same way to check a choice made on those
+        str(seed): [
             {"train": list(train.index), "validation": list(validation.index), "test": list(test.index)}
-        )
+            for rest, test in stratified_folds(issues, 5, seed)
+            for train, validation in [stratified_split(rest, VALIDATION_SHARE, seed)]
+        ]
+        for seed in (SPLIT_SEED, *OTHER_SPLIT_SEEDS)
+    }
     texts = {
         "text": issues["text"].tolist(),
         "repo": [
@@ -142,12 +169,21 @@ def prepare(out: Path) -> None:
         for name, (length, head, text) in INPUTS.items()
     }
     out.mkdir(parents=True, exist_ok=True)
-    data = {"labels": [LABEL_TO_ID[label] for label in issues["label"]], "repo": issues["repo"].tolist()}
+    data = {
+        "labels": [LABEL_TO_ID[label] for label in issues["label"]],
+        "repo": issues["repo"].tolist(),
+        "tokens": {
+            "special": tokenizer.all_special_ids,
+            "mask": tokenizer.mask_token_id,
+            "vocab": len(tokenizer),
+        },
+    }
     epoch_counts = {SMOKE_EPOCHS} | {config["epochs"] for configs in SETS.values() for config in configs}
     data["averaged_epochs"] = {  # the product's rule, for the mirror loop (no pydantic there)
         str(epochs): TrainingConfig(num_train_epochs=epochs).averaged_epochs() for epochs in epoch_counts
     }
-    (out / "data.json").write_text(json.dumps(data | {"folds": folds, "input_ids": input_ids}))
+    data |= {"folds": folds, "default_split": str(SPLIT_SEED), "input_ids": input_ids}
+    (out / "data.json").write_text(json.dumps(data))
     AutoModel.from_pretrained(source).half().save_pretrained(out / "model")
     print(f"wrote {out}: {len(issues)} issues, inputs {', '.join(INPUTS)}")
 
@@ -183,15 +219,62 @@ def padded(ids: list[list[int]], rows: list[int], device: torch.device) -> tuple
     return input_ids.to(device), mask.to(device)
 
 
-def logits_of(model, input_ids: torch.Tensor, mask: torch.Tensor, pool: str) -> torch.Tensor:
-    """BERT's [CLS] pooler head (the product's), or mean pooling over the tokens (``mean``: how
-    all-MiniLM-L6-v2 was trained for sentence embeddings)."""
+def forward(
+    model, input_ids: torch.Tensor, mask: torch.Tensor, pool: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, the pooled embedding the head reads): BERT's [CLS] pooler (the product's head), or
+    mean pooling over the tokens (``mean``: how all-MiniLM-L6-v2 was trained for sentence embeddings)."""
     with torch.autocast(input_ids.device.type, dtype=torch.bfloat16):
+        outputs = model.bert(input_ids=input_ids, attention_mask=mask)
         if pool == "cls":
-            return model(input_ids=input_ids, attention_mask=mask).logits.float()
-        hidden = model.bert(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return model.classifier(model.dropout((hidden * weights).sum(1) / weights.sum(1))).float()
+            pooled = outputs.pooler_output
+        else:
+            weights = mask.unsqueeze(-1).to(outputs.last_hidden_state.dtype)
+            pooled = (outputs.last_hidden_state * weights).sum(1) / weights.sum(1)
+        return model.classifier(model.dropout(pooled)).float(), pooled.float()
+
+
+def logits_of(model, input_ids: torch.Tensor, mask: torch.Tensor, pool: str) -> torch.Tensor:
+    return forward(model, input_ids, mask, pool)[0]
+
+
+def training_loss(model, input_ids: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, config: dict):
+    """Cross-entropy, with R-Drop's consistency term and a supervised contrastive share if configured."""
+    logits, pooled = forward(model, input_ids, mask, config["pool"])
+    loss = torch.nn.functional.cross_entropy(logits, target)
+    if config["rdrop"]:
+        again = logits_of(model, input_ids, mask, config["pool"])  # a second dropout mask
+        loss = (loss + torch.nn.functional.cross_entropy(again, target)) / 2
+        loss = loss + config["rdrop"] * symmetric_kl(logits, again)
+    if config["supcon"]:
+        loss = (1 - config["supcon"]) * loss + config["supcon"] * supervised_contrastive(pooled, target)
+    return loss
+
+
+def symmetric_kl(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Mean of KL(p1 || p2) and KL(p2 || p1) of two logit batches (R-Drop)."""
+    a, b = first.log_softmax(-1), second.log_softmax(-1)
+    kl = torch.nn.functional.kl_div
+    return (
+        kl(a, b, log_target=True, reduction="batchmean") + kl(b, a, log_target=True, reduction="batchmean")
+    ) / 2
+
+
+def supervised_contrastive(
+    embeddings: torch.Tensor, target: torch.Tensor, temperature: float = 0.3
+) -> torch.Tensor:
+    """Khosla et al.'s supervised contrastive loss over one batch: each issue pulled towards the
+    others of its label (as Gunel et al. add it to fine-tuning)."""
+    z = torch.nn.functional.normalize(embeddings, dim=-1)
+    itself = torch.eye(len(target), dtype=torch.bool, device=target.device)
+    similarity = (z @ z.T / temperature).masked_fill(itself, float("-inf"))
+    log_share = similarity - similarity.logsumexp(dim=1, keepdim=True)
+    positives = (target[:, None] == target[None, :]) & ~itself
+    counts = positives.sum(1)
+    anchors = counts > 0
+    if not anchors.any():
+        return similarity.new_zeros(())
+    return -(log_share.masked_fill(~positives, 0.0).sum(1)[anchors] / counts[anchors]).mean()
 
 
 @torch.no_grad()
@@ -242,25 +325,28 @@ def train_run(config: dict, fold: int, seed: int, device: torch.device) -> tuple
     """One training on one fold: (result row, the mean weights the product's default would publish)."""
     from transformers import get_linear_schedule_with_warmup
 
-    ids, labels, split = DATA["input_ids"][config["inputs"]], DATA["labels"], DATA["folds"][fold]
+    ids, labels = DATA["input_ids"][config["inputs"]], DATA["labels"]
+    split = DATA["folds"][str(config["split"] or DATA["default_split"])][fold]
     train, validation, test = (
         spread(split[part], config["rows"]) for part in ("train", "validation", "test")
     )
     model = base_model(seed, 42 if config["soup"] else seed, device)
+    started = time.perf_counter()
+    if config["adapt_epochs"]:
+        adapt_to_texts(model, ids, train + validation, config["adapt_epochs"], device)
+    adapt_seconds = time.perf_counter() - started
     optimizer = optimizer_for(model, config)
     total = math.ceil(len(train) / config["batch"]) * config["epochs"]
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config["warmup"] * total), total)
     generator = torch.Generator().manual_seed(seed)
     snapshots, epoch_validation, epoch_test = [], [], []
-    started = time.perf_counter()
     model.train()
     for _ in range(config["epochs"]):
         order = grouped_order([len(ids[row]) for row in train], config["batch"], generator)
         for start in range(0, len(order), config["batch"]):
             batch = [train[i] for i in order[start : start + config["batch"]]]
-            logits = logits_of(model, *padded(ids, batch, device), config["pool"])
             target = torch.tensor([labels[row] for row in batch], device=device)
-            torch.nn.functional.cross_entropy(logits, target).backward()
+            training_loss(model, *padded(ids, batch, device), target, config).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
@@ -275,7 +361,9 @@ def train_run(config: dict, fold: int, seed: int, device: torch.device) -> tuple
         mean_of_last[count] = predict(model, ids, test, config["pool"])
     model.load_state_dict(mean_weights(snapshots[-default:]))
     row = {
-        "config": config["name"], "fold": fold, "seed": seed, "train_s": seconds, "test": test,
+        "config": config["name"], "fold": fold, "split": config["split"], "seed": seed, "train_s": seconds,
+        "adapt_s": adapt_seconds,
+        "test": test,
         "epoch_validation_accuracy": [accuracy(p, validation) for p in epoch_validation],
         "epoch_test": [p.argmax(-1).tolist() for p in epoch_test],
         "mean_of_last_test": {count: p.argmax(-1).tolist() for count, p in mean_of_last.items()},
@@ -283,6 +371,43 @@ def train_run(config: dict, fold: int, seed: int, device: torch.device) -> tuple
         "default_probabilities": np.round(mean_of_last[default], 4).tolist(),
     }  # fmt: skip
     return row, model.state_dict()
+
+
+def adapt_to_texts(model, ids: list[list[int]], rows: list[int], epochs: int, device: torch.device) -> None:
+    """Task-adaptive pre-training (Gururangan et al., 2020): `epochs` of BERT's masked-language-model
+    objective on the texts of `rows` (15% of tokens: 80% masked, 10% random, 10% kept), batch 32,
+    lr 1e-4 with 6% warm-up; the encoder's weights then replace `model`'s (its pooler and head stay)."""
+    from transformers import BertForMaskedLM, get_linear_schedule_with_warmup
+
+    language_model = BertForMaskedLM.from_pretrained(str(Path(DATA["folder"]) / "model"), dtype=torch.float32)
+    language_model.bert.load_state_dict(model.bert.state_dict(), strict=False)
+    language_model.to(device).train()
+    optimizer = torch.optim.AdamW(language_model.parameters(), lr=1e-4, weight_decay=0.01)
+    total = math.ceil(len(rows) / 32) * epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(0.06 * total), total)
+    special = torch.tensor(DATA["tokens"]["special"], device=device)
+    for _ in range(epochs):
+        order = torch.randperm(len(rows)).tolist()
+        for start in range(0, len(order), 32):
+            input_ids, mask = padded(ids, [rows[i] for i in order[start : start + 32]], device)
+            chosen = (torch.rand(input_ids.shape, device=device) < 0.15) & mask.bool()
+            chosen &= ~torch.isin(input_ids, special)
+            if not chosen.any():
+                continue
+            roll = torch.rand(input_ids.shape, device=device)
+            corrupted = input_ids.masked_fill(chosen & (roll < 0.8), DATA["tokens"]["mask"])
+            swapped = chosen & (roll >= 0.8) & (roll < 0.9)
+            corrupted[swapped] = torch.randint(DATA["tokens"]["vocab"], (int(swapped.sum()),), device=device)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                hidden = language_model.bert(input_ids=corrupted, attention_mask=mask).last_hidden_state
+                predicted = language_model.cls(hidden[chosen]).float()
+            torch.nn.functional.cross_entropy(predicted, input_ids[chosen]).backward()
+            torch.nn.utils.clip_grad_norm_(language_model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+    missing, unexpected = model.bert.load_state_dict(language_model.bert.state_dict(), strict=False)
+    assert not unexpected and all(name.startswith("pooler.") for name in missing), (missing, unexpected)
 
 
 def spread(rows: list[int], count: int | None) -> list[int]:
@@ -373,6 +498,46 @@ def summarise(result_files: list[Path], data: Path) -> None:
         print(f"{config:26} {seed:4} {variant:16} {len(rows):6} {f1:8.3f}")
 
 
+def summarise_blends(result_files: list[Path], data: Path, weights: list[float]) -> None:
+    """Out-of-fold macro-F1 of each run's default weights blended with the product's lexical model
+    (`retrainer.lexical`, fitted here on each fold's train and validation issues), by blend weight
+    (weight 1: the lexical model alone)."""
+
+    from retrainer import LABELS
+    from retrainer.lexical import fit_lexical_model
+
+    from baseline import load_issues
+
+    prepared = json.loads((data / "data.json").read_text())
+    labels, texts = np.array(prepared["labels"]), load_issues()["text"].tolist()
+    transformer: dict[tuple, np.ndarray] = {}
+    for path in result_files:
+        for row in map(json.loads, path.read_text().splitlines()):
+            if "default_probabilities" in row:
+                key = (row["config"], row["seed"], str(row.get("split") or prepared["default_split"]))
+                runs = transformer.setdefault(key, np.full((len(labels), len(LABELS)), np.nan))
+                runs[row["test"]] = row["default_probabilities"]
+    lexical = {}
+    for split in sorted({split for _, _, split in transformer}):
+        lexical[split] = np.zeros((len(labels), len(LABELS)), dtype=np.float32)
+        for fold in prepared["folds"][split]:
+            rows = fold["train"] + fold["validation"]
+            model = fit_lexical_model([texts[r] for r in rows], labels[rows].tolist(), list(LABELS), 1.0)
+            lexical[split][fold["test"]] = model.probabilities([texts[r] for r in fold["test"]]).numpy()
+    print(f"{'configuration':26} {'seed':>4} " + " ".join(f"{weight:>6.2f}" for weight in weights))
+    for (config, seed, split), probabilities in sorted(transformer.items()):
+        if np.isnan(probabilities).any():
+            continue  # not every fold finished
+        blends = [(1 - weight) * probabilities + weight * lexical[split] for weight in weights]
+        print(f"{config:26} {seed:4} " + " ".join(f"{_f1(blend, labels):6.3f}" for blend in blends))
+
+
+def _f1(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    from tasks.evaluate import evaluation_report
+
+    return evaluation_report(probabilities.argmax(-1).tolist(), labels.tolist()).macro_f1
+
+
 def variants(row: dict) -> dict[str, list[int]]:
     """A result row's test predictions by choice of weights."""
     if "soup_test" in row:
@@ -402,11 +567,20 @@ def main() -> None:
     summary = commands.add_parser("summary", help="out-of-fold macro-F1 of result files (here)")
     summary.add_argument("results", type=Path, nargs="+")
     summary.add_argument("--data", type=Path, default=SWEEP_DIR)
+    summary.add_argument(
+        "--blend",
+        type=float,
+        nargs="+",
+        metavar="WEIGHT",
+        help="blend with the lexical model at these weights",
+    )
     args = parser.parse_args()
     if args.command == "prep":
         prepare(args.out)
     elif args.command == "run":
         run(args.data, args.set, args.out, args.workers, args.deadline, args.smoke)
+    elif args.blend:
+        summarise_blends(args.results, args.data, args.blend)
     else:
         summarise(args.results, args.data)
 

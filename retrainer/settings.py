@@ -97,6 +97,13 @@ class TrainingConfig(BaseModel):
         description="Publish the mean weights of the last epochs, this share of them (0.6 of 8 epochs: "
         "the last 5), instead of the best epoch by validation accuracy; 0: the best epoch.",
     )
+    lexical_weight: float = Field(
+        0.6,
+        ge=0.0,
+        lt=1.0,
+        description="Share of a TF-IDF + logistic-regression model's probabilities in the published "
+        "model's (fitted on the same tickets, blended at scoring); 0: the transformer alone.",
+    )
     seed: int = 42
 
     def averaged_epochs(self) -> int:
@@ -130,9 +137,10 @@ SEED_RECIPE = TrainingConfig(
     clean_text=False,
     length_grouping=False,
     average_share=0.0,
+    lexical_weight=0.0,
 )
 """The seed project's recipe, exactly: lr 2e-5, batch 16, 3 epochs, no warm-up, 128 tokens, raw text,
-the best epoch by validation accuracy."""
+the best epoch by validation accuracy, the transformer alone."""
 TRAINING_PRESETS: dict[str, TrainingConfig] = {"seed": SEED_RECIPE, "tuned": TrainingConfig()}
 """Named recipes (``retrainer run --preset NAME``; benchmarks/quality.py measures them)."""
 

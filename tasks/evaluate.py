@@ -13,6 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from retrainer import LABELS
 from retrainer.devices import inference_device, inference_dtype
+from retrainer.lexical import LexicalModel
 from retrainer.metrics import load_metric
 from retrainer.text import InputRecipe, encode
 from tasks.common import once_task
@@ -54,12 +55,13 @@ def load_classifier(model_dir: Path):
 
 
 def predict_probabilities(
-    model_dir: Path, texts: list[str], max_length: int, batch_size: int = 64
+    model_dir: Path, texts: list[str], max_length: int, batch_size: int = 64, lexical: bool = True
 ) -> torch.Tensor:
     """Class probabilities (one row per text, columns in label order), batched by similar length.
 
     Texts are encoded with the model's own input recipe; `max_length` only applies to models saved
-    before recipes were (they read raw text cut at the end).
+    before recipes were (they read raw text cut at the end). A model saved with a lexical half
+    (`retrainer.lexical`) blends its probabilities in, unless `lexical` is False (the transformer's own).
     """
     tokenizer, model = load_classifier(model_dir)
     recipe = InputRecipe.of_model(model_dir, max_length)
@@ -72,7 +74,14 @@ def predict_probabilities(
                 [texts[index] for index in chunk], tokenizer, recipe, padding=True, return_tensors="pt"
             )
             probabilities[chunk] = model(**encoded.to(model.device)).logits.float().softmax(dim=-1).cpu()
-    return probabilities
+    lexical_model = LexicalModel.load(model_dir) if lexical else None
+    if lexical_model is None:
+        return probabilities
+    if lexical_model.labels != list(LABELS):
+        raise ValueError(
+            f"lexical model in {model_dir} predicts {lexical_model.labels}, expected {list(LABELS)}"
+        )
+    return lexical_model.blend(probabilities, texts)
 
 
 def predict_label_ids(model_dir: Path, texts: list[str], max_length: int, batch_size: int = 64) -> list[int]:

@@ -121,6 +121,7 @@ def render_model_card(outcome: RetrainOutcome, metadata: dict) -> str:
         "",
         f"Fine-tuned from `{metadata['base_model']}` by ticket-retrainer run `{outcome.run_id}` on dataset "
         f"`{outcome.dataset_version}`. Labels: {', '.join(LABELS)}.",
+        *_lexical_note(metadata["training"].get("lexical_weight", 0.0)),
         "",
         *_comparison_table(outcome),
         "",
@@ -128,6 +129,17 @@ def render_model_card(outcome: RetrainOutcome, metadata: dict) -> str:
         *(f"- {_escape(reason)}" for reason in outcome.reasons),
     ]
     return "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + "\n".join(body) + "\n"
+
+
+def _lexical_note(blend_weight: float) -> list[str]:
+    if not blend_weight:
+        return []
+    return [
+        "",
+        f"Its predictions blend the transformer's probabilities with {blend_weight:g} of a TF-IDF + "
+        "logistic-regression model saved beside it (`lexical.json`, `lexical.safetensors`), read by "
+        "`retrainer predict`; a plain `transformers` pipeline reads the transformer alone.",
+    ]
 
 
 def draw_confusion_matrices(outcome: RetrainOutcome, path: Path) -> Path:

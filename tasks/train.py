@@ -2,7 +2,8 @@
 
 Each epoch is evaluated on the *validation* split, never on the gate's eval split. The published
 weights are the mean of the last epochs (or the best epoch by validation accuracy), so the gate
-compares champion and challenger on data neither of them was selected on.
+compares champion and challenger on data neither of them was selected on. Beside them goes the
+model's lexical half (TF-IDF + logistic regression, `retrainer.lexical`), blended in at scoring.
 """
 
 import hashlib
@@ -32,6 +33,7 @@ from transformers import (
 
 from retrainer import LABELS
 from retrainer.devices import cpu_supports_bf16
+from retrainer.lexical import MissingLabelsError, fit_lexical_model
 from retrainer.logs import run_logger
 from retrainer.metrics import load_metric
 from retrainer.provenance import library_versions
@@ -66,12 +68,13 @@ def fine_tune(
     tokenized_cache: Path | None = None,
 ) -> Path:
     """Fine-tune `base_model`; save the best epoch (or, with `config.average_share`, the mean
-    weights of the last epochs) as safetensors with the tokenizer to ``output_dir/model``.
+    weights of the last epochs) as safetensors with the tokenizer to ``output_dir/model``, and with
+    `config.lexical_weight` the lexical half fitted on the train and validation rows.
 
     With `checkpoints`, every checkpoint goes to S3 and a run resumes from the latest one there.
     With `tokenized_cache` (a folder per dataset version), tokenized splits are reused across runs.
-    ``model/training.json`` records the step it resumed from, the steps averaged, the seed and the
-    library versions.
+    ``model/training.json`` records the step it resumed from, the steps averaged, the seed, the
+    lexical half and the library versions.
     """
     source = resolve_base_model(base_model)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
@@ -110,12 +113,15 @@ def fine_tune(
     # The Trainer also pickles its arguments; nothing pickled is published (config goes in metrics.json).
     (model_dir / "training_args.bin").unlink(missing_ok=True)
     recipe.save(model_dir)  # scoring reads the text the way training did
+    # The lexical half selects nothing on the validation split, so it learns from both.
+    lexical = add_lexical_half(pd.concat([train_rows, validation_rows]), config.lexical_weight, model_dir)
     record = {
         "resumed_from_step": checkpoint_step(resume_from) if resume_from else None,
         "averaged_steps": averaged,
         "global_step": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
         "seed": config.seed,
+        "lexical": lexical,
         "base_model": base_model,
         "base_model_revision": revision,
         "base_model_commit": getattr(model.config, "_commit_hash", None),
@@ -123,6 +129,22 @@ def fine_tune(
     }
     (model_dir / "training.json").write_text(json.dumps(record, indent=2))
     return model_dir
+
+
+def add_lexical_half(rows: pd.DataFrame, blend_weight: float, model_dir: Path) -> dict | None:
+    """Fit the TF-IDF + logistic-regression half of the model (`retrainer.lexical`) on `rows` and
+    save it beside the transformer; what was done, for ``training.json`` (None: not asked for)."""
+    if not blend_weight:
+        return None
+    label_ids = [LABEL_TO_ID[label] for label in rows["label"]]
+    try:
+        lexical = fit_lexical_model(rows["text"].tolist(), label_ids, list(LABELS), blend_weight)
+    except MissingLabelsError as error:  # the transformer alone is still a model; the gate judges it
+        run_logger().warning("published without its lexical half: %s", error)
+        return {"skipped": str(error)}
+    lexical.save(model_dir)
+    vocabulary = {name: len(vectorizer.vocabulary_) for name, vectorizer in lexical.vectorizers.items()}
+    return {"blend_weight": blend_weight, "texts": len(rows), "vocabulary": vocabulary}
 
 
 def average_last_checkpoints(model: torch.nn.Module, checkpoint_dir: Path, count: int) -> list[int]:

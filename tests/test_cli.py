@@ -28,7 +28,7 @@ def two_versions(retrain_env):
     store = ObjectStore(retrain_env)
     store.ensure_bucket()
     store.put("incoming/b1.csv", tickets_to_csv(generate_tickets(300, seed=1, id_prefix="b1")))
-    first = retrain(training=TrainingConfig(learning_rate=0.0, num_train_epochs=1))
+    first = retrain(training=TrainingConfig(learning_rate=0.0, num_train_epochs=1, lexical_weight=0.0))
     store.put("incoming/b2.csv", tickets_to_csv(generate_tickets(150, seed=2, id_prefix="b2")))
     second = retrain(
         training=TrainingConfig(learning_rate=5e-3, num_train_epochs=4), gate=GatePolicy(max_recall_drop=1)

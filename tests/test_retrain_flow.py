@@ -24,7 +24,8 @@ from tasks.report import DECISION_ARTIFACT_KEY, RetrainOutcome
 from tests.http_receiver import Receiver
 
 LEARNS = TrainingConfig(learning_rate=5e-3, num_train_epochs=4)
-LEARNS_NOTHING = TrainingConfig(learning_rate=0.0, num_train_epochs=1)  # the random head stays random
+# The random head stays random, and no lexical half learns the tickets either.
+LEARNS_NOTHING = TrainingConfig(learning_rate=0.0, num_train_epochs=1, lexical_weight=0.0)
 NO_RECALL_GUARD = GatePolicy(max_recall_drop=1.0)  # a random champion can have recall 1.0 on one class
 
 
@@ -73,6 +74,7 @@ def test_first_run_publishes_a_loadable_safetensors_model_with_card_and_reports(
     assert pointer.version == outcome.challenger_version == outcome.production_version
     files = {info.key.split("/", 2)[2] for info in flow_store.list_objects(f"models/{pointer.version}/")}
     assert {"model.safetensors", "config.json", "tokenizer.json", "metrics.json", "README.md"} <= files
+    assert {"lexical.json", "lexical.safetensors"} <= files  # the TF-IDF half, no pickle either
     assert {"reports/confusion_matrix.png", "reports/production_accuracy.png"} <= files
     assert not [name for name in files if name.endswith((".bin", ".pt", ".pkl", ".pth"))]
     model_dir = fetch_model(flow_store, pointer.version, tmp_path / "cache")
@@ -101,6 +103,7 @@ def test_the_model_card_records_metrics_lineage_and_recipe(flow_store):
     etag = read_manifest(flow_store)[0].objects["incoming/batch-1.csv"].etag
     assert details["lineage"] == [{"key": "incoming/batch-1.csv", "etag": etag, "rows": 300}]
     assert details["training"]["learning_rate"] == LEARNS.learning_rate
+    assert "blend the transformer's probabilities with 0.6 of a TF-IDF" in card
     assert details["dataset_version"] == outcome.dataset_version
     assert details["code_version"].startswith("0.1.0") and "torch" in details["library_versions"]
 

@@ -52,6 +52,7 @@ def test_the_seed_preset_is_the_seed_projects_recipe():
         "attention_dropout": None,
         "length_grouping": False,
         "average_share": 0.0,  # the best epoch by accuracy, as the seed kept
+        "lexical_weight": 0.0,  # the transformer alone
     }
 
 

@@ -8,12 +8,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from retrainer.lexical import LexicalModel
 from retrainer.samples import generate_tickets
 from retrainer.settings import TrainingConfig
 from retrainer.text import RECIPE_FILE, InputRecipe
 from tasks import train
 from tasks.checkpoints import CheckpointSync
-from tasks.dataset import TRAIN, VALIDATION, check_splits, merge_curated
+from tasks.dataset import EVAL, TRAIN, VALIDATION, check_splits, merge_curated
 from tasks.evaluate import predict_probabilities
 from tasks.train import fine_tune
 
@@ -169,7 +170,9 @@ def test_the_input_recipe_is_saved_with_the_model_and_scoring_follows_it(
 
 
 def test_scoring_encodes_text_with_the_models_own_recipe(store, tiny_model_dir, splits, tmp_path):
-    config = TrainingConfig(learning_rate=0.0, num_train_epochs=1, max_length=8, truncation="tail")
+    config = TrainingConfig(
+        learning_rate=0.0, num_train_epochs=1, max_length=8, truncation="tail", lexical_weight=0.0
+    )  # the transformer alone: the lexical half reads every word
     model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], str(tiny_model_dir), "main", config, tmp_path)
     texts = ["crash report" + " the app closes when I press save twice"]
     texts.append("unrelated words" + texts[0].removeprefix("crash report"))
@@ -180,3 +183,42 @@ def test_scoring_encodes_text_with_the_models_own_recipe(store, tiny_model_dir, 
 
     assert torch.equal(tail_only[0], tail_only[1])  # only the last 6 words are read: the same for both
     assert not torch.equal(legacy[0], legacy[1])
+
+
+def test_the_published_model_blends_its_lexical_half_into_every_score(
+    store, tiny_model_dir, splits, tmp_path
+):
+    config = TrainingConfig(learning_rate=5e-3, num_train_epochs=1, lexical_weight=0.6)
+    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], str(tiny_model_dir), "main", config, tmp_path)
+    texts = splits[EVAL]["text"].tolist()
+
+    blended = predict_probabilities(model_dir, texts, 128)
+    transformer = predict_probabilities(model_dir, texts, 128, lexical=False)
+    lexical = LexicalModel.load(model_dir).probabilities(texts)
+
+    assert torch.allclose(blended, 0.4 * transformer + 0.6 * lexical)
+    assert not torch.allclose(blended, transformer)
+    record = json.loads((model_dir / "training.json").read_text())["lexical"]
+    assert record["blend_weight"] == 0.6
+    assert record["texts"] == len(splits[TRAIN]) + len(splits[VALIDATION])  # it selects nothing: both
+
+
+def test_without_texts_of_every_label_the_transformer_is_published_alone(
+    store, tiny_model_dir, splits, tmp_path, caplog
+):
+    train_rows, validation_rows = (
+        splits[name][splits[name]["label"] != "general_inquiry"] for name in (TRAIN, VALIDATION)
+    )
+    config = TrainingConfig(learning_rate=5e-3, num_train_epochs=1, lexical_weight=0.6)
+
+    model_dir = fine_tune(train_rows, validation_rows, str(tiny_model_dir), "main", config, tmp_path)
+
+    assert LexicalModel.load(model_dir) is None
+    record = json.loads((model_dir / "training.json").read_text())["lexical"]
+    assert record == {"skipped": "no training texts labelled general_inquiry"}
+    assert "published without its lexical half: no training texts labelled general_inquiry" in caplog.text
+    texts = splits[EVAL]["text"].tolist()
+    assert torch.equal(
+        predict_probabilities(model_dir, texts, 128),
+        predict_probabilities(model_dir, texts, 128, lexical=False),
+    )
