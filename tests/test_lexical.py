@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from retrainer import LABELS
+from retrainer import LABELS, lexical
 from retrainer.lexical import SETTINGS_FILE, LexicalModel, MissingLabelsError, fit_lexical_model
 from retrainer.samples import generate_tickets
 from retrainer.text import join_title
@@ -96,3 +96,14 @@ def test_a_lexical_model_of_an_unknown_format_is_refused(tmp_path):
 
 def test_a_folder_without_a_lexical_model_has_none(tmp_path):
     assert LexicalModel.load(tmp_path) is None
+
+
+def test_the_vocabulary_is_capped_so_the_saved_model_stays_small_as_data_grows(monkeypatch):
+    monkeypatch.setattr(lexical, "MAX_FEATURES", 50)
+
+    model = _fitted(generate_tickets(300, seed=1))
+
+    assert {name: len(vectorizer.vocabulary_) for name, vectorizer in model.vectorizers.items()} == {
+        "word": 50,
+        "char": 50,
+    }
