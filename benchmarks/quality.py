@@ -27,9 +27,8 @@ import pandas as pd
 
 from retrainer import LABELS
 from retrainer.devices import describe_device
-from retrainer.lexical import LexicalModel
 from retrainer.settings import PACKAGED_BASE_MODEL, TRAINING_PRESETS, TrainingConfig
-from tasks.evaluate import evaluation_report, predict_probabilities
+from tasks.evaluate import evaluation_report, load_lexical_half, predict_probabilities
 from tasks.train import LABEL_TO_ID, fine_tune
 
 from baseline import NLBSE, config_with, load_issues
@@ -77,11 +76,13 @@ def measure(name: str, config: TrainingConfig, train, validation, test, workdir:
     model_dir = fine_tune(train, validation, PACKAGED_BASE_MODEL, "main", config, workdir)
     seconds = time.perf_counter() - started
     texts = test["text"].tolist()
-    transformer = predict_probabilities(model_dir, texts, config.max_length, lexical=False)
-    lexical = LexicalModel.load(model_dir)
-    blended = lexical.blend(transformer, texts) if lexical else transformer
+    # The two halves apart (scored once each), then blended as predict_probabilities blends them.
+    parts = {"transformer": predict_probabilities(model_dir, texts, config.max_length, lexical=False)}
+    lexical = load_lexical_half(model_dir)
+    if lexical is not None:
+        parts["lexical"] = lexical.probabilities(texts)
+    blended = lexical.blend(parts["transformer"], parts["lexical"]) if lexical else parts["transformer"]
     predicted = blended.argmax(dim=-1).numpy()
-    parts = {"transformer": transformer} | ({"lexical": lexical.probabilities(texts)} if lexical else {})
     return {
         "name": name,
         **scores(test, predicted),

@@ -53,10 +53,13 @@ class LexicalModel:
         logits = features(self.vectorizers, texts) @ self.classifier_weights.T + self.classifier_bias
         return torch.from_numpy(np.asarray(logits, dtype=np.float32)).softmax(dim=-1)
 
-    def blend(self, transformer_probabilities: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """`blend_weight` of this model's probabilities plus the rest of the transformer's."""
+    def blend(
+        self, transformer_probabilities: torch.Tensor, lexical_probabilities: torch.Tensor
+    ) -> torch.Tensor:
+        """`blend_weight` of this model's probabilities (from `probabilities`) plus the rest of the
+        transformer's, for the same texts."""
         weight = self.blend_weight
-        return (1 - weight) * transformer_probabilities + weight * self.probabilities(texts)
+        return (1 - weight) * transformer_probabilities + weight * lexical_probabilities
 
     def save(self, model_dir: Path) -> None:
         """Write ``lexical.json`` and ``lexical.safetensors`` into `model_dir`."""

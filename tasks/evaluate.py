@@ -74,14 +74,20 @@ def predict_probabilities(
                 [texts[index] for index in chunk], tokenizer, recipe, padding=True, return_tensors="pt"
             )
             probabilities[chunk] = model(**encoded.to(model.device)).logits.float().softmax(dim=-1).cpu()
-    lexical_model = LexicalModel.load(model_dir) if lexical else None
+    lexical_model = load_lexical_half(model_dir) if lexical else None
     if lexical_model is None:
         return probabilities
-    if lexical_model.labels != list(LABELS):
+    return lexical_model.blend(probabilities, lexical_model.probabilities(texts))
+
+
+def load_lexical_half(model_dir: Path) -> LexicalModel | None:
+    """The model's lexical half (None: a transformer alone), checked against the label set."""
+    lexical_model = LexicalModel.load(model_dir)
+    if lexical_model is not None and lexical_model.labels != list(LABELS):
         raise ValueError(
             f"lexical model in {model_dir} predicts {lexical_model.labels}, expected {list(LABELS)}"
         )
-    return lexical_model.blend(probabilities, texts)
+    return lexical_model
 
 
 def predict_label_ids(model_dir: Path, texts: list[str], max_length: int, batch_size: int = 64) -> list[int]:

@@ -11,6 +11,7 @@ from retrainer import LABELS, lexical
 from retrainer.lexical import SETTINGS_FILE, LexicalModel, MissingLabelsError, fit_lexical_model
 from retrainer.samples import generate_tickets
 from retrainer.text import join_title
+from tasks.evaluate import load_lexical_half
 from tasks.train import LABEL_TO_ID
 
 NLBSE = Path(__file__).resolve().parents[2] / "shared" / "data" / "nlbse24" / "issues_train.csv"
@@ -58,7 +59,7 @@ def test_blending_takes_the_configured_share_of_the_lexical_probabilities():
     texts = tickets["text"].tolist()[:20]
     transformer = torch.full((20, 3), 1 / 3)
 
-    blended = model.blend(transformer, texts)
+    blended = model.blend(transformer, model.probabilities(texts))
 
     assert torch.allclose(blended, 0.75 * transformer + 0.25 * model.probabilities(texts))
     assert torch.allclose(blended.sum(dim=-1), torch.ones(20))
@@ -107,3 +108,12 @@ def test_the_vocabulary_is_capped_so_the_saved_model_stays_small_as_data_grows(m
         "word": 50,
         "char": 50,
     }
+
+
+def test_a_lexical_half_for_another_label_set_is_refused_at_scoring(tmp_path):
+    model = _fitted(generate_tickets(300, seed=1))
+    model.labels = list(reversed(LABELS))
+    model.save(tmp_path)
+
+    with pytest.raises(ValueError, match=r"lexical model in .* predicts \['general_inquiry'"):
+        load_lexical_half(tmp_path)
