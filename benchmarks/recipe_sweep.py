@@ -123,9 +123,14 @@ SETS = {
         for split in OTHER_SPLIT_SEEDS
         for seed in (42, 7, 1)
     ],
+    "calibration": [  # the default on all three partitions, saving logits to calibrate the blend
+        recipe(f"E8-split{split or 'default'}-s{seed}", inputs="128", epochs=8, seeds=(seed,), split=split)
+        for split in (None, *OTHER_SPLIT_SEEDS)
+        for seed in (42, 7, 1)
+    ],
 }
-"""The sweeps run on an H100 (`lengths`, `inputs`, `epochs`) and an H200 (`ideas`); results in the
-README's *Model quality*."""
+"""The sweeps run on an H100 (`lengths`, `inputs`, `epochs`) and an H200 (`ideas`, `splits`,
+`calibration`); results in the README's *Model quality*."""
 SMOKE_EPOCHS = 2
 
 
@@ -277,19 +282,25 @@ def supervised_contrastive(
     return -(log_share.masked_fill(~positives, 0.0).sum(1)[anchors] / counts[anchors]).mean()
 
 
-@torch.no_grad()
 def predict(model, ids: list[list[int]], rows: list[int], pool: str) -> np.ndarray:
-    """Class probabilities of `rows`, scored in batches of similar length."""
+    """Class probabilities of `rows`."""
+    return torch.from_numpy(predict_logits(model, ids, rows, pool)).softmax(-1).numpy()
+
+
+@torch.no_grad()
+def predict_logits(model, ids: list[list[int]], rows: list[int], pool: str) -> np.ndarray:
+    """Logits of `rows`, scored in batches of similar length."""
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(rows)), key=lambda i: len(ids[rows[i]]))
-    probabilities = np.zeros((len(rows), 3), dtype=np.float32)
+    logits = np.zeros((len(rows), 3), dtype=np.float32)
     for start in range(0, len(order), 128):
         chunk = order[start : start + 128]
-        logits = logits_of(model, *padded(ids, [rows[i] for i in chunk], device), pool)
-        probabilities[chunk] = torch.softmax(logits, -1).cpu().numpy()
+        logits[chunk] = (
+            logits_of(model, *padded(ids, [rows[i] for i in chunk], device), pool).float().cpu().numpy()
+        )
     model.train()
-    return probabilities
+    return logits
 
 
 def base_model(seed: int, head_seed: int, device: torch.device):
@@ -360,6 +371,8 @@ def train_run(config: dict, fold: int, seed: int, device: torch.device) -> tuple
         model.load_state_dict(mean_weights(snapshots[-count:]))
         mean_of_last[count] = predict(model, ids, test, config["pool"])
     model.load_state_dict(mean_weights(snapshots[-default:]))
+    parts = {"validation": validation, "test": test}
+    logits = {part: predict_logits(model, ids, rows, config["pool"]) for part, rows in parts.items()}
     row = {
         "config": config["name"], "fold": fold, "split": config["split"], "seed": seed, "train_s": seconds,
         "adapt_s": adapt_seconds,
@@ -369,6 +382,8 @@ def train_run(config: dict, fold: int, seed: int, device: torch.device) -> tuple
         "mean_of_last_test": {count: p.argmax(-1).tolist() for count, p in mean_of_last.items()},
         "default_count": default,
         "default_probabilities": np.round(mean_of_last[default], 4).tolist(),
+        "validation": validation,  # the default weights' logits, to calibrate (summary --blend)
+        "default_logits": {part: np.round(v.astype(np.float64), 3).tolist() for part, v in logits.items()},
     }  # fmt: skip
     return row, model.state_dict()
 
@@ -501,35 +516,50 @@ def summarise(result_files: list[Path], data: Path) -> None:
 def summarise_blends(result_files: list[Path], data: Path, weights: list[float]) -> None:
     """Out-of-fold macro-F1 of each run's default weights blended with the product's lexical model
     (`retrainer.lexical`, fitted here on each fold's train and validation issues), by blend weight
-    (weight 1: the lexical model alone)."""
-
+    (weight 1: the lexical model alone). Runs that saved their logits are also blended as the
+    product blends now: at the temperature fitted on each fold's validation issues
+    (`retrainer.calibration`)."""
     from retrainer import LABELS
-    from retrainer.lexical import fit_lexical_model
+    from retrainer.calibration import fit_temperature
+    from retrainer.lexical import blend_probabilities, fit_lexical_model
 
     from baseline import load_issues
 
     prepared = json.loads((data / "data.json").read_text())
     labels, texts = np.array(prepared["labels"]), load_issues()["text"].tolist()
+    # (config, seed, split, temperature) -> out-of-fold probabilities; temperatures: 1 and fitted
     transformer: dict[tuple, np.ndarray] = {}
+    fitted: dict[tuple, list[float]] = {}
     for path in result_files:
         for row in map(json.loads, path.read_text().splitlines()):
+            key = (row["config"], row["seed"], str(row.get("split") or prepared["default_split"]))
             if "default_probabilities" in row:
-                key = (row["config"], row["seed"], str(row.get("split") or prepared["default_split"]))
-                runs = transformer.setdefault(key, np.full((len(labels), len(LABELS)), np.nan))
+                runs = transformer.setdefault((*key, "1"), np.full((len(labels), len(LABELS)), np.nan))
                 runs[row["test"]] = row["default_probabilities"]
+            if "default_logits" in row:
+                logits = {part: torch.tensor(v) for part, v in row["default_logits"].items()}
+                temperature = fit_temperature(logits["validation"], labels[row["validation"]].tolist())
+                fitted.setdefault(key, []).append(temperature)
+                runs = transformer.setdefault((*key, "fitted"), np.full((len(labels), len(LABELS)), np.nan))
+                runs[row["test"]] = (logits["test"] / temperature).softmax(-1).numpy()
     lexical = {}
-    for split in sorted({split for _, _, split in transformer}):
-        lexical[split] = np.zeros((len(labels), len(LABELS)), dtype=np.float32)
+    for split in sorted({key[2] for key in transformer}):
+        lexical[split] = torch.zeros((len(labels), len(LABELS)))
         for fold in prepared["folds"][split]:
             rows = fold["train"] + fold["validation"]
             model = fit_lexical_model([texts[r] for r in rows], labels[rows].tolist(), list(LABELS), 1.0)
-            lexical[split][fold["test"]] = model.probabilities([texts[r] for r in fold["test"]]).numpy()
-    print(f"{'configuration':26} {'seed':>4} " + " ".join(f"{weight:>6.2f}" for weight in weights))
-    for (config, seed, split), probabilities in sorted(transformer.items()):
+            lexical[split][fold["test"]] = model.probabilities([texts[r] for r in fold["test"]])
+    print(f"{'configuration':26} {'seed':>4} {'temperature':>16} " + " ".join(f"{w:>6.2f}" for w in weights))
+    for (config, seed, split, temperature), probabilities in sorted(transformer.items()):
         if np.isnan(probabilities).any():
             continue  # not every fold finished
-        blends = [(1 - weight) * probabilities + weight * lexical[split] for weight in weights]
-        print(f"{config:26} {seed:4} " + " ".join(f"{_f1(blend, labels):6.3f}" for blend in blends))
+        blends = [
+            blend_probabilities(torch.from_numpy(probabilities).float(), lexical[split], weight).numpy()
+            for weight in weights
+        ]
+        if temperature == "fitted":
+            temperature = "/".join(f"{t:.2f}" for t in fitted[(config, seed, split)])
+        print(f"{config:26} {seed:4} {temperature:>16} " + " ".join(f"{_f1(b, labels):6.3f}" for b in blends))
 
 
 def _f1(probabilities: np.ndarray, labels: np.ndarray) -> float:

@@ -61,6 +61,7 @@ from tasks.report import (
     report_validation_task,
 )
 from tasks.smoke import smoke_test_task
+from tasks.train import training_record
 from tasks.validate import (
     ValidatedBatch,
     ValidationFailedError,
@@ -209,7 +210,7 @@ def decide_and_publish(run: Run, curated: pd.DataFrame, challenger_dir: Path, de
     draw_production_accuracy(read_history_task(store), outcome, pictures / ACCURACY_PNG)
     outcome.status = "kept"
     if decision.promote:
-        metadata = _model_metadata(settings, outcome, curated)
+        metadata = _model_metadata(settings, outcome, curated, challenger_dir)
         (challenger_dir / "README.md").write_text(render_model_card(outcome, metadata))
         publish_model_task(store, challenger_dir, outcome.challenger_version, metadata)
         outcome.report_uris = [
@@ -283,8 +284,11 @@ def _record_scores(
     outcome.reasons.extend(decision.reasons)
 
 
-def _model_metadata(settings: RetrainerSettings, outcome: RetrainOutcome, curated: pd.DataFrame) -> dict:
-    """What is stored beside the weights as metrics.json (and in the model card): scores, data, recipe."""
+def _model_metadata(
+    settings: RetrainerSettings, outcome: RetrainOutcome, curated: pd.DataFrame, model_dir: Path
+) -> dict:
+    """What is stored beside the weights as metrics.json (and in the model card): scores, data, recipe,
+    and the lexical half as trained (blend weight and temperature, or why it is missing)."""
     return {
         "version": outcome.challenger_version,
         "accuracy": outcome.challenger.accuracy,
@@ -297,6 +301,7 @@ def _model_metadata(settings: RetrainerSettings, outcome: RetrainOutcome, curate
         "base_model": settings.base_model,
         "base_model_revision": settings.base_model_revision,
         "training": settings.training.model_dump(),
+        "lexical_half": training_record(model_dir).get("lexical"),
         "gate": settings.gate.model_dump(),
         "lineage": lineage(curated),
         "code_version": code_version(),

@@ -6,7 +6,8 @@ text; TF-IDF reads every word and character n-gram of the whole ticket, code and
 included), so a blend of their probabilities beats either (README, *Model quality*).
 
 Saved without pickle, beside the transformer: ``lexical.json`` (vocabularies, settings, blend
-weight) and ``lexical.safetensors`` (inverse document frequencies and the regression's weights).
+weight, the transformer's temperature) and ``lexical.safetensors`` (inverse document frequencies
+and the regression's weights).
 """
 
 import json
@@ -19,6 +20,8 @@ from safetensors.numpy import load_file, save_file
 from scipy.sparse import hstack
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
+
+from retrainer.calibration import soften
 
 SETTINGS_FILE = "lexical.json"
 WEIGHTS_FILE = "lexical.safetensors"
@@ -47,6 +50,8 @@ class LexicalModel:
     classifier_bias: np.ndarray  # (labels,)
     labels: list[str]
     blend_weight: float
+    transformer_temperature: float = 1.0
+    """Divides the transformer's logits before blending (`retrainer.calibration`); 1: as they are."""
 
     def probabilities(self, texts: list[str]) -> torch.Tensor:
         """Class probabilities per text, columns in `labels` order."""
@@ -57,9 +62,10 @@ class LexicalModel:
         self, transformer_probabilities: torch.Tensor, lexical_probabilities: torch.Tensor
     ) -> torch.Tensor:
         """`blend_weight` of this model's probabilities (from `probabilities`) plus the rest of the
-        transformer's, for the same texts."""
-        weight = self.blend_weight
-        return (1 - weight) * transformer_probabilities + weight * lexical_probabilities
+        transformer's at `transformer_temperature`, for the same texts."""
+        return blend_probabilities(
+            transformer_probabilities, lexical_probabilities, self.blend_weight, self.transformer_temperature
+        )
 
     def save(self, model_dir: Path) -> None:
         """Write ``lexical.json`` and ``lexical.safetensors`` into `model_dir`."""
@@ -67,6 +73,7 @@ class LexicalModel:
             "format": FORMAT_VERSION,
             "labels": self.labels,
             "blend_weight": self.blend_weight,
+            "transformer_temperature": self.transformer_temperature,
             "vocabularies": {
                 name: {term: int(index) for term, index in vectorizer.vocabulary_.items()}
                 for name, vectorizer in self.vectorizers.items()
@@ -100,7 +107,21 @@ class LexicalModel:
             classifier_bias=tensors["classifier.bias"],
             labels=settings["labels"],
             blend_weight=settings["blend_weight"],
+            # models saved before calibration blended the transformer's probabilities as they were
+            transformer_temperature=settings.get("transformer_temperature", 1.0),
         )
+
+
+def blend_probabilities(
+    transformer_probabilities: torch.Tensor,
+    lexical_probabilities: torch.Tensor,
+    weight: float,
+    transformer_temperature: float = 1.0,
+) -> torch.Tensor:
+    """`weight` of the lexical probabilities plus the rest of the transformer's, its logits divided
+    by `transformer_temperature` first."""
+    transformer = soften(transformer_probabilities, transformer_temperature)
+    return (1 - weight) * transformer + weight * lexical_probabilities
 
 
 def new_vectorizer(name: str, **arguments) -> TfidfVectorizer:

@@ -121,7 +121,7 @@ def render_model_card(outcome: RetrainOutcome, metadata: dict) -> str:
         "",
         f"Fine-tuned from `{metadata['base_model']}` by ticket-retrainer run `{outcome.run_id}` on dataset "
         f"`{outcome.dataset_version}`. Labels: {', '.join(LABELS)}.",
-        *_lexical_note(metadata["training"].get("lexical_weight", 0.0)),
+        *_lexical_note(metadata.get("lexical_half")),
         "",
         *_comparison_table(outcome),
         "",
@@ -131,14 +131,19 @@ def render_model_card(outcome: RetrainOutcome, metadata: dict) -> str:
     return "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + "\n".join(body) + "\n"
 
 
-def _lexical_note(blend_weight: float) -> list[str]:
-    if not blend_weight:
+def _lexical_note(lexical_half: dict | None) -> list[str]:
+    """How the model blends its lexical half, from what training recorded (None: it has none)."""
+    if not lexical_half:
         return []
+    if "skipped" in lexical_half:
+        return ["", f"Published without its lexical half: {_escape(lexical_half['skipped'])}."]
     return [
         "",
-        f"Its predictions blend the transformer's probabilities with {blend_weight:g} of a TF-IDF + "
-        "logistic-regression model saved beside it (`lexical.json`, `lexical.safetensors`), read by "
-        "`retrainer predict`; a plain `transformers` pipeline reads the transformer alone.",
+        f"Its predictions blend the transformer's probabilities (logits divided by "
+        f"{lexical_half.get('transformer_temperature', 1.0):.2f}, the temperature fitted on the validation "
+        f"split) with {lexical_half['blend_weight']:g} of a TF-IDF + logistic-regression model saved "
+        "beside it (`lexical.json`, `lexical.safetensors`), read by `retrainer predict`; a plain "
+        "`transformers` pipeline reads the transformer alone.",
     ]
 
 

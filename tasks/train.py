@@ -32,6 +32,7 @@ from transformers import (
 )
 
 from retrainer import LABELS
+from retrainer.calibration import MIN_CALIBRATION_ROWS, fit_temperature
 from retrainer.devices import cpu_supports_bf16
 from retrainer.lexical import MissingLabelsError, fit_lexical_model
 from retrainer.logs import run_logger
@@ -85,18 +86,15 @@ def fine_tune(
     )
     checkpoint_dir = output_dir / "checkpoints"
     resume_from = checkpoints.restore(checkpoint_dir) if checkpoints else None
+    validation_cache = _cache_file(tokenized_cache, "validation", source, revision, recipe)
+    validation_dataset = tokenize(validation_rows, tokenizer, recipe, validation_cache)
     trainer = Trainer(
         model=model,
         args=training_arguments(config, checkpoint_dir, resumable=checkpoints is not None),
         train_dataset=tokenize(
             train_rows, tokenizer, recipe, _cache_file(tokenized_cache, "train", source, revision, recipe)
         ),
-        eval_dataset=tokenize(
-            validation_rows,
-            tokenizer,
-            recipe,
-            _cache_file(tokenized_cache, "validation", source, revision, recipe),
-        ),
+        eval_dataset=validation_dataset,
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),  # pad per batch, not to max_length
         compute_metrics=compute_accuracy,
@@ -114,7 +112,10 @@ def fine_tune(
     (model_dir / "training_args.bin").unlink(missing_ok=True)
     recipe.save(model_dir)  # scoring reads the text the way training did
     # The lexical half selects nothing on the validation split, so it learns from both.
-    lexical = add_lexical_half(pd.concat([train_rows, validation_rows]), config.lexical_weight, model_dir)
+    temperature = calibrated_temperature(trainer, validation_dataset) if config.lexical_weight else 1.0
+    lexical = add_lexical_half(
+        pd.concat([train_rows, validation_rows]), config.lexical_weight, model_dir, temperature
+    )
     record = {
         "resumed_from_step": checkpoint_step(resume_from) if resume_from else None,
         "averaged_steps": averaged,
@@ -131,9 +132,21 @@ def fine_tune(
     return model_dir
 
 
-def add_lexical_half(rows: pd.DataFrame, blend_weight: float, model_dir: Path) -> dict | None:
+def training_record(model_dir: Path) -> dict:
+    """What `fine_tune` recorded about a model (``training.json``; empty for a model without one)."""
+    path = model_dir / "training.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def add_lexical_half(
+    rows: pd.DataFrame,
+    blend_weight: float,
+    model_dir: Path,
+    transformer_temperature: float = 1.0,
+) -> dict | None:
     """Fit the TF-IDF + logistic-regression half of the model (`retrainer.lexical`) on `rows` and
-    save it beside the transformer; what was done, for ``training.json`` (None: not asked for)."""
+    save it beside the transformer, to blend with the transformer's logits divided by
+    `transformer_temperature`; what was done, for ``training.json`` (None: not asked for)."""
     if not blend_weight:
         return None
     label_ids = [LABEL_TO_ID[label] for label in rows["label"]]
@@ -142,9 +155,24 @@ def add_lexical_half(rows: pd.DataFrame, blend_weight: float, model_dir: Path) -
     except MissingLabelsError as error:  # the transformer alone is still a model; the gate judges it
         run_logger().warning("published without its lexical half: %s", error)
         return {"skipped": str(error)}
+    lexical.transformer_temperature = transformer_temperature
     lexical.save(model_dir)
     vocabulary = {name: len(vectorizer.vocabulary_) for name, vectorizer in lexical.vectorizers.items()}
-    return {"blend_weight": blend_weight, "texts": len(rows), "vocabulary": vocabulary}
+    return {
+        "blend_weight": blend_weight,
+        "transformer_temperature": lexical.transformer_temperature,
+        "texts": len(rows),
+        "vocabulary": vocabulary,
+    }
+
+
+def calibrated_temperature(trainer: Trainer, validation_dataset: Dataset) -> float:
+    """The temperature that makes the trained model's probabilities on the validation split (never
+    trained on) most likely (`retrainer.calibration`); 1.0 when the split is too small to tell."""
+    if len(validation_dataset) < MIN_CALIBRATION_ROWS:
+        return 1.0
+    scored = trainer.predict(validation_dataset)
+    return fit_temperature(torch.from_numpy(scored.predictions).float(), scored.label_ids.tolist())
 
 
 def average_last_checkpoints(model: torch.nn.Module, checkpoint_dir: Path, count: int) -> list[int]:

@@ -12,6 +12,7 @@ from retrainer.lexical import SETTINGS_FILE, LexicalModel, MissingLabelsError, f
 from retrainer.samples import generate_tickets
 from retrainer.text import join_title
 from tasks.evaluate import load_lexical_half
+from tasks.report import _lexical_note
 from tasks.train import LABEL_TO_ID
 
 NLBSE = Path(__file__).resolve().parents[2] / "shared" / "data" / "nlbse24" / "issues_train.csv"
@@ -26,6 +27,7 @@ def _fitted(tickets: pd.DataFrame, blend_weight: float = 0.6) -> LexicalModel:
 def test_a_saved_lexical_model_predicts_exactly_as_the_fitted_one_and_nothing_is_pickled(tmp_path):
     tickets = generate_tickets(300, seed=1)
     fitted = _fitted(tickets)
+    fitted.transformer_temperature = 2.25
     texts = generate_tickets(50, seed=2)["text"].tolist()
 
     fitted.save(tmp_path)
@@ -34,6 +36,7 @@ def test_a_saved_lexical_model_predicts_exactly_as_the_fitted_one_and_nothing_is
     assert sorted(path.name for path in tmp_path.iterdir()) == ["lexical.json", "lexical.safetensors"]
     assert torch.equal(loaded.probabilities(texts), fitted.probabilities(texts))
     assert loaded.blend_weight == 0.6 and loaded.labels == list(LABELS)
+    assert loaded.transformer_temperature == 2.25
 
 
 def test_the_lexical_model_learns_real_github_issues():
@@ -63,6 +66,28 @@ def test_blending_takes_the_configured_share_of_the_lexical_probabilities():
 
     assert torch.allclose(blended, 0.75 * transformer + 0.25 * model.probabilities(texts))
     assert torch.allclose(blended.sum(dim=-1), torch.ones(20))
+
+
+def test_blending_divides_the_transformers_logits_by_its_temperature_first():
+    tickets = generate_tickets(300, seed=1)
+    model = _fitted(tickets, blend_weight=0.6)
+    model.transformer_temperature = 2.0
+    texts = tickets["text"].tolist()[:20]
+    logits = torch.randn(20, 3, generator=torch.Generator().manual_seed(0)) * 6
+
+    blended = model.blend(logits.softmax(dim=-1), model.probabilities(texts))
+
+    assert torch.allclose(blended, 0.4 * (logits / 2.0).softmax(dim=-1) + 0.6 * model.probabilities(texts))
+
+
+def test_a_lexical_model_saved_before_calibration_blends_the_transformer_as_it_is(tmp_path):
+    tickets = generate_tickets(300, seed=1)
+    _fitted(tickets).save(tmp_path)
+    settings = json.loads((tmp_path / SETTINGS_FILE).read_text())
+    del settings["transformer_temperature"]
+    (tmp_path / SETTINGS_FILE).write_text(json.dumps(settings))
+
+    assert LexicalModel.load(tmp_path).transformer_temperature == 1.0
 
 
 def test_a_label_without_training_texts_is_named():
@@ -117,3 +142,13 @@ def test_a_lexical_half_for_another_label_set_is_refused_at_scoring(tmp_path):
 
     with pytest.raises(ValueError, match=r"lexical model in .* predicts \['general_inquiry'"):
         load_lexical_half(tmp_path)
+
+
+def test_the_model_card_says_how_the_model_blends_or_why_it_does_not():
+    blended = _lexical_note({"blend_weight": 0.6, "transformer_temperature": 2.314, "texts": 9})
+    skipped = _lexical_note({"skipped": "no training texts labelled general_inquiry"})
+
+    assert "logits divided by 2.31, the temperature fitted on the validation split" in blended[1]
+    assert "with 0.6 of a TF-IDF" in blended[1]
+    assert skipped[1] == r"Published without its lexical half: no training texts labelled general\_inquiry."
+    assert _lexical_note(None) == []  # lexical_weight 0: a transformer alone, nothing to say

@@ -1,6 +1,7 @@
 """The retrain flow end to end: real SeaweedFS, a real Prefect API, a tiny random BERT."""
 
 import asyncio
+import json
 import shutil
 import time
 import uuid
@@ -103,7 +104,13 @@ def test_the_model_card_records_metrics_lineage_and_recipe(flow_store):
     etag = read_manifest(flow_store)[0].objects["incoming/batch-1.csv"].etag
     assert details["lineage"] == [{"key": "incoming/batch-1.csv", "etag": etag, "rows": 300}]
     assert details["training"]["learning_rate"] == LEARNS.learning_rate
-    assert "blend the transformer's probabilities with 0.6 of a TF-IDF" in card
+    lexical_half = json.loads(flow_store.get(f"models/{outcome.challenger_version}/metrics.json")[0])[
+        "lexical_half"
+    ]
+    assert lexical_half["blend_weight"] == 0.6
+    temperature = lexical_half["transformer_temperature"]
+    assert f"logits divided by {temperature:.2f}, the temperature fitted on the validation split" in card
+    assert "with 0.6 of a TF-IDF + logistic-regression model" in card
     assert details["dataset_version"] == outcome.dataset_version
     assert details["code_version"].startswith("0.1.0") and "torch" in details["library_versions"]
 

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from retrainer.calibration import MAX_TEMPERATURE, MIN_TEMPERATURE, fit_temperature, soften
 from retrainer.lexical import LexicalModel
 from retrainer.samples import generate_tickets
 from retrainer.settings import TrainingConfig
@@ -16,7 +17,7 @@ from tasks import train
 from tasks.checkpoints import CheckpointSync
 from tasks.dataset import EVAL, TRAIN, VALIDATION, check_splits, merge_curated
 from tasks.evaluate import predict_probabilities
-from tasks.train import fine_tune
+from tasks.train import LABEL_TO_ID, fine_tune
 
 
 class MachineLostError(RuntimeError):
@@ -188,19 +189,32 @@ def test_scoring_encodes_text_with_the_models_own_recipe(store, tiny_model_dir, 
 def test_the_published_model_blends_its_lexical_half_into_every_score(
     store, tiny_model_dir, splits, tmp_path
 ):
-    config = TrainingConfig(learning_rate=5e-3, num_train_epochs=1, lexical_weight=0.6)
+    # 6 epochs: the tiny model learns enough for a temperature inside the bounds (1.24)
+    config = TrainingConfig(learning_rate=5e-3, num_train_epochs=6, lexical_weight=0.6)
     model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], str(tiny_model_dir), "main", config, tmp_path)
     texts = splits[EVAL]["text"].tolist()
 
     blended = predict_probabilities(model_dir, texts, 128)
     transformer = predict_probabilities(model_dir, texts, 128, lexical=False)
-    lexical = LexicalModel.load(model_dir).probabilities(texts)
+    lexical_model = LexicalModel.load(model_dir)
+    lexical = lexical_model.probabilities(texts)
 
-    assert torch.allclose(blended, 0.4 * transformer + 0.6 * lexical)
-    assert not torch.allclose(blended, transformer)
     record = json.loads((model_dir / "training.json").read_text())["lexical"]
+    temperature = record["transformer_temperature"]
+    assert lexical_model.transformer_temperature == temperature
+    assert torch.allclose(blended, 0.4 * soften(transformer, temperature) + 0.6 * lexical)
+    assert not torch.allclose(blended, transformer)
     assert record["blend_weight"] == 0.6
     assert record["texts"] == len(splits[TRAIN]) + len(splits[VALIDATION])  # it selects nothing: both
+    # the temperature is the one that fits the transformer best on the validation split (scored
+    # there by the Trainer in bf16, here in fp32: close, not equal)
+    validation = splits[VALIDATION]
+    validation_probabilities = predict_probabilities(
+        model_dir, validation["text"].tolist(), 128, lexical=False
+    )
+    refitted = fit_temperature(validation_probabilities.log(), [LABEL_TO_ID[x] for x in validation["label"]])
+    assert temperature == pytest.approx(refitted, rel=0.02)
+    assert MIN_TEMPERATURE < temperature < MAX_TEMPERATURE
 
 
 def test_without_texts_of_every_label_the_transformer_is_published_alone(
