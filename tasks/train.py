@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from retrainer import LABELS
-from retrainer.calibration import MIN_CALIBRATION_ROWS, fit_temperature
+from retrainer.calibration import fit_temperature
 from retrainer.devices import cpu_supports_bf16
 from retrainer.lexical import MissingLabelsError, fit_lexical_model
 from retrainer.logs import run_logger
@@ -168,9 +168,7 @@ def add_lexical_half(
 
 def calibrated_temperature(trainer: Trainer, validation_dataset: Dataset) -> float:
     """The temperature that makes the trained model's probabilities on the validation split (never
-    trained on) most likely (`retrainer.calibration`); 1.0 when the split is too small to tell."""
-    if len(validation_dataset) < MIN_CALIBRATION_ROWS:
-        return 1.0
+    trained on) most likely (`retrainer.calibration`; 1.0 when the split is too small to tell)."""
     scored = trainer.predict(validation_dataset)
     return fit_temperature(torch.from_numpy(scored.predictions).float(), scored.label_ids.tolist())
 
