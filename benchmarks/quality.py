@@ -44,6 +44,13 @@ def stratified_split(rows: pd.DataFrame, share: float, seed: int) -> tuple[pd.Da
     return rows.drop(index=held_out), rows.loc[held_out]
 
 
+def fixed_split(issues: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(train, validation, test): the fixed split, stratified by repository and label."""
+    rest, test = stratified_split(issues, TEST_SHARE, SPLIT_SEED)
+    train, validation = stratified_split(rest, VALIDATION_SHARE, SPLIT_SEED)
+    return train, validation, test
+
+
 def stratified_folds(rows: pd.DataFrame, folds: int, seed: int) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
     """(rest, test) per fold: every repository x label group shuffled by `seed` and dealt into `folds`
     parts, so each issue is tested exactly once and every test fold has the same mix."""
@@ -167,11 +174,10 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=0, help="K-fold cross-validation instead of one split")
     args = parser.parse_args()
     issues = load_issues(args.data)
-    rest, test = stratified_split(issues, TEST_SHARE, SPLIT_SEED)
-    train, validation = stratified_split(rest, VALIDATION_SHARE, SPLIT_SEED)
     if args.folds:
         print(f"{args.folds}-fold cross-validation over {len(issues)} issues")
     else:
+        train, validation, test = fixed_split(issues)
         print(f"{len(train)} train / {len(validation)} validation / {len(test)} test issues")
     args.results.parent.mkdir(parents=True, exist_ok=True)
     results = []

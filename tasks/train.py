@@ -181,7 +181,8 @@ def average_last_checkpoints(model: torch.nn.Module, checkpoint_dir: Path, count
     averages the epochs saved before it was killed too.
     """
     folders = sorted(checkpoint_dir.glob("checkpoint-*"), key=checkpoint_step)[-count:]
-    model.load_state_dict(mean_weights([load_file(folder / "model.safetensors") for folder in folders]))
+    # one checkpoint on disk read at a time: mean_weights streams
+    model.load_state_dict(mean_weights(load_file(folder / "model.safetensors") for folder in folders))
     return [checkpoint_step(folder) for folder in folders]
 
 
