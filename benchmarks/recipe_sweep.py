@@ -296,9 +296,7 @@ def predict_logits(model, ids: list[list[int]], rows: list[int], pool: str) -> n
     logits = np.zeros((len(rows), 3), dtype=np.float32)
     for start in range(0, len(order), 128):
         chunk = order[start : start + 128]
-        logits[chunk] = (
-            logits_of(model, *padded(ids, [rows[i] for i in chunk], device), pool).float().cpu().numpy()
-        )
+        logits[chunk] = logits_of(model, *padded(ids, [rows[i] for i in chunk], device), pool).cpu().numpy()
     model.train()
     return logits
 

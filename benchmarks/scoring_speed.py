@@ -20,11 +20,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from retrainer import LABELS
 from retrainer.devices import cpu_supports_bf16
-from retrainer.lexical import fit_lexical_model
 from retrainer.samples import generate_tickets
-from retrainer.settings import PACKAGED_BASE_MODEL
+from retrainer.settings import PACKAGED_BASE_MODEL, TrainingConfig
 from tasks.evaluate import predict_probabilities
-from tasks.train import resolve_base_model
+from tasks.train import LABEL_TO_ID, add_lexical_half, resolve_base_model
 
 from baseline import NLBSE, load_issues, seed_predict
 
@@ -101,7 +100,7 @@ def _with_head(model_dir: str, target: Path) -> str:
         model_dir,
         num_labels=len(LABELS),
         id2label=dict(enumerate(LABELS)),
-        label2id={label: index for index, label in enumerate(LABELS)},
+        label2id=LABEL_TO_ID,
     )
     model.save_pretrained(target)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(target)
@@ -111,8 +110,7 @@ def _with_head(model_dir: str, target: Path) -> str:
 def _with_lexical_half(model_dir: str, target: Path, tickets: pd.DataFrame) -> str:
     """A copy of `model_dir` with a lexical half fitted on `tickets` (text, label), as published."""
     shutil.copytree(model_dir, target)
-    label_ids = [LABELS.index(label) for label in tickets["label"]]
-    fit_lexical_model(tickets["text"].tolist(), label_ids, list(LABELS), 0.6).save(target)
+    add_lexical_half(tickets, TrainingConfig().lexical_weight, target)
     return str(target)
 
 

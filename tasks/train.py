@@ -46,6 +46,8 @@ from tasks.checkpoints import CheckpointSync, checkpoint_step
 from tasks.common import once_task, read_task
 
 LABEL_TO_ID = {label: index for index, label in enumerate(LABELS)}
+TRAINING_RECORD = "training.json"
+"""What `fine_tune` writes beside the weights about how they were trained."""
 
 
 def resolve_base_model(base_model: str) -> str:
@@ -128,13 +130,13 @@ def fine_tune(
         "base_model_commit": getattr(model.config, "_commit_hash", None),
         "library_versions": library_versions(),
     }
-    (model_dir / "training.json").write_text(json.dumps(record, indent=2))
+    (model_dir / TRAINING_RECORD).write_text(json.dumps(record, indent=2))
     return model_dir
 
 
 def training_record(model_dir: Path) -> dict:
     """What `fine_tune` recorded about a model (``training.json``; empty for a model without one)."""
-    path = model_dir / "training.json"
+    path = model_dir / TRAINING_RECORD
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
