@@ -57,13 +57,19 @@ def recipe(name, inputs="256", lr=1e-4, epochs=5, batch=16, seeds=(42,), soup=Fa
     """One configuration; `soup` runs reuse seed 42's head and average their weights with its run.
     `adapt_epochs`: masked-language-model epochs on the training texts before fine-tuning
     (task-adaptive pre-training); `rdrop`: weight of R-Drop's consistency loss (two dropout passes);
-    `supcon`: share of a supervised contrastive loss on the pooled embedding."""
+    `supcon`: share of a supervised contrastive loss on the pooled embedding; `layer_decay`: each
+    layer's learning rate that factor of the one above (the head and pooler at `lr`); `reinit_layers`:
+    the top encoder layers and the pooler drawn anew (Zhang et al., 2021); `label_smoothing`;
+    `head_epochs`: epochs training the head alone (lr 1e-3) before fine-tuning (LP-FT, Kumar et al., 2022);
+    `train_share`: the share of each fold's training issues used (a learning curve)."""
     return dict(
         name=name, inputs=inputs, lr=lr, epochs=epochs, batch=batch, seeds=list(seeds), soup=soup,
         pool=pool, weight_decay=rest.get("weight_decay", 0.01), warmup=rest.get("warmup", 0.1),
         freeze_embeddings=rest.get("freeze_embeddings", False), rows=None,
         adapt_epochs=rest.get("adapt_epochs", 0), rdrop=rest.get("rdrop", 0.0),
-        supcon=rest.get("supcon", 0.0), split=rest.get("split"),
+        supcon=rest.get("supcon", 0.0), split=rest.get("split"), layer_decay=rest.get("layer_decay", 1.0),
+        reinit_layers=rest.get("reinit_layers", 0), label_smoothing=rest.get("label_smoothing", 0.0),
+        head_epochs=rest.get("head_epochs", 0), train_share=rest.get("train_share", 1.0),
     )  # fmt: skip
 
 
@@ -128,9 +134,26 @@ SETS = {
         for split in (None, *OTHER_SPLIT_SEEDS)
         for seed in (42, 7, 1)
     ],
+    "finetuning": [  # remedies for fine-tuning on little data, against the default in the same run
+        recipe(f"{name}-s{seed}", inputs="128", epochs=8, seeds=(seed,), **changes)
+        for seed in (42, 7, 1)
+        for name, changes in [
+            ("E8", {}),
+            ("E8-llrd0.8", {"layer_decay": 0.8}),
+            ("E8-llrd0.8-lr2e-4", {"layer_decay": 0.8, "lr": 2e-4}),
+            ("E8-reinit1", {"reinit_layers": 1}),
+            ("E8-ls0.1", {"label_smoothing": 0.1}),
+            ("E8-lpft3", {"head_epochs": 3}),
+        ]
+    ],
+    "learning": [  # the default on a share of each fold's training issues (validation and test whole)
+        recipe(f"E8-train{share}-s{seed}", inputs="128", epochs=8, seeds=(seed,), train_share=share)
+        for seed in (42, 7, 1)
+        for share in (0.25, 0.5, 0.75)
+    ],
 }
 """The sweeps run on an H100 (`lengths`, `inputs`, `epochs`) and an H200 (`ideas`, `splits`,
-`calibration`); results in the README's *Model quality*."""
+`calibration`, `finetuning`, `learning`); results in the README's *Model quality*."""
 SMOKE_EPOCHS = 2
 
 
@@ -246,7 +269,7 @@ def logits_of(model, input_ids: torch.Tensor, mask: torch.Tensor, pool: str) -> 
 def training_loss(model, input_ids: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, config: dict):
     """Cross-entropy, with R-Drop's consistency term and a supervised contrastive share if configured."""
     logits, pooled = forward(model, input_ids, mask, config["pool"])
-    loss = torch.nn.functional.cross_entropy(logits, target)
+    loss = torch.nn.functional.cross_entropy(logits, target, label_smoothing=config["label_smoothing"])
     if config["rdrop"]:
         again = logits_of(model, input_ids, mask, config["pool"])  # a second dropout mask
         loss = (loss + torch.nn.functional.cross_entropy(again, target)) / 2
@@ -313,53 +336,110 @@ def base_model(seed: int, head_seed: int, device: torch.device):
     return model.to(device)
 
 
+def reinitialise_top(model, count: int) -> None:
+    """Draw the pooler and the top `count` encoder layers anew, as BERT initialises them."""
+    std = model.config.initializer_range
+    for module in [model.bert.pooler, *model.bert.encoder.layer[len(model.bert.encoder.layer) - count :]]:
+        for part in module.modules():
+            if isinstance(part, torch.nn.Linear):
+                torch.nn.init.normal_(part.weight, std=std)
+                torch.nn.init.zeros_(part.bias)
+            elif isinstance(part, torch.nn.LayerNorm):
+                torch.nn.init.ones_(part.weight)
+                torch.nn.init.zeros_(part.bias)
+
+
 def optimizer_for(model, config: dict) -> torch.optim.Optimizer:
     """AdamW as the Trainer builds it: no weight decay on biases and LayerNorm weights."""
     if config["freeze_embeddings"]:
         model.bert.embeddings.requires_grad_(False)
-    trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    exempt = [p for name, p in trained if "bias" in name or "LayerNorm" in name]
-    decayed = [p for name, p in trained if not ("bias" in name or "LayerNorm" in name)]
+    layers = len(model.bert.encoder.layer)
+    groups: dict[tuple[float, float], list] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        decay = 0.0 if "bias" in name or "LayerNorm" in name else config["weight_decay"]
+        lr = config["lr"] * config["layer_decay"] ** (layers + 1 - layer_depth(name, layers))
+        groups.setdefault((lr, decay), []).append(parameter)
     return torch.optim.AdamW(
-        [
-            {"params": decayed, "weight_decay": config["weight_decay"]},
-            {"params": exempt, "weight_decay": 0.0},
-        ],
+        [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()],
         lr=config["lr"],
         fused=next(model.parameters()).is_cuda,
     )
+
+
+def layer_depth(name: str, layers: int) -> int:
+    """0 for the embeddings, i + 1 for encoder layer i, layers + 1 for the pooler and the head."""
+    if ".embeddings." in name:
+        return 0
+    if ".encoder.layer." in name:
+        return int(name.split(".encoder.layer.")[1].split(".")[0]) + 1
+    return layers + 1
+
+
+def train_epoch(
+    model,
+    ids: list[list[int]],
+    rows: list[int],
+    config: dict,
+    generator,
+    optimizer,
+    scheduler=None,
+    clip=None,
+) -> None:
+    """One pass over `rows` in length-grouped batches; gradients clipped to norm `clip` if given."""
+    device = next(model.parameters()).device
+    order = grouped_order([len(ids[row]) for row in rows], config["batch"], generator)
+    for start in range(0, len(order), config["batch"]):
+        batch = [rows[i] for i in order[start : start + config["batch"]]]
+        target = torch.tensor([DATA["labels"][row] for row in batch], device=device)
+        training_loss(model, *padded(ids, batch, device), target, config).backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        if scheduler:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def train_head(model, ids: list[list[int]], rows: list[int], config: dict, generator) -> None:
+    """LP-FT's first stage: `head_epochs` of the classification head alone, the encoder frozen."""
+    model.bert.requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.classifier.parameters(), lr=1e-3, weight_decay=0.01)
+    for _ in range(config["head_epochs"]):
+        train_epoch(model, ids, rows, config, generator, optimizer)
+    model.bert.requires_grad_(True)
+    if config["freeze_embeddings"]:
+        model.bert.embeddings.requires_grad_(False)
 
 
 def train_run(config: dict, fold: int, seed: int, device: torch.device) -> tuple[dict, dict]:
     """One training on one fold: (result row, the mean weights the product's default would publish)."""
     from transformers import get_linear_schedule_with_warmup
 
-    ids, labels = DATA["input_ids"][config["inputs"]], DATA["labels"]
+    ids = DATA["input_ids"][config["inputs"]]
     split = DATA["folds"][str(config["split"] or DATA["default_split"])][fold]
     train, validation, test = (
-        spread(split[part], config["rows"]) for part in ("train", "validation", "test")
+        spread(part, config["rows"])
+        for part in (training_rows(split, config["train_share"]), split["validation"], split["test"])
     )
     model = base_model(seed, 42 if config["soup"] else seed, device)
     started = time.perf_counter()
     if config["adapt_epochs"]:
         adapt_to_texts(model, ids, train + validation, config["adapt_epochs"], device)
     adapt_seconds = time.perf_counter() - started
+    if config["reinit_layers"]:
+        reinitialise_top(model, config["reinit_layers"])
+    generator = torch.Generator().manual_seed(seed)
+    if config["head_epochs"]:
+        train_head(model, ids, train, config, generator)
     optimizer = optimizer_for(model, config)
     total = math.ceil(len(train) / config["batch"]) * config["epochs"]
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config["warmup"] * total), total)
-    generator = torch.Generator().manual_seed(seed)
     snapshots, epoch_validation, epoch_test = [], [], []
     model.train()
     for _ in range(config["epochs"]):
-        order = grouped_order([len(ids[row]) for row in train], config["batch"], generator)
-        for start in range(0, len(order), config["batch"]):
-            batch = [train[i] for i in order[start : start + config["batch"]]]
-            target = torch.tensor([labels[row] for row in batch], device=device)
-            training_loss(model, *padded(ids, batch, device), target, config).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+        train_epoch(model, ids, train, config, generator, optimizer, scheduler, clip=1.0)
         snapshots.append({name: tensor.detach().clone() for name, tensor in model.state_dict().items()})
         epoch_validation.append(predict(model, ids, validation, config["pool"]))
         epoch_test.append(predict(model, ids, test, config["pool"]))
@@ -373,6 +453,7 @@ def train_run(config: dict, fold: int, seed: int, device: torch.device) -> tuple
     logits = {part: predict_logits(model, ids, rows, config["pool"]) for part, rows in parts.items()}
     row = {
         "config": config["name"], "fold": fold, "split": config["split"], "seed": seed, "train_s": seconds,
+        "train_share": config["train_share"],
         "adapt_s": adapt_seconds,
         "test": test,
         "epoch_validation_accuracy": [accuracy(p, validation) for p in epoch_validation],
@@ -425,7 +506,14 @@ def adapt_to_texts(model, ids: list[list[int]], rows: list[int], epochs: int, de
 
 def spread(rows: list[int], count: int | None) -> list[int]:
     """`count` of `rows`, evenly spaced (so every repository and label, as the issues are ordered)."""
-    return rows if count is None else rows[:: max(1, len(rows) // count)][:count]  # None: all
+    if count is None:
+        return rows
+    return [rows[i * len(rows) // count] for i in range(min(count, len(rows)))]
+
+
+def training_rows(fold: dict, share: float) -> list[int]:
+    """The share of a fold's training issues a learning-curve run trains on (evenly spaced)."""
+    return spread(fold["train"], None if share == 1 else round(share * len(fold["train"])))
 
 
 def accuracy(probabilities: np.ndarray, rows: list[int]) -> float:
@@ -525,12 +613,14 @@ def summarise_blends(result_files: list[Path], data: Path, weights: list[float])
 
     prepared = json.loads((data / "data.json").read_text())
     labels, texts = np.array(prepared["labels"]), load_issues()["text"].tolist()
-    # (config, seed, split, temperature) -> out-of-fold probabilities; temperatures: 1 and fitted
+    # (config, seed, (split, training share), temperature) -> out-of-fold probabilities;
+    # temperatures: 1 and fitted
     transformer: dict[tuple, np.ndarray] = {}
     fitted: dict[tuple, list[float]] = {}
     for path in result_files:
         for row in map(json.loads, path.read_text().splitlines()):
-            key = (row["config"], row["seed"], str(row.get("split") or prepared["default_split"]))
+            issues = (str(row.get("split") or prepared["default_split"]), row.get("train_share", 1.0))
+            key = (row["config"], row["seed"], issues)
             if "default_probabilities" in row:
                 runs = transformer.setdefault((*key, "1"), np.full((len(labels), len(LABELS)), np.nan))
                 runs[row["test"]] = row["default_probabilities"]
@@ -540,23 +630,23 @@ def summarise_blends(result_files: list[Path], data: Path, weights: list[float])
                 fitted.setdefault(key, []).append(temperature)
                 runs = transformer.setdefault((*key, "fitted"), np.full((len(labels), len(LABELS)), np.nan))
                 runs[row["test"]] = (logits["test"] / temperature).softmax(-1).numpy()
-    lexical = {}
-    for split in sorted({key[2] for key in transformer}):
-        lexical[split] = torch.zeros((len(labels), len(LABELS)))
+    lexical = {}  # fitted on the same issues as the transformer beside it
+    for split, share in sorted({key[2] for key in transformer}):
+        lexical[split, share] = torch.zeros((len(labels), len(LABELS)))
         for fold in prepared["folds"][split]:
-            rows = fold["train"] + fold["validation"]
+            rows = training_rows(fold, share) + fold["validation"]
             model = fit_lexical_model([texts[r] for r in rows], labels[rows].tolist(), list(LABELS), 1.0)
-            lexical[split][fold["test"]] = model.probabilities([texts[r] for r in fold["test"]])
+            lexical[split, share][fold["test"]] = model.probabilities([texts[r] for r in fold["test"]])
     print(f"{'configuration':26} {'seed':>4} {'temperature':>16} " + " ".join(f"{w:>6.2f}" for w in weights))
-    for (config, seed, split, temperature), probabilities in sorted(transformer.items()):
+    for (config, seed, issues, temperature), probabilities in sorted(transformer.items()):
         if np.isnan(probabilities).any():
             continue  # not every fold finished
         blends = [
-            blend_probabilities(torch.from_numpy(probabilities).float(), lexical[split], weight).numpy()
+            blend_probabilities(torch.from_numpy(probabilities).float(), lexical[issues], weight).numpy()
             for weight in weights
         ]
         if temperature == "fitted":
-            temperature = "/".join(f"{t:.2f}" for t in fitted[(config, seed, split)])
+            temperature = "/".join(f"{t:.2f}" for t in fitted[(config, seed, issues)])
         print(f"{config:26} {seed:4} {temperature:>16} " + " ".join(f"{_f1(b, labels):6.3f}" for b in blends))
 
 
