@@ -408,9 +408,7 @@ def train_head(model, ids: list[list[int]], rows: list[int], config: dict, gener
     optimizer = torch.optim.AdamW(model.classifier.parameters(), lr=1e-3, weight_decay=0.01)
     for _ in range(config["head_epochs"]):
         train_epoch(model, ids, rows, config, generator, optimizer)
-    model.bert.requires_grad_(True)
-    if config["freeze_embeddings"]:
-        model.bert.embeddings.requires_grad_(False)
+    model.bert.requires_grad_(True)  # `optimizer_for` freezes the embeddings again if configured
 
 
 def train_run(config: dict, fold: int, seed: int, device: torch.device) -> tuple[dict, dict]:
@@ -513,7 +511,7 @@ def spread(rows: list[int], count: int | None) -> list[int]:
 
 def training_rows(fold: dict, share: float) -> list[int]:
     """The share of a fold's training issues a learning-curve run trains on (evenly spaced)."""
-    return spread(fold["train"], None if share == 1 else round(share * len(fold["train"])))
+    return spread(fold["train"], round(share * len(fold["train"])))
 
 
 def accuracy(probabilities: np.ndarray, rows: list[int]) -> float:
