@@ -178,6 +178,12 @@ class IngestSettings(BaseModel):
         description="Source label (lower-cased) -> label in the label set.",
     )
     max_object_bytes: int = Field(256 * 2**20, ge=1, description="Larger objects are quarantined unread.")
+    max_decompressed_bytes: int = Field(
+        256 * 2**20,
+        ge=1,
+        description="A .gz object that decompresses to more is rejected whole, checked while decompressing "
+        "(memory held stays within ~1.125x this + 1 MiB); default 256 MiB, the same as max_object_bytes.",
+    )
     max_concurrency: int = Field(16, ge=1, le=256, description="Objects downloaded and parsed at once.")
 
 

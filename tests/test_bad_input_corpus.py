@@ -31,12 +31,15 @@ EXPECTED = {
     "extra-columns-and-bad-rows.csv": "row 2: text: shorter than 3 characters",
     "unknown-labels.csv": "row 1: label: not one of bug, feature_request, general_inquiry (got 'urgent')",
     "bad-timestamps.csv": "row 1: created_at: not a valid timestamp (got 'yesterday')",
-    "ragged-rows.csv": "cannot parse CSV",
-    "unterminated-quote.csv": "cannot parse CSV",
+    "ragged-rows.csv": "cannot parse CSV: row 1 (line 2) has 6 fields, the header has 4",
+    "short-row.csv": "cannot parse CSV: row 2 (line 3) has 2 fields, the header has 4",
+    "unterminated-quote.csv": "cannot parse CSV: row 1 (line 2): a quoted field is not closed",
+    "unbalanced-quote.csv": "cannot parse CSV: row 1 (line 2): a quote inside a quoted field is not doubled",
+    "gzip-named-csv.csv": "gzip-compressed data in a file named .csv (name it .csv.gz)",
     "formula-injection.csv": "row 1: text: looks like a spreadsheet formula",
     "empty-ticket-ids.csv": "row 1: ticket_id: empty",
     "duplicate-ticket-ids.csv": "row 2: duplicate ticket_id",
-    "duplicate-texts.csv": "row 2: duplicate text",
+    "duplicate-texts.csv": "MERGED",  # same text and label: not a problem, rows 2-3 merged into row 1
     "conflicting-labels.csv": "row 1: the same text appears with different labels in this batch",
     "too-short-texts.csv": "row 1: text: shorter than 3 characters",
     "control-characters-only.csv": "row 1: text: empty",
@@ -75,13 +78,14 @@ def test_each_malformed_file_gets_a_clear_error_naming_file_row_and_reason(store
     _upload_corpus(store)
     infos = store.list_objects("incoming/")
 
-    batches = validate_batches(
-        load_batches(store, infos, IngestSettings()), ValidationPolicy(), {}, None, 0.2, 0.1
-    )
+    batches = validate_batches(load_batches(store, infos, IngestSettings()), ValidationPolicy(), {}, None)
 
     by_key = {batch.key: batch for batch in batches}
     for name, expected in EXPECTED.items():
         problems = by_key[f"incoming/{name}"].problems
+        if expected == "MERGED":
+            assert problems == [] and list(by_key[f"incoming/{name}"].merged["source_row"]) == [2, 3]
+            continue
         assert any(
             problem.startswith(f"incoming/{name}: ") and expected in problem for problem in problems
         ), (
@@ -97,8 +101,6 @@ def test_quoted_newlines_parse_into_the_right_rows(store):
         ValidationPolicy(max_bad_row_share=0.5),
         {},
         None,
-        0.2,
-        0.1,
     )
     assert list(batch.accepted["ticket_id"]) == ["QN-1", "QN-2"]
     assert batch.accepted["text"][0] == "Crash on save\nwhen the file\nis large"
@@ -122,7 +124,7 @@ def test_a_run_over_the_corpus_fails_cleanly_ingests_the_good_file_and_loses_no_
     assert len(manifest.objects) == len(EXPECTED) + 1  # every file recorded: none is read again
     for name in EXPECTED:
         entry = manifest.objects[f"incoming/{name}"]
-        assert entry.accepted + entry.quarantined == entry.rows, name  # every row curated or quarantined
+        assert entry.accepted + entry.merged + entry.quarantined == entry.rows, name  # no row lost
     run_id = str(state.state_details.flow_run_id)
     quarantined = {info.key for info in store.list_objects(f"quarantine/{run_id}/")}
     assert f"quarantine/{run_id}/latin1-encoding.csv" in quarantined  # rejected files kept byte for byte
