@@ -5,13 +5,14 @@ gate's eval set never moves into training, even if the fractions change later. E
 dataset version is a new immutable object (``datasets/<version>/curated.parquet``).
 """
 
+import contextlib
 import hashlib
 import io
 from datetime import UTC, datetime
 
 import pandas as pd
 
-from retrainer.storage import ObjectStore
+from retrainer.storage import ObjectStore, PreconditionFailedError
 from tasks.common import once_task, read_task
 
 TRAIN, VALIDATION, EVAL = "train", "validation", "eval"
@@ -58,7 +59,9 @@ def write_curated(store: ObjectStore, curated: pd.DataFrame) -> str:
     body = buffer.getvalue()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     version = f"ds-{stamp}-{hashlib.sha256(body).hexdigest()[:10]}"
-    store.put(curated_key(store, version), body, if_none_match=True)
+    # The key names its content's hash: a run retried within the second has written these very bytes.
+    with contextlib.suppress(PreconditionFailedError):
+        store.put(curated_key(store, version), body, if_none_match=True)
     return version
 
 

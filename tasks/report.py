@@ -13,7 +13,7 @@ from retrainer.settings import hub_id_of
 from tasks.common import once_task
 from tasks.evaluate import EvalReport
 from tasks.registry import PRODUCTION_CHANGES, DecisionRecord
-from tasks.validate import ValidatedBatch
+from tasks.validate import REASON_KIND, ValidatedBatch
 
 DECISION_ARTIFACT_KEY = "retrain-decision"
 VALIDATION_ARTIFACT_KEY = "validation-report"
@@ -27,11 +27,13 @@ class RetrainOutcome(BaseModel):
     """The result of one retrain run (also the flow's return value)."""
 
     status: str = Field(
-        description="promoted | forced | kept | lost-race | smoke-failed | no-new-data | no-data"
+        description="promoted | forced | kept | lost-race | smoke-failed | no-new-data | no-data | "
+        "validation-failed | failed (the last two: the run ended Failed; reasons say why)"
     )
     run_id: str
     batches_ingested: int = 0
     rows_accepted: int = 0
+    rows_merged: int = 0  # same text and label as an earlier ticket: kept out of the curated data
     rows_quarantined: int = 0
     problems: list[str] = Field(default_factory=list)
     dataset_version: str | None = None
@@ -67,7 +69,7 @@ def render_outcome_markdown(outcome: RetrainOutcome) -> str:
         "",
         "## Data",
         f"- batches ingested: {outcome.batches_ingested} (rows accepted {outcome.rows_accepted}, "
-        f"quarantined {outcome.rows_quarantined})",
+        f"merged {outcome.rows_merged}, quarantined {outcome.rows_quarantined})",
         f"- dataset version: `{outcome.dataset_version}`; eval tickets: {outcome.eval_examples}",
         f"- production model now: `{outcome.production_version}`",
     ]
@@ -201,17 +203,29 @@ def report_outcome(outcome: RetrainOutcome) -> RetrainOutcome:
 
 
 def render_validation_markdown(run_id: str, batches: list[ValidatedBatch]) -> str:
-    """The validation report: per-batch counts and verdicts, reason counts, escaped examples."""
+    """The validation report: per-batch counts and verdicts, reason counts, escaped examples.
+
+    *merged* rows repeat the text and label of an earlier ticket: not bad, not curated again (see
+    `tasks.validate`); they are quarantined as ``<file>.merged.csv`` for review.
+    """
     lines = [
         f"# Validation of run `{run_id}`",
         "",
-        "| batch | rows | accepted | quarantined | verdict |",
-        "|---|---|---|---|---|",
+        "| batch | rows | accepted | merged | quarantined | verdict |",
+        "|---|---|---|---|---|---|",
     ]
     for batch in batches:
         verdict = "REJECTED: " + _escape("; ".join(batch.batch_errors)) if batch.rejected_whole else "ok"
-        counts = f"{batch.rows} | {len(batch.accepted)} | {len(batch.rejected)}"
+        counts = f"{batch.rows} | {len(batch.accepted)} | {len(batch.merged)} | {len(batch.rejected)}"
         lines.append(f"| `{_code_safe(batch.key)}` | {counts} | {verdict} |")
+    merged = sum(len(batch.merged) for batch in batches)
+    if merged:
+        lines += [
+            "",
+            f"{merged} row(s) merged: the same text and label as an earlier ticket of the batch or of the "
+            "curated data, which stands for them (listed with `duplicate_of` in the quarantined "
+            "`<file>.merged.csv`).",
+        ]
     rejected = [batch.rejected.assign(batch=batch.key) for batch in batches if not batch.rejected.empty]
     if rejected:
         lines += ["", "## Reasons", *_reason_examples(rejected)]
@@ -225,6 +239,7 @@ def validation_table(batches: list[ValidatedBatch]) -> list[dict]:
             "batch": batch.key,
             "rows": batch.rows,
             "accepted": len(batch.accepted),
+            "merged": len(batch.merged),
             "quarantined": len(batch.rejected),
             "rejected_whole": batch.rejected_whole,
             "reasons": "; ".join(batch.batch_errors),
@@ -244,22 +259,31 @@ def report_validation(run_id: str, batches: list[ValidatedBatch]) -> None:
 
 
 def _reason_examples(rejected: list[pd.DataFrame]) -> list[str]:
+    """Rows grouped by the kind of their reason (the reason without the offending values, which
+    validation keeps apart: cutting values out of a message would leave fragments of them behind)."""
     rows = pd.concat(rejected, ignore_index=True)
-    rows["kind"] = rows["reason"].astype(str).str.replace(r"\(got .*?\)", "", regex=True).str.slice(0, 120)
+    rows["kind"] = rows[REASON_KIND].astype(str).str.slice(0, 120)
+    if "text" not in rows.columns:
+        rows["text"] = None
     lines = []
     for kind, group in rows.groupby("kind", sort=False):
         lines.append(f"- **{len(group)}** × {_escape(kind)}")
-        for example in group.head(EXAMPLES_PER_REASON).itertuples():
-            text = _preview_text(getattr(example, "text", ""))
-            lines.append(f"  - `{_code_safe(str(example.batch))}` row {example.source_row}: `{text}`")
+        for batch, row, text in group.head(EXAMPLES_PER_REASON)[["batch", "source_row", "text"]].itertuples(
+            index=False
+        ):
+            lines.append(f"  - `{_code_safe(str(batch))}` row {row}: {_preview_text(text)}")
     return lines
 
 
 def _preview_text(value) -> str:
-    """A short, inert preview of ticket text for a report (inside an inline-code span)."""
+    """A short, inert preview of ticket text for a report: an inline-code span, or ``(no text)``."""
+    if not isinstance(value, str) and pd.api.types.is_scalar(value) and pd.isna(value):
+        return "(no text)"  # no text column, an unparseable line, a null: not the string "nan"
     text = value if isinstance(value, str) else repr(value)
     text = "".join(char if char.isprintable() else " " for char in text)
-    return _code_safe(text[:100] + ("…" if len(text) > 100 else ""))
+    if not text.strip():
+        return "(blank)"  # an empty code span would show its backticks
+    return f"`{_code_safe(text[:100] + ('…' if len(text) > 100 else ''))}`"
 
 
 _CARD_FIELDS = (
