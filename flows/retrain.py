@@ -98,17 +98,35 @@ def retrain(
         gate: promotion policy for this run (default: the configured gate settings).
         force: promote the challenger whatever the gate says (the smoke test still applies).
         force_reason: why the promotion is forced; required with `force`, recorded in the history.
+
+    A failing run still fails (alerts and automations depend on it); the exception it raises carries
+    the outcome so far, with status "validation-failed" or "failed" (see `failed_outcome`).
     """
-    if force and not (force_reason or "").strip():
-        raise ValueError("a forced promotion needs a force_reason; it is recorded in the history")
-    settings = load_settings(training=training, base_model=base_model, gate=gate)
-    store = ObjectStore(settings.s3)
-    store.ensure_bucket()
     outcome = RetrainOutcome(
         status="no-data",
         run_id=str(flow_run.id or new_version_id()),
         forced_reason=force_reason if force else None,
     )
+    try:
+        if force and not (force_reason or "").strip():
+            raise ValueError("a forced promotion needs a force_reason; it is recorded in the history")
+        settings = load_settings(training=training, base_model=base_model, gate=gate)
+        return run_retrain(settings, outcome, force)
+    except Exception as error:
+        _attach_failed_outcome(error, outcome)
+        raise
+
+
+def failed_outcome(error: BaseException) -> RetrainOutcome | None:
+    """The outcome a failed `retrain` run attached to the exception it raised (None if it has none)."""
+    outcome = getattr(error, _OUTCOME_ATTRIBUTE, None)
+    return outcome if isinstance(outcome, RetrainOutcome) else None
+
+
+def run_retrain(settings: RetrainerSettings, outcome: RetrainOutcome, force: bool) -> RetrainOutcome:
+    """The body of the `retrain` flow: every step, filling in `outcome`."""
+    store = ObjectStore(settings.s3)
+    store.require_bucket()  # production buckets are provisioned: a typo must fail, not create one
     curated, new_sources = ingest_new_batches(store, settings, outcome)
     pointer, pointer_etag = read_production_pointer_task(store)
     outcome.production_version = pointer.version if pointer else None
@@ -169,14 +187,7 @@ def ingest_new_batches(
     new_objects = discover_new_batches_task(store, manifest)
     loaded = load_batches_task(store, new_objects, settings.ingest)
     curated = read_curated_task(store, manifest.dataset_version)
-    validated = validate_batches_task(
-        loaded,
-        settings.validation,
-        settings.ingest.label_aliases,
-        curated,
-        settings.eval_fraction,
-        settings.validation_fraction,
-    )
+    validated = validate_batches_task(loaded, settings.validation, settings.ingest.label_aliases, curated)
     quarantine_batches_task(store, outcome.run_id, validated, [batch.raw for batch in loaded])
     dataset_version = manifest.dataset_version
     accepted = [result.accepted for result in validated if not result.accepted.empty]
@@ -252,11 +263,21 @@ def smoke_and_flip(run: Run, challenger_dir: Path, decision: Decision) -> None:
     try:
         flip_production_pointer_task(store, new_pointer, run.pointer_etag)
     except PreconditionFailedError:
-        outcome.status = "lost-race"
-        outcome.reasons.append("another run changed the production pointer first; this run changed nothing")
+        report_lost_race(run)
         return
     outcome.status = new_pointer.action
     outcome.production_version = outcome.challenger_version
+
+
+def report_lost_race(run: Run) -> None:
+    """Another run flipped the pointer first: report the version that is in production now."""
+    current, _ = read_production_pointer_task(run.store)  # not run.pointer: that one is stale
+    run.outcome.status = "lost-race"
+    run.outcome.production_version = current.version if current else None
+    run.outcome.reasons.append(
+        f"another run changed the production pointer first (production is now "
+        f"{run.outcome.production_version}); this run changed nothing"
+    )
 
 
 def finish(settings: RetrainerSettings, outcome: RetrainOutcome) -> RetrainOutcome:
@@ -317,8 +338,28 @@ def _model_metadata(
     }
 
 
+_OUTCOME_ATTRIBUTE = "retrain_outcome"
+
+
+def _attach_failed_outcome(error: Exception, outcome: RetrainOutcome) -> None:
+    # The exception is what Prefect keeps as the failed state's result, so the caller can read the
+    # outcome back from it (`failed_outcome`) while the run still ends Failed.
+    message = str(error) or type(error).__name__
+    if outcome.status != "no-data":  # it failed after deciding (e.g. the notification): say what it decided
+        message = f"the run failed after its decision ({outcome.status}): {message}"
+    outcome.status = "validation-failed" if isinstance(error, ValidationFailedError) else "failed"
+    outcome.reasons.append(message)
+    setattr(error, _OUTCOME_ATTRIBUTE, outcome)  # every exception instance has a __dict__
+
+
 def _entry(result: ValidatedBatch, run_id: str):
-    return manifest_entry(rows=result.rows, accepted=len(result.accepted), etag=result.etag, run_id=run_id)
+    return manifest_entry(
+        rows=result.rows,
+        accepted=len(result.accepted),
+        etag=result.etag,
+        run_id=run_id,
+        merged=len(result.merged),
+    )
 
 
 def _count_ingestion(
@@ -326,7 +367,10 @@ def _count_ingestion(
 ) -> None:
     outcome.batches_ingested = len(validated)
     outcome.rows_accepted = sum(len(result.accepted) for result in validated)
-    outcome.rows_quarantined = sum(result.rows - len(result.accepted) for result in validated)
+    outcome.rows_merged = sum(len(result.merged) for result in validated)
+    outcome.rows_quarantined = sum(
+        result.rows - len(result.accepted) - len(result.merged) for result in validated
+    )
     outcome.problems = [problem for result in validated for problem in result.problems]
     outcome.dataset_version = dataset_version
 

@@ -4,6 +4,7 @@ import argparse
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from retrainer.settings import TRAINING_PRESETS, RetrainerSettings
@@ -19,13 +20,49 @@ _CLI_ENVIRONMENT = {
 }
 
 
+class RunFailedError(Exception):
+    """A retrain run ended Failed (its outcome has been printed; the message says why)."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``retrainer`` console script."""
+    """Entry point of the ``retrainer`` console script.
+
+    The project's known errors end as one line on stderr, ``retrainer: error: ...``, and exit 2 when
+    the request was refused (see `_exit_code`) or 1 when a run or the store failed. Anything else
+    is a bug and keeps its traceback.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     for name, value in _CLI_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except Exception as error:
+        exit_code = _exit_code(error)
+        if exit_code is None:
+            raise
+        print(f"retrainer: error: {_one_line(str(error) or type(error).__name__)}", file=sys.stderr)
+        return exit_code
+
+
+def _exit_code(error: Exception) -> int | None:
+    """2: the registry refused the request (bad target, unknown version, nothing in production);
+    1: a run, the store or its credentials failed; None: not one of the project's known errors."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from retrainer.storage import StorageError
+    from tasks.registry import RegistryError
+    from tasks.validate import ValidationFailedError
+
+    if isinstance(error, RegistryError):
+        return 2
+    if isinstance(error, RunFailedError | StorageError | ValidationFailedError | ClientError | BotoCoreError):
+        return 1
+    return None
+
+
+def _one_line(message: str) -> str:
+    return " / ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
         "setup", help="create work pools (and, with --block, automations); idempotent"
     )
     setup.add_argument("--block", help="notification block for the automations, e.g. slack-webhook/ml-alerts")
+    setup.add_argument(
+        "--create-bucket",
+        action="store_true",
+        help="also create the configured bucket (RETRAINER_S3__BUCKET) if it does not exist; runs never do",
+    )
     setup.set_defaults(handler=_setup)
 
     s3 = commands.add_parser("s3", help="serve a local SeaweedFS S3 on 127.0.0.1 until Ctrl+C")
@@ -96,31 +138,82 @@ def _parser() -> argparse.ArgumentParser:
 
 def _demo(args) -> int:
     from retrainer.demo import run_demo
+    from retrainer.ephemeral_api import start_ephemeral_api_bound_to_this_process
 
+    start_ephemeral_api_bound_to_this_process()  # no-op with PREFECT_API_URL set
     run_demo(args.workdir, args.first_batch, args.second_batch)
     return 0
 
 
 def _run(args) -> int:
     from flows.retrain import retrain
+    from retrainer.ephemeral_api import start_ephemeral_api_bound_to_this_process
 
     # The preset, with any RETRAINER_TRAINING__* on top, as the run's training parameter.
     training = RetrainerSettings(training_preset=args.preset).training if args.preset else None
-    outcome = retrain(training=training)
+    start_ephemeral_api_bound_to_this_process()  # no-op with PREFECT_API_URL set
+    with _console_without_known_error_tracebacks():
+        state = retrain(training=training, return_state=True)
+    if state.is_completed():
+        print(state.result().model_dump_json(indent=2))
+        return 0
+    outcome, message = _failed_run_outcome(state)
     print(outcome.model_dump_json(indent=2))
-    return 0
+    raise RunFailedError(f"retrain run {outcome.run_id} ended {state.name}: {message}")
+
+
+def _failed_run_outcome(state):
+    """The outcome the failed flow attached to its exception (or a bare one) and the error message."""
+    from flows.retrain import failed_outcome
+    from tasks.report import RetrainOutcome
+
+    error = state.result(raise_on_failure=False)
+    message = str(error) if isinstance(error, BaseException) and str(error) else state.message or state.name
+    outcome = failed_outcome(error) if isinstance(error, BaseException) else None
+    if outcome is None:  # it failed before the flow body ran, or crashed
+        run_id = str(state.state_details.flow_run_id)
+        outcome = RetrainOutcome(status="failed", run_id=run_id, reasons=[message])
+    return outcome, message
+
+
+@contextmanager
+def _console_without_known_error_tracebacks():
+    """Prefect logs a failing flow's or task's exception with its traceback; for the project's known
+    errors the console gets one line from `main` instead (the API log, and the UI, keep the traceback)."""
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    handlers = [
+        handler for handler in logging.getLogger().handlers if isinstance(handler, PrefectConsoleHandler)
+    ]
+    for handler in handlers:
+        handler.addFilter(_without_known_error_tracebacks)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(_without_known_error_tracebacks)
+
+
+def _without_known_error_tracebacks(record) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(error, Exception) and _exit_code(error) is not None)
 
 
 def _models_list(args) -> int:
     from tasks.registry import list_versions
 
     rows = list_versions(_store())
-    print(f"{'':2}{'version':34} {'accuracy':>8} {'macro F1':>8}  dataset")
+    print(f"{'':2}{'version':34} {'status':12} {'accuracy':>8} {'macro F1':>8}  dataset")
     for row in rows:
         marker = "* " if row.in_production else "  "
         scores = f"{_number(row.accuracy):>8} {_number(row.macro_f1):>8}"
-        print(f"{marker}{row.version:34} {scores}  {row.dataset_version}")
-    print(f"{len(rows)} version(s); * = production")
+        print(f"{marker}{row.version:34} {row.status:12} {scores}  {row.dataset_version}")
+    print(
+        f"{len(rows)} version(s); * = production; servable = passed its smoke test (a rollback target); "
+        "interrupted = its run died before the smoke test (never served)"
+    )
     return 0
 
 
@@ -183,6 +276,10 @@ def _apply_alerts(args) -> int:
 
 
 def _setup(args) -> int:
+    if args.create_bucket:  # first, and without the Prefect server: the store is set up on its own
+        from retrainer.platform import create_bucket
+
+        print(create_bucket(RetrainerSettings().s3))
     from retrainer.platform import set_up
 
     for action in set_up(args.block):
@@ -191,17 +288,19 @@ def _setup(args) -> int:
 
 
 def _store():
+    """The configured store, after checking its bucket exists and the credentials may use it."""
     from retrainer.storage import ObjectStore
 
-    return ObjectStore(RetrainerSettings().s3)
+    store = ObjectStore(RetrainerSettings().s3)
+    store.require_bucket()
+    return store
 
 
 def _production_model():
-    from retrainer.storage import ObjectStore
     from tasks.registry import fetch_production_model
 
     settings = RetrainerSettings()
-    version, model_dir = fetch_production_model(ObjectStore(settings.s3), settings.model_cache_dir)
+    version, model_dir = fetch_production_model(_store(), settings.model_cache_dir)
     return settings, version, model_dir
 
 

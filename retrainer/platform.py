@@ -1,4 +1,5 @@
-"""One idempotent command that prepares a Prefect server: work pools, a notification block, automations.
+"""One idempotent command that prepares a Prefect server: work pools, a notification block, automations;
+and, only when asked (``retrainer setup --create-bucket``), the S3 bucket, which needs no Prefect server.
 
 The notification block is made from a webhook URL in the environment (it is a secret, so it is never
 a command-line argument): ``RETRAINER_SLACK_WEBHOOK_URL`` makes a Slack block,
@@ -14,6 +15,8 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectAlreadyExists
 
 from retrainer.automations import apply_automations
+from retrainer.settings import S3Settings
+from retrainer.storage import ObjectStore
 
 WORK_POOLS = {"cpu": "CPU work: the nightly retrain flow", "gpu": "GPU work: fine-tuning"}
 ALERTS_BLOCK = "ticket-retrainer-alerts"
@@ -50,6 +53,17 @@ def save_alerts_block() -> str | None:
         block.save(ALERTS_BLOCK, overwrite=True)
         return f"custom-webhook/{ALERTS_BLOCK}"
     return None
+
+
+def create_bucket(settings: S3Settings) -> str:
+    """Create the configured bucket if it does not exist (idempotent); what was done, for the user.
+
+    Runs never create their bucket (a typo must fail, not start an empty registry), so this is the
+    one place, besides the demo and the tests, that does.
+    """
+    store = ObjectStore(settings)
+    created = store.ensure_bucket()
+    return f"{'created' if created else 'found'} bucket {store.bucket!r} at {store.endpoint}"
 
 
 def set_up(block_name: str | None) -> list[str]:

@@ -17,10 +17,23 @@ from retrainer.settings import S3Settings
 
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 _PRECONDITION_CODES = {"412", "PreconditionFailed", "ConditionalRequestConflict"}
+_DENIED_CODES = {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 
 
-class PreconditionFailedError(Exception):
+class StorageError(Exception):
+    """The store refused a request for a reason the operator must fix or retry; the message says which."""
+
+
+class PreconditionFailedError(StorageError):
     """A conditional write lost: the object exists (If-None-Match) or changed (If-Match)."""
+
+
+class BucketNotFoundError(StorageError):
+    """The configured bucket does not exist (production buckets are provisioned, never created by a run)."""
+
+
+class BucketAccessDeniedError(StorageError):
+    """The store refused access to the bucket: wrong credentials or no permission."""
 
 
 @dataclass(frozen=True)
@@ -40,14 +53,45 @@ class ObjectStore:
         self.bucket = settings.bucket
         self._client = client or _build_client(settings)
 
-    def ensure_bucket(self) -> None:
-        """Create the bucket if it does not exist yet (idempotent)."""
+    def ensure_bucket(self) -> bool:
+        """Create the bucket if it does not exist yet (idempotent); True when it was created.
+
+        Only for `retrainer setup --create-bucket`, the demo and tests: a run never creates its bucket.
+        """
+        try:
+            self.require_bucket()
+        except BucketNotFoundError:
+            self._client.create_bucket(Bucket=self.bucket)
+            return True
+        return False
+
+    def require_bucket(self) -> None:
+        """Check that the bucket exists and these credentials may use it (one HeadBucket).
+
+        Raises `BucketNotFoundError` or `BucketAccessDeniedError` with a message naming the bucket,
+        the endpoint and what to do.
+        """
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except ClientError as error:
-            if _error_code(error) not in _NOT_FOUND_CODES | {"NoSuchBucket"}:
-                raise
-            self._client.create_bucket(Bucket=self.bucket)
+            code = _error_code(error)
+            if code in _NOT_FOUND_CODES | {"NoSuchBucket"}:
+                raise BucketNotFoundError(
+                    f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it with "
+                    "`retrainer setup --create-bucket` or your infrastructure"
+                ) from error
+            if code in _DENIED_CODES:
+                # HeadBucket has no body, so a wrong secret and a missing permission both read 403.
+                raise BucketAccessDeniedError(
+                    f"access to bucket {self.bucket!r} at {self.endpoint} denied (HTTP {code}): check "
+                    "the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the role) and permissions"
+                ) from error
+            raise
+
+    @property
+    def endpoint(self) -> str:
+        """The S3 endpoint this store talks to (for messages)."""
+        return self.settings.endpoint_url or self._client.meta.endpoint_url
 
     def list_objects(self, prefix: str) -> list[ObjectInfo]:
         """All objects under `prefix`, sorted by key."""

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from retrainer.storage import ObjectStore
+from retrainer.storage import ObjectStore, PreconditionFailedError
 from tasks.common import once_task, read_task
 
 POINTER_NAME = "production.json"
@@ -26,6 +26,22 @@ WEIGHTS_FILE = "model.safetensors"
 
 Action = Literal["promoted", "forced", "kept", "lost-race", "smoke-failed", "rolled-back"]
 PRODUCTION_CHANGES: frozenset[str] = frozenset({"promoted", "forced", "rolled-back"})
+# Decisions taken only after the candidate passed its smoke test (lost-race: passed, then lost the flip;
+# rolled-back: the target was checked to be servable before the flip).
+SMOKE_PASSED: frozenset[str] = frozenset({"promoted", "forced", "lost-race", "rolled-back"})
+VersionStatus = Literal["production", "servable", "smoke-failed", "interrupted"]
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be honoured as asked (the message says why)."""
+
+
+class NoProductionModelError(RegistryError, LookupError):
+    """No model version has been promoted to production yet."""
+
+
+class UnknownVersionError(RegistryError, FileNotFoundError):
+    """No published model version has that id."""
 
 
 class ProductionPointer(BaseModel):
@@ -66,6 +82,10 @@ class VersionSummary(BaseModel):
     macro_f1: float | None
     dataset_version: str | None
     in_production: bool
+    status: VersionStatus = Field(
+        description="production | servable (passed its smoke test) | smoke-failed | interrupted "
+        "(published, but its run died before the smoke test decided)"
+    )
 
 
 def pointer_key(store: ObjectStore) -> str:
@@ -126,7 +146,7 @@ def fetch_model(store: ObjectStore, version: str, cache_dir: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=cache_dir))
     try:
         if store.download_prefix(version_prefix(store, version), staging) == 0:
-            raise FileNotFoundError(
+            raise UnknownVersionError(
                 f"model version {version} not found at {store.uri(version_prefix(store, version))}"
             )
         _move_into_place(staging, target)
@@ -139,7 +159,9 @@ def fetch_production_model(store: ObjectStore, cache_dir: Path) -> tuple[str, Pa
     """The production version's id and its local copy (cached by version)."""
     pointer, _ = read_production_pointer(store)
     if pointer is None:
-        raise LookupError(f"no model in production yet ({store.uri(pointer_key(store))} does not exist)")
+        raise NoProductionModelError(
+            f"no model in production yet ({store.uri(pointer_key(store))} does not exist)"
+        )
     return pointer.version, fetch_model(store, pointer.version, cache_dir)
 
 
@@ -167,9 +189,40 @@ def last_gate_decision(store: ObjectStore) -> DecisionRecord | None:
     return None
 
 
+def smoke_verdicts(history: list[DecisionRecord]) -> dict[str, VersionStatus]:
+    """What the history proves about each version's smoke test: "servable" or "smoke-failed".
+
+    A version the history does not name never got a decision: its run was interrupted after the
+    upload. A version that served production (``production_version``/``previous_production``) passed its
+    smoke test even if its own record is missing (a crash between flip and record), because the pointer
+    only ever moves to a smoke-tested or servable version. A failed smoke test wins over anything else.
+    """
+    verdicts: dict[str, VersionStatus] = {}
+    for record in history:
+        for served in (record.production_version, record.previous_production):
+            if served:
+                verdicts.setdefault(served, "servable")
+        if record.candidate_version and record.action in SMOKE_PASSED:
+            verdicts.setdefault(record.candidate_version, "servable")
+    for record in history:
+        if record.candidate_version and record.action == "smoke-failed":
+            verdicts[record.candidate_version] = "smoke-failed"
+    return verdicts
+
+
+def version_status(
+    version: str, pointer: ProductionPointer | None, verdicts: dict[str, VersionStatus]
+) -> VersionStatus:
+    """The status `retrainer models list` shows for a published version."""
+    if pointer is not None and pointer.version == version:
+        return "production"
+    return verdicts.get(version, "interrupted")
+
+
 def list_versions(store: ObjectStore) -> list[VersionSummary]:
-    """Every published version with its headline metrics, oldest first."""
+    """Every published version with its headline metrics and status, oldest first."""
     pointer, _ = read_production_pointer(store)
+    verdicts = smoke_verdicts(read_history(store))  # read once, not per version
     summaries = []
     for folder in store.list_folders(store.settings.models_prefix):
         version = folder[len(store.settings.models_prefix) : -1]
@@ -184,6 +237,7 @@ def list_versions(store: ObjectStore) -> list[VersionSummary]:
                 macro_f1=metadata.get("macro_f1"),
                 dataset_version=metadata.get("dataset_version"),
                 in_production=pointer is not None and pointer.version == version,
+                status=version_status(version, pointer, verdicts),
             )
         )
     return summaries
@@ -192,16 +246,16 @@ def list_versions(store: ObjectStore) -> list[VersionSummary]:
 def rollback(store: ObjectStore, reason: str, to_version: str | None = None) -> ProductionPointer:
     """Point production back at `to_version` (default: the version before the current one).
 
-    The target must be a published version that never failed its smoke test. The flip is a
-    compare-and-swap, and the rollback is recorded in the history.
+    The target must be a published version that passed its smoke test (see `smoke_verdicts`). The
+    flip is a compare-and-swap, and the rollback is recorded in the history.
     """
     pointer, etag = read_production_pointer(store)
     if pointer is None:
-        raise ValueError("nothing to roll back: no model is in production")
+        raise NoProductionModelError("nothing to roll back: no model is in production")
     history = read_history(store)
     target = to_version or pointer.previous_version
     if target is None:
-        raise ValueError(f"no earlier production version than {pointer.version} to roll back to")
+        raise RegistryError(f"no earlier production version than {pointer.version} to roll back to")
     _check_rollback_target(store, history, target, pointer.version)
     metadata = json.loads(store.get(version_prefix(store, target) + METRICS_FILE)[0])
     new_pointer = ProductionPointer(
@@ -213,7 +267,13 @@ def rollback(store: ObjectStore, reason: str, to_version: str | None = None) -> 
         action="rolled-back",
         previous_version=_previous_of(history, target),
     )
-    flip_production_pointer(store, new_pointer, etag)
+    try:
+        flip_production_pointer(store, new_pointer, etag)
+    except PreconditionFailedError as error:
+        raise PreconditionFailedError(
+            f"production changed while rolling back to {target} (another promotion or rollback won); "
+            "nothing was changed: check `retrainer models list` and retry"
+        ) from error
     record_decision(store, _rollback_record(new_pointer, pointer.version, reason))
     return new_pointer
 
@@ -235,11 +295,16 @@ def _check_rollback_target(
     store: ObjectStore, history: list[DecisionRecord], target: str, current: str
 ) -> None:
     if target == current:
-        raise ValueError(f"{target} is already in production")
+        raise RegistryError(f"{target} is already in production")
     if not store.get_if_exists(version_prefix(store, target) + WEIGHTS_FILE):
-        raise ValueError(f"{target} is not a published model version")
-    if any(record.candidate_version == target and record.action == "smoke-failed" for record in history):
-        raise ValueError(f"{target} failed its smoke test and may not serve production")
+        raise UnknownVersionError(f"{target} is not a published model version")
+    verdict = smoke_verdicts(history).get(target)
+    if verdict == "smoke-failed":
+        raise RegistryError(f"{target} failed its smoke test and may not serve production")
+    if verdict != "servable":
+        raise RegistryError(
+            f"{target} never passed its smoke test (interrupted run): it may not serve production"
+        )
 
 
 def _rollback_record(pointer: ProductionPointer, replaced: str, reason: str) -> DecisionRecord:

@@ -2,14 +2,11 @@
 
 import json
 import threading
-from datetime import UTC, datetime
 
 import pytest
 
 from retrainer.storage import PreconditionFailedError
 from tasks.registry import (
-    DecisionRecord,
-    ProductionPointer,
     fetch_model,
     flip_production_pointer,
     last_gate_decision,
@@ -21,48 +18,10 @@ from tasks.registry import (
     record_decision,
     rollback,
 )
-
-
-def _pointer(version: str, previous: str | None = None) -> ProductionPointer:
-    return ProductionPointer(
-        version=version,
-        accuracy=0.9,
-        dataset_version="ds-1",
-        promoted_at=datetime.now(UTC),
-        run_id="r",
-        previous_version=previous,
-    )
-
-
-def _publish(store, tmp_path, version: str, accuracy: float) -> None:
-    model_dir = tmp_path / version
-    model_dir.mkdir()
-    (model_dir / "model.safetensors").write_bytes(version.encode())
-    publish_model(
-        store, model_dir, version, {"accuracy": accuracy, "macro_f1": accuracy, "dataset_version": "ds"}
-    )
-
-
-def _promote(store, version: str, previous: str | None, action: str = "promoted") -> None:
-    """What a retrain run does on promotion: flip (CAS) then record."""
-    _, etag = read_production_pointer(store)
-    flip_production_pointer(store, _pointer(version, previous), etag)
-    record_decision(store, _record(action, version, production=version, previous=previous))
-
-
-def _record(
-    action: str, candidate: str, production: str | None, previous: str | None = None
-) -> DecisionRecord:
-    return DecisionRecord(
-        run_id=f"run-{candidate}",
-        decided_at=datetime.now(UTC),
-        action=action,
-        dataset_version="ds",
-        candidate_version=candidate,
-        production_version=production,
-        previous_production=previous,
-        reasons=["r"],
-    )
+from tests.registry_helpers import decision as _record
+from tests.registry_helpers import pointer_to as _pointer
+from tests.registry_helpers import promote as _promote
+from tests.registry_helpers import publish_fake_version as _publish
 
 
 def test_first_flip_creates_the_pointer_and_a_second_first_flip_is_refused(store):

@@ -1,0 +1,149 @@
+"""Only smoke-tested versions may serve; a lost race reports who really is in production (real SeaweedFS)."""
+
+import json
+import shutil
+
+import pytest
+
+import tasks.registry as registry
+from flows.retrain import Run, smoke_and_flip
+from retrainer import LABELS
+from retrainer.settings import GatePolicy, load_settings
+from retrainer.storage import PreconditionFailedError
+from tasks.gate import Decision
+from tasks.registry import (
+    RegistryError,
+    list_versions,
+    publish_model,
+    read_history,
+    read_production_pointer,
+    record_decision,
+    rollback,
+)
+from tasks.report import RetrainOutcome
+from tests.registry_helpers import decision as _record
+from tests.registry_helpers import promote as _promote
+from tests.registry_helpers import publish_fake_version as _publish
+
+
+def test_a_version_published_by_an_interrupted_run_is_listed_as_such_and_never_rolled_back_to(
+    store, tmp_path
+):
+    for version in ("m-1", "m-2", "m-interrupted"):
+        _publish(store, tmp_path, version)
+    _promote(store, "m-1", None)
+    _promote(store, "m-2", "m-1")
+    # m-interrupted: metrics.json landed, then the run was killed before its smoke test decided.
+
+    statuses = {row.version: row.status for row in list_versions(store)}
+
+    assert statuses == {"m-1": "servable", "m-2": "production", "m-interrupted": "interrupted"}
+    with pytest.raises(RegistryError) as refused:
+        rollback(store, "x", to_version="m-interrupted")
+    assert str(refused.value) == (
+        "m-interrupted never passed its smoke test (interrupted run): it may not serve production"
+    )
+    assert read_production_pointer(store)[0].version == "m-2"
+    assert [record.action for record in read_history(store)] == ["promoted", "promoted"]  # nothing recorded
+
+
+def test_smoke_failed_lost_race_and_crashed_before_record_versions_get_their_status(store, tmp_path):
+    for version in ("m-1", "m-2", "m-smoke-failed", "m-lost-race"):
+        _publish(store, tmp_path, version)
+    _promote(store, "m-1", None, record=False)  # crashed between flip and record: it did serve
+    _promote(store, "m-2", "m-1")
+    record_decision(store, _record("smoke-failed", "m-smoke-failed", production="m-2", previous="m-2"))
+    record_decision(store, _record("lost-race", "m-lost-race", production="m-2", previous="m-2"))
+
+    statuses = {row.version: row.status for row in list_versions(store)}
+
+    assert statuses == {
+        "m-1": "servable",
+        "m-2": "production",
+        "m-smoke-failed": "smoke-failed",
+        "m-lost-race": "servable",
+    }
+    with pytest.raises(RegistryError, match="m-smoke-failed failed its smoke test"):
+        rollback(store, "x", to_version="m-smoke-failed")
+    assert rollback(store, "lost the race but passed", to_version="m-lost-race").version == "m-lost-race"
+    assert rollback(store, "back to the first", to_version="m-1").version == "m-1"
+    assert {row.version: row.status for row in list_versions(store)}["m-lost-race"] == "servable"
+
+
+def test_list_versions_reads_each_history_record_once_not_once_per_version(store, tmp_path):
+    versions = [f"m-{n}" for n in range(4)]
+    previous = None
+    for version in versions:
+        _publish(store, tmp_path, version)
+        _promote(store, version, previous)
+        previous = version
+    record_keys = {info.key for info in store.list_objects("models/history/")}
+    history_reads = []
+    real_get = store.get
+
+    def counting_get(key: str):
+        if key in record_keys:
+            history_reads.append(key)
+        return real_get(key)
+
+    store.get = counting_get
+
+    rows = list_versions(store)
+
+    assert [row.status for row in rows] == ["servable"] * 3 + ["production"]
+    assert sorted(history_reads) == sorted(record_keys)  # each record once, whatever the version count
+
+
+def test_a_rollback_that_loses_the_pointer_race_changes_nothing_and_says_so(store, tmp_path, monkeypatch):
+    for version in ("m-1", "m-2", "m-3"):
+        _publish(store, tmp_path, version)
+    _promote(store, "m-1", None)
+    _promote(store, "m-2", "m-1")
+    real_read_history = registry.read_history
+
+    def history_then_another_promotion(store_):
+        history = real_read_history(store_)
+        _promote(store_, "m-3", "m-2")  # another run flips the pointer after the rollback read it
+        return history
+
+    monkeypatch.setattr(registry, "read_history", history_then_another_promotion)
+
+    with pytest.raises(PreconditionFailedError, match="production changed while rolling back to m-1"):
+        rollback(store, "x")
+    assert read_production_pointer(store)[0].version == "m-3"
+
+
+def test_a_lost_race_reports_the_version_that_is_really_in_production(
+    flow_store_env, tiny_model_dir, tmp_path
+):
+    store = flow_store_env
+    for version in ("m-old", "m-winner", "m-loser"):
+        _labelled_copy(tiny_model_dir, tmp_path / version)
+        publish_model(store, tmp_path / version, version, {"accuracy": 0.5})
+    _promote(store, "m-old", None)
+    stale_pointer, stale_etag = read_production_pointer(store)  # what the losing run read at its start
+    _promote(store, "m-winner", "m-old")  # another run flips first
+    settings = load_settings(gate=GatePolicy(min_canary_accuracy=0.0))  # a random model must pass smoke
+    outcome = RetrainOutcome(
+        status="kept", run_id="run-loser", challenger_version="m-loser", production_version="m-old"
+    )
+
+    smoke_and_flip(
+        Run(store, settings, outcome, stale_pointer, stale_etag),
+        tmp_path / "m-loser",
+        Decision(promote=True, reasons=["test"]),
+    )
+
+    assert outcome.status == "lost-race", outcome.reasons
+    assert outcome.production_version == "m-winner"  # not the stale champion m-old
+    assert "production is now m-winner" in outcome.reasons[-1] and "changed nothing" in outcome.reasons[-1]
+    assert read_production_pointer(store)[0].version == "m-winner"
+
+
+def _labelled_copy(tiny_model_dir, target):
+    """The tiny random BERT, named with the project's labels as a trained model is (the smoke test checks)."""
+    shutil.copytree(tiny_model_dir, target)
+    config = json.loads((target / "config.json").read_text())
+    config["id2label"] = dict(enumerate(LABELS))
+    config["label2id"] = {label: index for index, label in enumerate(LABELS)}
+    (target / "config.json").write_text(json.dumps(config))
