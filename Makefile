@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: demo test lint clean automations setup deploy
+.PHONY: demo test chaos lint clean automations setup deploy
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
+
+# The fault-injection suite alone (it is also part of `make test`).
+chaos: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -m chaos
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

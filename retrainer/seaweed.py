@@ -34,9 +34,14 @@ class LocalS3:
         return f"http://127.0.0.1:{self.ports['s3.port']}"
 
     def start(self, timeout_s: float = 30.0) -> "LocalS3":
-        """Start SeaweedFS and wait until its S3 port answers."""
+        """Start SeaweedFS and wait until its S3 port answers.
+
+        A restart (after `stop` or `kill`) keeps the ports, so clients keep their endpoint, and the
+        data directory, so stored objects survive.
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.ports = free_ports(_PORT_FLAGS + tuple(f"{flag}.grpc" for flag in _PORT_FLAGS))
+        if not self.ports:
+            self.ports = free_ports(_PORT_FLAGS + tuple(f"{flag}.grpc" for flag in _PORT_FLAGS))
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -60,6 +65,12 @@ class LocalS3:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash or an OOM kill would (no chance to flush or close)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
 
     def __enter__(self) -> "LocalS3":
         return self.start()

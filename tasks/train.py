@@ -183,6 +183,8 @@ def average_last_checkpoints(model: torch.nn.Module, checkpoint_dir: Path, count
     averages the epochs saved before it was killed too.
     """
     folders = sorted(checkpoint_dir.glob("checkpoint-*"), key=checkpoint_step)[-count:]
+    if len(folders) < count:  # averaging fewer epochs than configured would publish another recipe
+        raise RuntimeError(f"{count} epoch checkpoints to average, {len(folders)} found in {checkpoint_dir}")
     # one checkpoint on disk read at a time: mean_weights streams
     model.load_state_dict(mean_weights(load_file(folder / "model.safetensors") for folder in folders))
     return [checkpoint_step(folder) for folder in folders]
@@ -225,6 +227,7 @@ def training_arguments(
 
     `resumable` checkpoints also carry optimizer, scheduler and RNG state (needed to resume).
     """
+    averaging = config.averaged_epochs() > 0
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
         learning_rate=config.learning_rate,
@@ -238,8 +241,10 @@ def training_arguments(
         eval_strategy="epoch",
         save_strategy="epoch",
         logging_strategy="epoch",
-        load_best_model_at_end=not config.averaged_epochs(),
-        metric_for_best_model="accuracy",
+        load_best_model_at_end=not averaging,
+        # Only when the best epoch is published: a tracked best checkpoint is exempt from rotation, so
+        # with averaging it would take the place of one of the last epochs (a tie keeps epoch 1).
+        metric_for_best_model=None if averaging else "accuracy",
         save_total_limit=max(2, config.averaged_epochs()),
         save_only_model=not resumable,
         report_to="none",

@@ -83,6 +83,33 @@ def test_averaging_publishes_the_mean_weights_of_the_last_epochs(store, tiny_mod
     assert not torch.equal(published["classifier.weight"], last["classifier.weight"])
 
 
+class _FirstEpochScoresBest(TrainerCallback):
+    """Makes the first epoch the best by validation accuracy (as a tie does: later epochs never beat it)."""
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics["eval_accuracy"] = 1.0 if state.epoch <= 1 else 0.0
+
+
+def test_averaging_takes_the_last_epochs_even_when_the_best_epoch_is_an_earlier_one(
+    store, tiny_model_dir, splits, tmp_path
+):
+    config = TrainingConfig(learning_rate=5e-3, num_train_epochs=3, average_share=0.6)  # 2 of 3
+
+    model_dir = fine_tune(
+        splits[TRAIN],
+        splits[VALIDATION],
+        str(tiny_model_dir),
+        "main",
+        config,
+        tmp_path,
+        callbacks=[_FirstEpochScoresBest()],
+    )
+
+    record = json.loads((model_dir / "training.json").read_text())
+    steps_per_epoch = record["max_steps"] // 3
+    assert record["averaged_steps"] == [2 * steps_per_epoch, 3 * steps_per_epoch]
+
+
 def test_a_resumed_run_averages_the_epochs_saved_before_it_was_killed(
     store, tiny_model_dir, splits, tmp_path
 ):
