@@ -33,16 +33,19 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Server-side alerting: BLOCK names a Prefect notification block, PREFECT_API_URL a Prefect server.
+# Server-side alerting: BLOCK names a Prefect notification block, PREFECT_API_URL a Prefect server
+# (+ PREFECT_API_AUTH_STRING=user:password with basic auth); refused (exit 2) without PREFECT_API_URL.
 automations: $(STAMP)
 	@test -n "$(BLOCK)" || { echo "usage: make automations BLOCK=slack-webhook/ml-alerts"; exit 2; }
 	$(BIN)/retrainer alerts apply --block "$(BLOCK)"
 
-# Against a Prefect server (PREFECT_API_URL): work pools (+ automations with BLOCK=...), then deployments.
+# Against a Prefect server (PREFECT_API_URL, + PREFECT_API_AUTH_STRING with basic auth; refused without
+# PREFECT_API_URL): work pools (+ automations with BLOCK=...), then deployments.
 setup: $(STAMP)
 	$(BIN)/retrainer setup $(if $(BLOCK),--block "$(BLOCK)")
 
 deploy: $(STAMP)
+	@test -n "$$PREFECT_API_URL" || { echo "make deploy: set PREFECT_API_URL to the Prefect server's API (and PREFECT_API_AUTH_STRING=user:password for a server with basic auth)" >&2; exit 2; }
 	$(BIN)/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
 
 clean:

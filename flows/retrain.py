@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pandas as pd
 from prefect import flow
-from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
-from flows.fine_tune import fine_tune_flow
+from flows.fine_tune import checkpoint_prefix, fine_tune_flow
+from retrainer.logs import run_logger
 from retrainer.provenance import code_version, library_versions
 from retrainer.settings import GatePolicy, RetrainerSettings, TrainingConfig, load_settings
 from retrainer.storage import ObjectStore, PreconditionFailedError
 from tasks.alerts import alert_validation_failed_task, notify_task
+from tasks.checkpoints import discard_scratch_task
 from tasks.dataset import (
     EVAL,
     check_splits,
@@ -29,6 +30,7 @@ from tasks.dataset import (
 )
 from tasks.evaluate import ModelEvaluation, score_model_task
 from tasks.gate import Decision, decide_promotion
+from tasks.handoff import hand_off_fine_tune_task, warn_if_a_worker_waits_unused
 from tasks.ingest import (
     commit_manifest_task,
     discover_new_batches_task,
@@ -151,14 +153,20 @@ def run_retrain(settings: RetrainerSettings, outcome: RetrainOutcome, force: boo
         _record_scores(outcome, challenger, pointer, champion, decision)
         run = Run(store, settings, outcome, pointer, pointer_etag)
         decide_and_publish(run, curated, challenger_dir, decision)
+    discard_decided_scratch(store, settings, outcome, published=decision.promote)
     return finish(settings, outcome)
+
+
+def challenger_prefix(settings: RetrainerSettings, run_id: str) -> str:
+    """Where a run's fine-tune uploads the challenger (scratch, before the gate)."""
+    return f"{settings.s3.runs_prefix}{run_id}/challenger/"
 
 
 def train_challenger(
     store: ObjectStore, settings: RetrainerSettings, outcome: RetrainOutcome, run_dir: Path
 ) -> Path:
     """Run the fine-tune flow (as a deployment when configured, else in-process) and fetch its model."""
-    prefix = f"{settings.s3.runs_prefix}{outcome.run_id}/challenger/"
+    prefix = challenger_prefix(settings, outcome.run_id)
     parameters = {
         "dataset_version": outcome.dataset_version,
         "output_prefix": prefix,
@@ -166,17 +174,31 @@ def train_challenger(
         "base_model": settings.base_model,
     }
     if settings.fine_tune_deployment:
-        run = run_deployment(
+        hand_off_fine_tune_task(
             settings.fine_tune_deployment,
-            parameters={**parameters, "training": settings.training.model_dump()},
-            timeout=settings.fine_tune_timeout_s,
+            {**parameters, "training": settings.training.model_dump()},
+            start_timeout_s=settings.fine_tune_start_timeout_s,
+            timeout_s=settings.fine_tune_timeout_s,
         )
-        if not run.state or not run.state.is_completed():
-            raise RuntimeError(f"fine-tune run {run.name} ended {run.state.name if run.state else 'unknown'}")
     else:
+        warn_if_a_worker_waits_unused()
         fine_tune_flow(**parameters)
     store.download_prefix(prefix, run_dir / "challenger")
     return run_dir / "challenger"
+
+
+def discard_decided_scratch(
+    store: ObjectStore, settings: RetrainerSettings, outcome: RetrainOutcome, published: bool
+) -> None:
+    """Delete what only a rerun of this decided run would need: its checkpoints, and its challenger copy
+    once that was published under models/. A rejected challenger stays in runs/ for inspection until the
+    bucket's lifecycle rule expires it. A failed delete is a warning, not a failed run: it decided."""
+    prefixes = [checkpoint_prefix(settings, outcome.dataset_version)]
+    if published:
+        prefixes.append(challenger_prefix(settings, outcome.run_id))
+    state = discard_scratch_task(store, prefixes, return_state=True)
+    if state.is_failed():
+        run_logger().warning("run scratch not deleted (the lifecycle rule on runs/ will): %s", state.message)
 
 
 def ingest_new_batches(

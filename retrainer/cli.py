@@ -46,17 +46,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _exit_code(error: Exception) -> int | None:
-    """2: the registry refused the request (bad target, unknown version, nothing in production);
-    1: a run, the store or its credentials failed; None: not one of the project's known errors."""
+    """2: the request was refused (by the registry: bad target, unknown version, nothing in production;
+    by setup: no Prefect server configured, an alert webhook it cannot deliver to);
+    1: a run, the store, the Prefect server or their credentials failed;
+    None: not one of the project's known errors."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from retrainer.platform import PrefectServerError, SetupRefusedError
     from retrainer.storage import StorageError
     from tasks.registry import RegistryError
     from tasks.validate import ValidationFailedError
 
-    if isinstance(error, RegistryError):
+    if isinstance(error, RegistryError | SetupRefusedError):
         return 2
-    if isinstance(error, RunFailedError | StorageError | ValidationFailedError | ClientError | BotoCoreError):
+    known_failures = RunFailedError | StorageError | ValidationFailedError | ClientError | BotoCoreError
+    if isinstance(error, known_failures | PrefectServerError):
         return 1
     return None
 
@@ -122,13 +126,38 @@ def _parser() -> argparse.ArgumentParser:
     setup = commands.add_parser(
         "setup", help="create work pools (and, with --block, automations); idempotent"
     )
-    setup.add_argument("--block", help="notification block for the automations, e.g. slack-webhook/ml-alerts")
+    only_one = setup.add_mutually_exclusive_group()
+    only_one.add_argument(
+        "--block", help="notification block for the automations, e.g. slack-webhook/ml-alerts"
+    )
     setup.add_argument(
         "--create-bucket",
         action="store_true",
-        help="also create the configured bucket (RETRAINER_S3__BUCKET) if it does not exist; runs never do",
+        help="also create the configured bucket (RETRAINER_S3__BUCKET) if it does not exist; runs never do"
+        " (without a Prefect server: --bucket-only)",
+    )
+    only_one.add_argument(
+        "--bucket-only",
+        action="store_true",
+        help="create the configured bucket if it does not exist and nothing else (needs no Prefect server)",
     )
     setup.set_defaults(handler=_setup)
+
+    worker = commands.add_parser(
+        "worker",
+        help="a Prefect process worker for a pool that, on SIGTERM, takes no new runs, drains, then exits",
+    )
+    worker.add_argument("--pool", required=True, help="work pool to poll, e.g. gpu")
+    worker.add_argument("--limit", type=int, help="most flow runs at once (default: no limit)")
+    worker.add_argument("--name", help="worker name shown in the UI (default: a random one)")
+    worker.add_argument("--with-healthcheck", action="store_true", help="serve Prefect's /health endpoint")
+    worker.add_argument(
+        "--drain-seconds",
+        type=int,
+        help="after SIGTERM, how long runs in flight may finish before they are stopped"
+        " (default: RETRAINER_WORKER_DRAIN_S, 600)",
+    )
+    worker.set_defaults(handler=_worker)
 
     s3 = commands.add_parser("s3", help="serve a local SeaweedFS S3 on 127.0.0.1 until Ctrl+C")
     s3.add_argument("--dir", type=Path, default=Path(".demo/seaweedfs"), help="SeaweedFS data dir")
@@ -269,20 +298,22 @@ def _score(args) -> int:
 
 def _apply_alerts(args) -> int:
     from retrainer.automations import apply_automations
+    from retrainer.platform import require_prefect_server
 
+    require_prefect_server("retrainer alerts apply")  # refuses a temporary server, names bad credentials
     for name in apply_automations(args.block):
         print(f"applied automation {name!r} -> {args.block}")
     return 0
 
 
 def _setup(args) -> int:
-    if args.create_bucket:  # first, and without the Prefect server: the store is set up on its own
-        from retrainer.platform import create_bucket
+    from retrainer.platform import create_bucket, set_up
 
+    if args.bucket_only:  # the store alone: no Prefect server is asked for, or started
         print(create_bucket(RetrainerSettings().s3))
-    from retrainer.platform import set_up
-
-    for action in set_up(args.block):
+        return 0
+    # Without a Prefect server, setup is refused before anything, the bucket included, is changed.
+    for action in set_up(args.block, bucket=RetrainerSettings().s3 if args.create_bucket else None):
         print(action)
     return 0
 
@@ -329,6 +360,21 @@ def _serve_s3(args) -> int:
                 time.sleep(1)
         except KeyboardInterrupt:
             pass
+    return 0
+
+
+def _worker(args) -> int:
+    from prefect.settings import PREFECT_API_URL
+
+    from retrainer.worker import run_worker
+
+    if not PREFECT_API_URL.value():
+        print("retrainer: error: a worker needs a Prefect server: set PREFECT_API_URL", file=sys.stderr)
+        return 2
+    drain_s = args.drain_seconds if args.drain_seconds is not None else RetrainerSettings().worker_drain_s
+    run_worker(
+        args.pool, limit=args.limit, name=args.name, with_healthcheck=args.with_healthcheck, drain_s=drain_s
+    )
     return 0
 
 

@@ -49,6 +49,12 @@ class S3Settings(BaseModel):
     models_prefix: str = Field("models/", description="Published model versions and the pointer.")
     reports_prefix: str = Field("reports/", description="Decision reports of runs that published nothing.")
     runs_prefix: str = Field("runs/", description="Per-run scratch (the challenger before the gate).")
+    runs_expire_days: int = Field(
+        14,
+        ge=0,
+        description="`setup --create-bucket` sets a lifecycle rule expiring run scratch after this many days"
+        " (rejected challengers, checkpoints of runs that never decided); 0: no rule.",
+    )
     max_attempts: int = Field(5, ge=1, le=20, description="botocore retry attempts (standard mode).")
     max_pool_connections: int = Field(32, ge=1, le=512, description="HTTP connections kept per client.")
 
@@ -225,6 +231,18 @@ class RetrainerSettings(BaseSettings):
         None, description="Run fine-tuning as this deployment (e.g. fine-tune/fine-tune on the gpu pool)."
     )
     fine_tune_timeout_s: int = Field(6 * 3600, ge=60, description="How long retrain waits for fine-tune.")
+    fine_tune_start_timeout_s: int = Field(
+        600,
+        ge=1,
+        description="How long a fine-tune deployment run may wait while no live worker of its work pool can "
+        "take it; then it is cancelled and the retrain run fails (a live but busy worker is waited for).",
+    )
+    worker_drain_s: int = Field(
+        600,
+        ge=0,
+        description="`retrainer worker`: after SIGTERM, how long flow runs in flight may finish before they"
+        " are stopped (and end Crashed).",
+    )
     notification_block: str | None = Field(
         None, description="Name of a Prefect notification block that receives each run's decision summary."
     )

@@ -17,6 +17,7 @@ from retrainer.settings import S3Settings
 
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 _PRECONDITION_CODES = {"412", "PreconditionFailed", "ConditionalRequestConflict"}
+_DELETE_BATCH = 1000  # the most keys one DeleteObjects request may carry
 _DENIED_CODES = {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 
 
@@ -64,6 +65,29 @@ class ObjectStore:
             self._client.create_bucket(Bucket=self.bucket)
             return True
         return False
+
+    def expire_prefix(self, prefix: str, days: int) -> None:
+        """Make the bucket's lifecycle configuration expire objects under `prefix` after `days` days.
+
+        Idempotent: the rule is named after the prefix and replaced; the bucket's other rules are kept.
+        """
+        rule_id = f"ticket-retrainer-expire-{prefix.strip('/') or 'all'}"
+        try:
+            rules = self._client.get_bucket_lifecycle_configuration(Bucket=self.bucket)["Rules"]
+        except ClientError as error:
+            if _error_code(error) != "NoSuchLifecycleConfiguration":
+                raise
+            rules = []
+        rule = {
+            "ID": rule_id,
+            "Filter": {"Prefix": prefix},
+            "Status": "Enabled",
+            "Expiration": {"Days": days},
+        }
+        kept = [existing for existing in rules if existing.get("ID") != rule_id]
+        self._client.put_bucket_lifecycle_configuration(
+            Bucket=self.bucket, LifecycleConfiguration={"Rules": [*kept, rule]}
+        )
 
     def require_bucket(self) -> None:
         """Check that the bucket exists and these credentials may use it (one HeadBucket).
@@ -174,6 +198,32 @@ class ObjectStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             self._client.download_file(self.bucket, info.key, str(target))
         return len(objects)
+
+    def delete_scratch(self, prefix: str) -> tuple[int, int]:
+        """Delete every object under `prefix`, which must lie in the runs (scratch) prefix.
+
+        Returns how many objects and bytes were deleted. Anything outside `runs_prefix` (datasets,
+        models, history, quarantine) is refused: published objects are never deleted by the product.
+        """
+        scratch = self.settings.runs_prefix
+        if not scratch or not prefix.startswith(scratch) or prefix == scratch:
+            raise ValueError(
+                f"refusing to delete {self.uri(prefix)}: only run scratch below "
+                f"{self.uri(scratch)} is ever deleted"
+            )
+        objects = self.list_objects(prefix)
+        for start in range(0, len(objects), _DELETE_BATCH):
+            batch = objects[start : start + _DELETE_BATCH]
+            response = self._client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": info.key} for info in batch], "Quiet": True}
+            )
+            if response.get("Errors"):
+                first = response["Errors"][0]
+                raise StorageError(
+                    f"could not delete {len(response['Errors'])} objects under {self.uri(prefix)}, e.g. "
+                    f"{first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".rstrip()
+                )
+        return len(objects), sum(info.size for info in objects)
 
     def uri(self, key: str) -> str:
         """The s3:// address of `key`, for humans (logs, reports)."""

@@ -5,6 +5,7 @@ base model, training config) triple; ``latest.json``, written after the upload, 
 checkpoints. A new run with the same triple downloads them and resumes from the latest.
 Checkpoints hold the optimizer and RNG state that only torch can save (pickles): they stay in the
 run scratch prefix, never in the model registry, and are read back with torch's weights-only loader.
+They exist only for resuming, so a run that has decided deletes them (`discard_scratch`).
 """
 
 import json
@@ -15,6 +16,7 @@ from transformers import TrainerCallback
 
 from retrainer.logs import run_logger
 from retrainer.storage import ObjectStore
+from tasks.common import read_task
 
 LATEST = "latest.json"
 STATE_FILE = "trainer_state.json"
@@ -78,3 +80,19 @@ def _relocate_best_checkpoint(state_file: Path, local_dir: Path) -> None:
     if best:
         state["best_model_checkpoint"] = str(local_dir / Path(best).name)
         state_file.write_text(json.dumps(state))
+
+
+def discard_scratch(store: ObjectStore, prefixes: list[str]) -> int:
+    """Delete the run scratch under `prefixes` (only ever below the runs prefix); the bytes freed."""
+    freed = 0
+    for prefix in prefixes:
+        count, size = store.delete_scratch(prefix)
+        if count:
+            run_logger().info(
+                "deleted %d scratch objects (%.1f MB) under %s", count, size / 1e6, store.uri(prefix)
+            )
+        freed += size
+    return freed
+
+
+discard_scratch_task = read_task(discard_scratch, "discard-run-scratch")

@@ -9,7 +9,8 @@ READ_RETRY_DELAYS_S = [1, 5, 15]
 
 
 def read_task(fn: Callable, name: str) -> Task:
-    """A task for an idempotent read: retried with back-off on transient failures."""
+    """A task for idempotent I/O (a read, or deleting run scratch): retried with back-off on transient
+    failures."""
     return task(
         fn,
         name=name,

@@ -7,48 +7,41 @@ and its variables are checked the way the server checks them when the pool is cr
 
 import asyncio
 import json
+import os
 import re
 import shlex
 import subprocess
-from pathlib import Path
+import urllib.request
 from typing import Any
 
+import boto3
 import pytest
 import yaml
+from botocore.exceptions import ClientError
 from prefect.server.schemas.actions import validate_base_job_template
 from prefect.utilities.schema_tools.validation import ValidationError, is_valid_schema, validate
 from prefect.workers.base import BaseJobConfiguration
 
 from retrainer.seaweed import weed_binary
+from tests.compose import COMPOSE, ENV_EXAMPLE, INFRA, INTERPOLATION, ROOT, read_compose, read_env_file
+from tests.compose_stack import ComposeStack, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-INFRA = ROOT / "infra"
-COMPOSE = INFRA / "docker-compose.yml"
-ENV_EXAMPLE = INFRA / ".env.example"
 DOCKERFILE = INFRA / "Dockerfile.worker"
 GPU_TEMPLATE = INFRA / "k8s" / "gpu-base-job-template.json"
 CREATE_POOL = INFRA / "k8s" / "create-gpu-pool.sh"
 
 SERVICES = {"postgres", "prefect-server", "seaweedfs", "cpu-worker", "gpu-worker"}
 SECRETS = {"POSTGRES_PASSWORD", "PREFECT_AUTH_STRING", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-# ${VAR}, ${VAR:-default}, ${VAR:?message}; "$${VAR}" is escaped for the container's shell.
-INTERPOLATION = re.compile(r"(?<!\$)\$\{(\w+)(:?[-?][^}]*)?\}")
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE.read_text())
+    return read_compose()
 
 
 @pytest.fixture(scope="module")
 def env_example() -> dict[str, str]:
-    """KEY=value lines of .env.example (comments skipped, surrounding quotes removed as compose does)."""
-    values = {}
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            values[key.strip()] = value.strip().strip("\"'")
-    return values
+    return read_env_file(ENV_EXAMPLE)
 
 
 # --- docker-compose.yml ---------------------------------------------------------------------------
@@ -124,18 +117,14 @@ def test_workers_use_the_compose_services_and_their_pools(compose, env_example):
     for worker, pool, options in (("cpu-worker", "cpu", []), ("gpu-worker", "gpu", ["--limit", "1"])):
         service = services[worker]
         assert service["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+        # `retrainer worker`: Prefect's process worker with a graceful, bounded stop.
         assert shlex.split(service["command"]) == [
-            *(
-                "prefect",
-                "worker",
-                "start",
-                "--pool",
-                pool,
-                "--type",
-                "process",
-                *options,
-                "--with-healthcheck",
-            )
+            "retrainer",
+            "worker",
+            "--pool",
+            pool,
+            *options,
+            "--with-healthcheck",
         ]
         assert any(volume.endswith(":/home/retrainer/.cache") for volume in service["volumes"])
     # The endpoint reaches the workers through the env file (for AWS S3 the line is removed).
@@ -300,3 +289,56 @@ def test_create_gpu_pool_script_uses_the_template():
     assert (ROOT / template).resolve() == GPU_TEMPLATE
     assert CREATE_POOL.stat().st_mode & 0o111, "not executable"
     subprocess.run(["bash", "-n", str(CREATE_POOL)], check=True)
+
+
+def test_the_seaweedfs_health_check_fails_when_the_store_cannot_write(tmp_path):
+    """A SeaweedFS with one volume slot answers /healthz but cannot give a second bucket a volume: the
+    compose health check must then fail, exactly as a real write does (the issue's "No writable volumes")."""
+    stack = ComposeStack(tmp_path)
+    one_slot = [re.sub(r"^-volume\.max=\d+$", "-volume.max=1", arg) for arg in stack.seaweedfs_command()]
+    assert one_slot != stack.seaweedfs_command()
+    (tmp_path / "seaweedfs").mkdir()
+    env = {**os.environ, **stack.environment("seaweedfs")}
+    stack._popen("seaweedfs", one_slot, env)
+    try:
+        wait_for(lambda: _answers(f"{stack.s3_endpoint}/healthz"), "S3 /healthz", 60)
+        buckets = ["bucket-a", "bucket-b", "bucket-c"]
+        healthy = [stack.seaweedfs_healthy({**env, "RETRAINER_S3__BUCKET": name}) for name in buckets]
+        assert healthy.count(True) <= 1 and healthy[-1] is False, healthy
+        client = boto3.client(
+            "s3",
+            endpoint_url=stack.s3_endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
+        with pytest.raises(ClientError):
+            client.create_bucket(Bucket=buckets[-1])
+            client.put_object(Bucket=buckets[-1], Key="probe", Body=b"x")
+    finally:
+        stack.stop_all(None)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _seconds(duration: str) -> int:
+    """A compose duration such as ``11m`` or ``60s`` in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    return sum(int(number) * units[unit] for number, unit in re.findall(r"(\d+)([smh])", duration))
+
+
+def test_services_get_time_to_stop_gracefully_and_worker_health_stays_inside(compose, env_example):
+    """docker's 10 s default would kill a draining worker mid-run and SeaweedFS before it exits."""
+    drain_s = int(env_example["RETRAINER_WORKER_DRAIN_S"])
+    for worker in ("cpu-worker", "gpu-worker"):
+        service = compose["services"][worker]
+        assert _seconds(service["stop_grace_period"]) >= drain_s + 60, worker
+        assert service["init"] is True, worker  # tini hands SIGTERM to the worker alone
+        assert service["environment"]["PREFECT_WORKER_WEBSERVER_HOST"] == "127.0.0.1", worker
+    assert _seconds(compose["services"]["seaweedfs"]["stop_grace_period"]) >= 30

@@ -87,6 +87,7 @@ def test_first_run_publishes_a_loadable_safetensors_model_with_card_and_reports(
     assert flow_store.list_objects(f"quarantine/{outcome.run_id}/broken.csv")
     report = _latest_report_markdown()
     assert "**promoted**" in report and "McNemar" in report and "recall" in report
+    assert flow_store.list_objects("runs/") == []  # checkpoints and the challenger copy went once published
     assert _latest_progress() == 100.0  # the Trainer's progress reached the Prefect progress artifact
 
 
@@ -145,6 +146,8 @@ def test_a_worse_challenger_is_not_published_and_the_pointer_is_unchanged(flow_s
     assert _model_versions(flow_store) == {champion.challenger_version}
     assert flow_store.list_objects(f"reports/{outcome.run_id}/confusion_matrix.png")
     assert read_history(flow_store)[-1].action == "kept"
+    left = {info.key.split("/")[1] for info in flow_store.list_objects("runs/")}
+    assert left == {outcome.run_id}  # the rejected challenger waits for the lifecycle rule; no checkpoints
 
 
 def test_a_better_challenger_is_published_and_the_old_version_is_kept(flow_store):
@@ -334,3 +337,23 @@ def _event_payloads(event: str, batch_key: str) -> list[dict]:
     while not (payloads := asyncio.run(read())) and time.monotonic() < deadline:
         time.sleep(0.5)
     return payloads
+
+
+def test_a_scratch_delete_that_fails_is_a_warning_and_the_decision_stands(flow_store, monkeypatch, caplog):
+    from retrainer.storage import StorageError
+    from tasks.checkpoints import discard_scratch_task
+
+    def refuse(self, prefix):
+        raise StorageError(f"delete of {prefix} refused")
+
+    monkeypatch.setattr(ObjectStore, "delete_scratch", refuse)
+    # Without the back-off (1 + 5 + 15 s) of the real task: the retry policy is Prefect's to keep.
+    monkeypatch.setattr("flows.retrain.discard_scratch_task", discard_scratch_task.with_options(retries=0))
+    _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
+
+    outcome = retrain(training=LEARNS)
+
+    assert outcome.status == "promoted"
+    assert read_production_pointer(flow_store)[0].version == outcome.challenger_version
+    assert flow_store.list_objects("runs/checkpoints/")  # left for the lifecycle rule
+    assert "run scratch not deleted (the lifecycle rule on runs/ will)" in caplog.text

@@ -72,3 +72,43 @@ def test_ensure_bucket_is_idempotent(store: ObjectStore):
     store.put("x", b"1")
     store.ensure_bucket()
     assert store.get("x")[0] == b"1"
+
+
+def test_only_run_scratch_can_be_deleted_and_all_of_it_is(store):
+    store.put("models/v1/model.safetensors", b"weights")
+    for n in range(3):
+        store.put(f"runs/r1/checkpoints/checkpoint-{n}/optimizer.pt", b"x" * 10)
+    store.put("runs/r2/challenger/config.json", b"{}")
+
+    for outside in ("models/", "models/v1/", "runs/", "", "runsx/"):
+        with pytest.raises(ValueError, match="only run scratch"):
+            store.delete_scratch(outside)
+    assert store.delete_scratch("runs/r1/") == (3, 30)
+
+    assert [info.key for info in store.list_objects("")] == [
+        "models/v1/model.safetensors",
+        "runs/r2/challenger/config.json",
+    ]
+    assert store.delete_scratch("runs/r1/") == (0, 0)  # idempotent: a retried delete finds nothing
+
+
+def test_the_run_scratch_expiry_rule_is_set_once_and_keeps_the_buckets_other_rules(store):
+    other = {
+        "ID": "operators-own",
+        "Filter": {"Prefix": "exports/"},
+        "Status": "Enabled",
+        "Expiration": {"Days": 3},
+    }
+    store._client.put_bucket_lifecycle_configuration(
+        Bucket=store.bucket, LifecycleConfiguration={"Rules": [other]}
+    )
+
+    store.expire_prefix("runs/", 30)
+    store.expire_prefix("runs/", 14)  # a changed setting replaces the rule, it does not add one
+
+    rules = store._client.get_bucket_lifecycle_configuration(Bucket=store.bucket)["Rules"]
+    by_id = {rule["ID"]: rule for rule in rules}
+    assert set(by_id) == {"operators-own", "ticket-retrainer-expire-runs"}
+    assert by_id["ticket-retrainer-expire-runs"]["Expiration"] == {"Days": 14}
+    assert by_id["ticket-retrainer-expire-runs"]["Filter"] == {"Prefix": "runs/"}
+    assert by_id["operators-own"]["Expiration"] == {"Days": 3}
