@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: demo test chaos lint clean automations setup deploy
+.PHONY: demo test test-fast chaos lint clean automations setup deploy
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
+
+# The tests that need no SeaweedFS, Prefect server, browser, PostgreSQL or training and are not slow
+# (markers in pyproject.toml): the quick loop while editing. `make test` runs them all. With ephemeral
+# Prefect servers off, a test here that runs a flow fails (it is missing its `prefect` mark).
+test-fast: $(STAMP)
+	PREFECT_SERVER_EPHEMERAL_ENABLED=false HF_HUB_OFFLINE=1 \
+	  $(BIN)/pytest -m "not (s3 or prefect or browser or training or postgres or slow)"
 
 # The fault-injection suite alone (it is also part of `make test`).
 chaos: $(STAMP)

@@ -18,13 +18,21 @@ from retrainer.text import join_title
 from tasks.train import LABEL_TO_ID, compute_accuracy
 
 NLBSE = Path(__file__).resolve().parents[2] / "shared" / "data" / "nlbse24" / "issues_train.csv"
+"""The default of `--data`: where this project's machines keep the NLBSE'24 issues, beside the checkout."""
+NLBSE_SOURCE = "https://github.com/nlbse2024/issue-report-classification"
 SEED = 42
 """The seed recipe's random seed."""
 LABEL_MAP = {"bug": "bug", "feature": "feature_request", "question": "general_inquiry"}
 
 
-def load_issues(path: Path = NLBSE) -> pd.DataFrame:
-    """The NLBSE'24 issues as tickets: ticket_id, repo, text (title first), label (the product's names)."""
+def load_issues(path: Path = NLBSE, option: str = "--data") -> pd.DataFrame:
+    """The NLBSE'24 issues as tickets: ticket_id, repo, text (title first), label (the product's names).
+    A missing file stops the benchmark with where to get it (`option` passes another path)."""
+    if not path.is_file():
+        raise SystemExit(
+            f"{path}: no such file. The NLBSE'24 issues are not part of this repository: get "
+            f"issues_train.csv from {NLBSE_SOURCE} and pass its path with {option} PATH"
+        )
     issues = pd.read_csv(path)
     return pd.DataFrame(
         {
@@ -34,6 +42,15 @@ def load_issues(path: Path = NLBSE) -> pd.DataFrame:
             "label": issues["label"].map(LABEL_MAP),
         }
     )
+
+
+def issues_if_present(path: Path | None) -> pd.DataFrame | None:
+    """For benchmarks whose issue cases are optional: the issues at `path` (an error when missing), else
+    at the default place, else None with a note saying how to add them."""
+    if path is None and not NLBSE.is_file():
+        print(f"skipping the NLBSE'24 issues: {NLBSE} is absent (get it from {NLBSE_SOURCE}; --data PATH)")
+        return None
+    return load_issues(path or NLBSE)
 
 
 def seed_encode(tokenizer, texts: list[str], labels: list[str] | None, max_length: int) -> Dataset:

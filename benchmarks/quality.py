@@ -1,6 +1,7 @@
-"""Model quality on real GitHub issues: the project's training code, tuned defaults vs the seed recipe.
+"""Model quality on real GitHub issues: the project's training code, tuned defaults vs the reference recipe.
 
-Data: ../shared/data/nlbse24/issues_train.csv (1,500 issues, 5 repositories x 3 labels x 100).
+Data: the NLBSE'24 issues_train.csv (1,500 issues, 5 repositories x 3 labels x 100), `--data PATH`
+(default ../shared/data/nlbse24/issues_train.csv; where to get it: benchmarks/README.md).
 A fixed split stratified by repository and label holds out 20% (300 issues) for the test; 10% of the
 rest (also stratified) picks the best epoch, as the flow's validation split does. With `--folds K`,
 every issue is tested once instead (K stratified folds, each trained on the others): slower, but the
@@ -11,7 +12,7 @@ text preparation and truncation are the product's too.
 Prints accuracy, macro-F1, per-repository macro-F1 and training time per configuration, and appends
 each result as a JSON line to `--results` (so a sweep can run in the background and be read later).
 
-    .venv/bin/python benchmarks/quality.py                       # seed recipe and the tuned defaults
+    .venv/bin/python benchmarks/quality.py                       # reference recipe and the tuned defaults
     .venv/bin/python benchmarks/quality.py --config lr1e-4:learning_rate=1e-4,num_train_epochs=5
     .venv/bin/python benchmarks/quality.py --folds 5 --config tuned   # 5-fold cross-validation
 """
@@ -27,7 +28,7 @@ import pandas as pd
 
 from retrainer import LABELS
 from retrainer.devices import describe_device
-from retrainer.settings import PACKAGED_BASE_MODEL, TRAINING_PRESETS, TrainingConfig
+from retrainer.settings import PACKAGED_BASE_MODEL, TRAINING_PRESETS, TrainingConfig, renamed_preset_message
 from tasks.evaluate import evaluation_report, load_lexical_half, predict_probabilities
 from tasks.train import LABEL_TO_ID, fine_tune
 
@@ -145,6 +146,11 @@ def parse_config(spec: str) -> tuple[str, TrainingConfig]:
     """``name`` (a preset) or ``name:key=value,...`` (the tuned defaults with overrides)."""
     name, _, overrides = spec.partition(":")
     if not overrides:
+        if name not in TRAINING_PRESETS:
+            reason = renamed_preset_message(name) or f"no preset {name!r}"
+            raise SystemExit(
+                f"quality.py: --config {spec}: {reason} (presets: {', '.join(sorted(TRAINING_PRESETS))})"
+            )
         return name, TRAINING_PRESETS[name]
     return name, config_with(overrides)
 
@@ -170,7 +176,7 @@ def main() -> None:
     )
     parser.add_argument("--config", action="append", help="preset name or name:key=value,... (repeatable)")
     parser.add_argument("--results", type=Path, default=Path(".bench/quality.jsonl"))
-    parser.add_argument("--data", type=Path, default=NLBSE)
+    parser.add_argument("--data", type=Path, default=NLBSE, help="the NLBSE'24 issues_train.csv")
     parser.add_argument("--folds", type=int, default=0, help="K-fold cross-validation instead of one split")
     args = parser.parse_args()
     issues = load_issues(args.data)
@@ -181,7 +187,7 @@ def main() -> None:
         print(f"{len(train)} train / {len(validation)} validation / {len(test)} test issues")
     args.results.parent.mkdir(parents=True, exist_ok=True)
     results = []
-    for spec in args.config or ["seed", "tuned"]:
+    for spec in args.config or ["reference", "tuned"]:
         name, config = parse_config(spec)
         if args.folds:
             result = cross_validate(name, config, issues, args.folds)

@@ -11,7 +11,7 @@ and transformers (and this checkout on PYTHONPATH: the weights are averaged by `
 in the product). Each run scores every epoch and the mean weights of its last K epochs (every K) on
 its test fold, so one training answers "best epoch, last epoch or mean of the last K".
 
-    .venv/bin/python benchmarks/recipe_sweep.py prep                  # here: token ids, folds, fp16 model
+    .venv/bin/python benchmarks/recipe_sweep.py prep [--issues PATH]  # here: token ids, folds, fp16 model
     PYTHONPATH=. python3 benchmarks/recipe_sweep.py run --set lengths --out OUT  # there, .bench/sweep carried
     .venv/bin/python benchmarks/recipe_sweep.py summary OUT/results.jsonl
     .venv/bin/python benchmarks/recipe_sweep.py summary OUT/results.jsonl --blend 0 0.5 0.6 1  # + lexical
@@ -153,14 +153,14 @@ SETS = {
     ],
 }
 """The sweeps run on an H100 (`lengths`, `inputs`, `epochs`) and an H200 (`ideas`, `splits`,
-`calibration`, `finetuning`, `learning`); results in the README's *Model quality*."""
+`calibration`, `finetuning`, `learning`); results in docs/experiments/."""
 SMOKE_EPOCHS = 2
 
 
 # ---- prep (here: the product's text preparation) -------------------------------------------------
 
 
-def prepare(out: Path) -> None:
+def prepare(out: Path, issues_file: Path | None) -> None:
     """Token ids of every input variant, the 5 folds of quality.py, and the base model in fp16."""
     from quality import SPLIT_SEED, VALIDATION_SHARE, stratified_folds, stratified_split
     from transformers import AutoModel, AutoTokenizer
@@ -169,9 +169,9 @@ def prepare(out: Path) -> None:
     from retrainer.text import encode
     from tasks.train import LABEL_TO_ID, resolve_base_model
 
-    from baseline import config_with, load_issues
+    from baseline import NLBSE, config_with, load_issues
 
-    issues = load_issues().reset_index(drop=True)
+    issues = load_issues(issues_file or NLBSE, "--issues").reset_index(drop=True)
     folds = {  # quality.py's folds, and others drawn the same way to check a choice made on those
         str(seed): [
             {"train": list(train.index), "validation": list(validation.index), "test": list(test.index)}
@@ -597,7 +597,9 @@ def summarise(result_files: list[Path], data: Path) -> None:
         print(f"{config:26} {seed:4} {variant:16} {len(rows):6} {f1:8.3f}")
 
 
-def summarise_blends(result_files: list[Path], data: Path, weights: list[float]) -> None:
+def summarise_blends(
+    result_files: list[Path], data: Path, weights: list[float], issues_file: Path | None
+) -> None:
     """Out-of-fold macro-F1 of each run's default weights blended with the product's lexical model
     (`retrainer.lexical`, fitted here on each fold's train and validation issues), by blend weight
     (weight 1: the lexical model alone). Runs that saved their logits are also blended as the
@@ -607,10 +609,11 @@ def summarise_blends(result_files: list[Path], data: Path, weights: list[float])
     from retrainer.calibration import fit_temperature
     from retrainer.lexical import blend_probabilities, fit_lexical_model
 
-    from baseline import load_issues
+    from baseline import NLBSE, load_issues
 
     prepared = json.loads((data / "data.json").read_text())
-    labels, texts = np.array(prepared["labels"]), load_issues()["text"].tolist()
+    texts = load_issues(issues_file or NLBSE, "--issues")["text"].tolist()
+    labels = np.array(prepared["labels"])
     # (config, seed, (split, training share), temperature) -> out-of-fold probabilities;
     # temperatures: 1 and fitted
     transformer: dict[tuple, np.ndarray] = {}
@@ -673,6 +676,7 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     prep = commands.add_parser("prep", help="encode the issues and convert the base model (here)")
     prep.add_argument("--out", type=Path, default=SWEEP_DIR)
+    prep.add_argument("--issues", type=Path, help="the NLBSE'24 issues_train.csv (default: ../shared/data)")
     sweep = commands.add_parser("run", help="train one set of configurations (the GPU machine)")
     sweep.add_argument("--data", type=Path, default=SWEEP_DIR)
     sweep.add_argument("--set", choices=sorted(SETS), required=True)
@@ -690,13 +694,14 @@ def main() -> None:
         metavar="WEIGHT",
         help="blend with the lexical model at these weights",
     )
+    summary.add_argument("--issues", type=Path, help="with --blend: the issues file prep encoded")
     args = parser.parse_args()
     if args.command == "prep":
-        prepare(args.out)
+        prepare(args.out, args.issues)
     elif args.command == "run":
         run(args.data, args.set, args.out, args.workers, args.deadline, args.smoke)
     elif args.blend:
-        summarise_blends(args.results, args.data, args.blend)
+        summarise_blends(args.results, args.data, args.blend, args.issues)
     else:
         summarise(args.results, args.data)
 

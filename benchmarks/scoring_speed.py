@@ -4,7 +4,8 @@ Both score the same texts with the same model in one process, each warmed up onc
 from loading the model; prints seconds, texts/s, the ratio, and how often the two agree on the
 predicted label. Then the project's scorer on the model as published (with its lexical half, which
 the seed's models did not have) and its ratio to the seed's.
-Run: `.venv/bin/python benchmarks/scoring_speed.py`.
+Run: `.venv/bin/python benchmarks/scoring_speed.py [--data PATH/issues_train.csv]` (the NLBSE'24 issues'
+case is skipped without them; see benchmarks/README.md).
 """
 
 import argparse
@@ -25,7 +26,7 @@ from retrainer.settings import PACKAGED_BASE_MODEL, TrainingConfig
 from tasks.evaluate import predict_probabilities
 from tasks.train import LABEL_TO_ID, add_lexical_half, resolve_base_model
 
-from baseline import NLBSE, load_issues, seed_predict
+from baseline import issues_if_present, seed_predict
 
 
 def seed_scoring(model_dir: str, texts: list[str], max_length: int) -> np.ndarray:
@@ -75,6 +76,7 @@ def measure(name: str, texts: list[str], model_dir: str, published_dir: str, max
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=500)
+    parser.add_argument("--data", type=Path, help="the NLBSE'24 issues_train.csv (default: ../shared/data)")
     args = parser.parse_args()
     torch.manual_seed(0)
     model_dir = resolve_base_model(PACKAGED_BASE_MODEL)
@@ -85,8 +87,7 @@ def main() -> None:
         # The lexical half is fitted on other texts of the same kind: its vocabulary sets its cost.
         published = _with_lexical_half(with_head, Path(scratch) / "generated", generate_tickets(600, seed=6))
         measure("generated tickets", tickets, with_head, published, 128)
-        if NLBSE.is_file():
-            issues = load_issues()
+        if (issues := issues_if_present(args.data)) is not None:
             published = _with_lexical_half(with_head, Path(scratch) / "issues", issues.iloc[args.count :])
             measure(
                 "NLBSE'24 GitHub issues", issues.head(args.count)["text"].tolist(), with_head, published, 128

@@ -6,8 +6,8 @@ its `tuned` defaults at the same 128 tokens (or `--set` overrides): cleaned text
 bf16 autocast where the CPU (or GPU) supports it, the same per-epoch evaluation on the same
 validation slice, the mean of the last epochs' weights. Both are timed from loading the base model
 to the model they publish, loaded. Prints samples/s of each,
-the ratio, and accuracy on a held-out split, for the NLBSE'24 GitHub issues
-(../shared/data/nlbse24/issues_train.csv) and for short generated tickets. Also times scoring the
+the ratio, and accuracy on a held-out split, for the NLBSE'24 GitHub issues (`--data PATH`, see
+benchmarks/README.md; skipped when absent) and for short generated tickets. Also times scoring the
 held-out split: the seed's Trainer.predict with max-length padding vs the project's scorer.
 Run: `.venv/bin/python benchmarks/train_speed.py [--train 600 --test 200 --epochs 3]`.
 """
@@ -27,7 +27,7 @@ from retrainer.settings import PACKAGED_BASE_MODEL, TrainingConfig
 from tasks.evaluate import predict_label_ids
 from tasks.train import LABEL_TO_ID, fine_tune, resolve_base_model
 
-from baseline import NLBSE, SEED, config_with, load_issues, seed_encode, seed_predict, seed_trainer
+from baseline import SEED, config_with, issues_if_present, seed_encode, seed_predict, seed_trainer
 
 
 def split(tickets: pd.DataFrame, train: int, test: int, seed: int = 0):
@@ -115,13 +115,14 @@ def main() -> None:
         help="project config overrides, key=value,... (default: the tuned preset at 128 tokens)",
     )
     parser.add_argument("--datasets", default="short,nlbse", help="which of short,nlbse to run")
+    parser.add_argument("--data", type=Path, help="the NLBSE'24 issues_train.csv (default: ../shared/data)")
     args = parser.parse_args()
     args.config = config_with(f"max_length=128,{args.set}".rstrip(","))
     print(f"project config: {args.config}")
     if "short" in args.datasets:
         compare("short generated tickets", generate_tickets(args.train + args.test, seed=11), args)
-    if "nlbse" in args.datasets and NLBSE.is_file():
-        compare("NLBSE'24 GitHub issues", load_issues(), args)
+    if "nlbse" in args.datasets and (issues := issues_if_present(args.data)) is not None:
+        compare("NLBSE'24 GitHub issues", issues, args)
 
 
 if __name__ == "__main__":

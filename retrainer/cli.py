@@ -7,7 +7,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from retrainer.settings import TRAINING_PRESETS, RetrainerSettings
+from retrainer.settings import TRAINING_PRESETS, RetrainerSettings, renamed_preset_message
 
 # Quiet, offline-friendly defaults for interactive use; anything the user set wins.
 _CLI_ENVIRONMENT = {
@@ -69,6 +69,14 @@ def _one_line(message: str) -> str:
     return " / ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
+def _preset_name(name: str) -> str:
+    # argparse would only say "invalid choice" for an old name; this says what it is called now.
+    message = renamed_preset_message(name)
+    if message:
+        raise argparse.ArgumentTypeError(message)
+    return name
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="retrainer", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -84,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="one retrain run against the configured S3 (RETRAINER_* settings)")
     run.add_argument(
         "--preset",
+        type=_preset_name,
         choices=sorted(TRAINING_PRESETS),
         help="training recipe (default: RETRAINER_TRAINING_PRESET)",
     )

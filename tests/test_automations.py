@@ -21,6 +21,9 @@ CustomWebhookNotificationBlock(
 """
 
 
+pytestmark = pytest.mark.prefect  # a `prefect server start` of its own
+
+
 def _run(env, *args, timeout=600):
     return subprocess.run(
         [sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False

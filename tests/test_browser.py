@@ -18,6 +18,7 @@ from retrainer.settings import TrainingConfig
 from tasks.registry import read_history, read_production_pointer
 from tests.prefect_server import PrefectServer, stop_worker
 
+pytestmark = [pytest.mark.browser, pytest.mark.prefect]  # Chromium on a `prefect server start` of its own
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = ROOT / ".test-artifacts" / "browser"

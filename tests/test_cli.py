@@ -85,6 +85,9 @@ def test_generate_tickets_writes_a_valid_batch(tmp_path):
     assert len(tickets) == 30 and set(tickets["label"]) == set(LABELS)
 
 
+@pytest.mark.s3  # `retrainer demo` starts SeaweedFS, a Prefect server and trains, all of its own
+@pytest.mark.prefect
+@pytest.mark.training
 def test_demo_runs_both_cycles_on_the_packaged_model(tmp_path):
     # The packaged model for real, with the short recipe of two epochs: the full eight take ~3 min more
     # here and test nothing else (`make demo` runs them).

@@ -166,7 +166,7 @@ def test_a_run_that_fails_validation_prints_its_outcome_and_one_error_line(flow_
     )
 
 
-@pytest.mark.slow
+@pytest.mark.prefect  # the run starts an ephemeral Prefect server of its own
 @pytest.mark.chaos
 def test_a_killed_run_takes_its_ephemeral_prefect_server_with_it(store, tmp_path):
     """Slow (~40 s here): a real `retrainer run` starts its own ephemeral Prefect API server."""
@@ -223,3 +223,13 @@ def _alive(process: psutil.Process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_run_refuses_the_old_preset_name_naming_the_new_one(capsys):
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["run", "--preset", "seed"])
+
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "argument --preset: the preset 'seed' was renamed 'reference'" in err

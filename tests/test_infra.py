@@ -291,6 +291,7 @@ def test_create_gpu_pool_script_uses_the_template():
     subprocess.run(["bash", "-n", str(CREATE_POOL)], check=True)
 
 
+@pytest.mark.s3  # starts a SeaweedFS of its own
 def test_the_seaweedfs_health_check_fails_when_the_store_cannot_write(tmp_path):
     """A SeaweedFS with one volume slot answers /healthz, but once the slot is taken no other bucket can
     be written: the compose health check must then fail, exactly as a real write does (the issue's

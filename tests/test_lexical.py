@@ -1,6 +1,7 @@
 """The lexical half of a published model: TF-IDF + logistic regression, saved without pickle."""
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,13 @@ from tasks.evaluate import load_lexical_half
 from tasks.report import _lexical_note
 from tasks.train import LABEL_TO_ID
 
-NLBSE = Path(__file__).resolve().parents[2] / "shared" / "data" / "nlbse24" / "issues_train.csv"
+# The NLBSE'24 tool competition's 1,500 labelled GitHub issues: not in this repository (its source,
+# https://github.com/nlbse2024/issue-report-classification, states no license), so the test that needs
+# them skips without them. NLBSE_ISSUES names the file; the default is where this project's machines keep it.
+NLBSE = Path(
+    os.environ.get("NLBSE_ISSUES")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "nlbse24" / "issues_train.csv"
+)
 NLBSE_LABELS = {"bug": "bug", "feature": "feature_request", "question": "general_inquiry"}
 
 
@@ -39,6 +46,12 @@ def test_a_saved_lexical_model_predicts_exactly_as_the_fitted_one_and_nothing_is
     assert loaded.transformer_temperature == 2.25
 
 
+@pytest.mark.slow  # ~25 s: TF-IDF over 1,200 long issues
+@pytest.mark.skipif(
+    not NLBSE.is_file(),
+    reason=f"NLBSE'24 issues not found at {NLBSE}: get issues_train.csv from "
+    "https://github.com/nlbse2024/issue-report-classification and set NLBSE_ISSUES to its path",
+)
 def test_the_lexical_model_learns_real_github_issues():
     issues = pd.read_csv(NLBSE)
     tickets = pd.DataFrame(
@@ -53,7 +66,7 @@ def test_the_lexical_model_learns_real_github_issues():
     predicted = model.probabilities(test["text"].tolist()).argmax(dim=-1)
     expected = torch.tensor([LABEL_TO_ID[label] for label in test["label"]])
 
-    assert (predicted == expected).float().mean() > 0.70  # 0.77 out-of-fold in the README; chance 0.33
+    assert (predicted == expected).float().mean() > 0.70  # 0.77 out-of-fold (docs/experiments/); chance 0.33
 
 
 def test_blending_takes_the_configured_share_of_the_lexical_probabilities():

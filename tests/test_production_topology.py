@@ -27,6 +27,8 @@ from tests.compose import ROOT, read_compose
 from tests.compose_stack import ComposeStack, postgres_binaries, wait_for
 from tests.http_receiver import Receiver
 
+# The compose services, natively: PostgreSQL, `prefect server start`, SeaweedFS, workers that train.
+pytestmark = [pytest.mark.postgres, pytest.mark.prefect, pytest.mark.s3, pytest.mark.training]
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 

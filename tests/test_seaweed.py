@@ -1,8 +1,11 @@
 """The local SeaweedFS helper: loopback only, stopped by its own PID."""
 
 import psutil
+import pytest
 
 from retrainer.seaweed import LocalS3
+
+pytestmark = pytest.mark.s3
 
 
 def test_local_s3_binds_loopback_and_stops_by_pid(tmp_path):

@@ -1,13 +1,15 @@
 """Typed configuration: environment variables, defaults, overrides, validation."""
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from pydantic import ValidationError
 
 from retrainer.settings import (
     PACKAGED_BASE_MODEL,
-    SEED_RECIPE,
+    REFERENCE_RECIPE,
+    TRAINING_PRESETS,
     RetrainerSettings,
     TrainingConfig,
     load_settings,
@@ -38,8 +40,8 @@ def test_defaults_are_the_tuned_recipe_and_the_packaged_model(monkeypatch):
     assert settings.s3.bucket == "ticket-retrainer"
 
 
-def test_the_seed_preset_is_the_seed_projects_recipe():
-    assert SEED_RECIPE.model_dump(exclude={"per_device_eval_batch_size", "head_share", "seed"}) == {
+def test_the_reference_preset_is_the_seed_projects_recipe():
+    assert REFERENCE_RECIPE.model_dump(exclude={"per_device_eval_batch_size", "head_share", "seed"}) == {
         "learning_rate": 2e-5,
         "per_device_train_batch_size": 16,
         "num_train_epochs": 3.0,
@@ -92,15 +94,27 @@ def test_run_overrides_win_over_the_environment(monkeypatch):
 
 
 def test_a_preset_is_the_base_recipe_and_single_fields_override_it(monkeypatch):
-    monkeypatch.setenv("RETRAINER_TRAINING_PRESET", "seed")
-    assert RetrainerSettings().training == SEED_RECIPE
+    monkeypatch.setenv("RETRAINER_TRAINING_PRESET", "reference")
+    assert RetrainerSettings().training == REFERENCE_RECIPE
 
     monkeypatch.setenv("RETRAINER_TRAINING__LEARNING_RATE", "3e-5")
-    assert RetrainerSettings().training == SEED_RECIPE.model_copy(update={"learning_rate": 3e-5})
+    assert RetrainerSettings().training == REFERENCE_RECIPE.model_copy(update={"learning_rate": 3e-5})
 
     monkeypatch.setenv("RETRAINER_TRAINING_PRESET", "fastest")
     with pytest.raises(ValidationError, match="training_preset"):
         RetrainerSettings()
+
+
+def test_the_old_preset_name_is_refused_with_its_new_name(monkeypatch):
+    monkeypatch.setenv("RETRAINER_TRAINING_PRESET", "seed")
+    with pytest.raises(ValidationError, match="training_preset") as refused:
+        RetrainerSettings()
+    assert "renamed 'reference'" in str(refused.value)
+
+
+def test_every_preset_is_an_allowed_value_of_the_preset_setting():
+    allowed = get_args(RetrainerSettings.model_fields["training_preset"].annotation)
+    assert sorted(allowed) == sorted(TRAINING_PRESETS)
 
 
 def test_invalid_values_are_refused(monkeypatch):

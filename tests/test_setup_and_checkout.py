@@ -255,6 +255,7 @@ def _server_state(server: PrefectServer) -> dict[str, list]:
     }
 
 
+@pytest.mark.prefect  # the tests from here on use `auth_server`, a `prefect server start` of their own
 @pytest.mark.parametrize("auth", [None, "operator:wrong"], ids=["no-auth-string", "wrong-auth-string"])
 @pytest.mark.parametrize("command", [["setup"], ["alerts", "apply", "--block", "slack-webhook/x"]])
 def test_against_a_server_with_basic_auth_a_missing_or_wrong_auth_string_is_one_line(
@@ -268,6 +269,7 @@ def test_against_a_server_with_basic_auth_a_missing_or_wrong_auth_string_is_one_
     assert "wrong" not in done.stdout + done.stderr  # the auth string is never printed
 
 
+@pytest.mark.prefect
 def test_setup_refuses_a_private_alert_webhook_unless_allowed_and_never_prints_the_url(auth_server, tmp_path):
     before = _server_state(auth_server)
     with Receiver() as receiver:
@@ -299,6 +301,7 @@ def _emit_validation_failed(server: PrefectServer, batch: str) -> None:
     _api(server, "/events", [event])
 
 
+@pytest.mark.prefect
 def test_a_private_alert_webhook_allowed_by_the_operator_is_delivered_by_the_server(auth_server, tmp_path):
     with Receiver() as receiver:
         env = _client_env(
@@ -355,6 +358,7 @@ def deployed(auth_server, tmp_path_factory) -> list[dict]:
     return _api(auth_server, "/deployments/filter")
 
 
+@pytest.mark.prefect
 def test_prefect_deploy_stores_a_pull_step_that_reads_the_checkout_dir_at_run_time(
     auth_server, deployed, tmp_path
 ):
@@ -381,6 +385,7 @@ def test_prefect_deploy_stores_a_pull_step_that_reads_the_checkout_dir_at_run_ti
     assert pulled.stdout.strip().splitlines()[-1] == str(worker_checkout)
 
 
+@pytest.mark.prefect
 def test_a_worker_without_the_checkout_says_why_in_the_run_log(auth_server, deployed, tmp_path):
     """Before: the UI showed only "Process exited with status code: 1"; the reason was in the worker's
     own output."""

@@ -22,6 +22,7 @@ from retrainer.seaweed import free_ports
 from retrainer.worker import KILL_GRACE_S
 from tests.prefect_server import PrefectServer, stop_worker
 
+pytestmark = pytest.mark.prefect  # a `prefect server start` of its own (one test checks its absence)
 ROOT = Path(__file__).resolve().parents[1]
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
