@@ -13,9 +13,10 @@ import pandas as pd
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
+from retrainer.core.labels import LABEL_TO_ID
+from retrainer.core.text import join_title
+from retrainer.core.training import compute_accuracy
 from retrainer.settings import TrainingConfig
-from retrainer.text import join_title
-from tasks.train import LABEL_TO_ID, compute_accuracy
 
 NLBSE = Path(__file__).resolve().parents[2] / "shared" / "data" / "nlbse24" / "issues_train.csv"
 """The default of `--data`: where this project's machines keep the NLBSE'24 issues, beside the checkout."""

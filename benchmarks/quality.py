@@ -5,9 +5,10 @@ Data: the NLBSE'24 issues_train.csv (1,500 issues, 5 repositories x 3 labels x 1
 A fixed split stratified by repository and label holds out 20% (300 issues) for the test; 10% of the
 rest (also stratified) picks the best epoch, as the flow's validation split does. With `--folds K`,
 every issue is tested once instead (K stratified folds, each trained on the others): slower, but the
-estimate rests on all 1,500 issues and shows its spread, which one split of 300 cannot. Every configuration
-trains with `tasks.train.fine_tune` and is scored with `tasks.evaluate` (the product's own code), so
-text preparation and truncation are the product's too.
+estimate rests on all 1,500 issues and shows its spread, which one split of 300 cannot. Every
+configuration trains with `retrainer.core.training.fine_tune` and is scored with
+`retrainer.core.scoring` (the product's own code), so text preparation and truncation are the
+product's too.
 
 Prints accuracy, macro-F1, per-repository macro-F1 and training time per configuration, and appends
 each result as a JSON line to `--results` (so a sweep can run in the background and be read later).
@@ -26,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from retrainer import LABELS
-from retrainer.devices import describe_device
+from retrainer.core.devices import describe_device
+from retrainer.core.labels import LABEL_TO_ID, LABELS
+from retrainer.core.scoring import evaluation_report, load_lexical_half, predict_probabilities
+from retrainer.core.training import TrainingSpec, fine_tune
 from retrainer.settings import PACKAGED_BASE_MODEL, TRAINING_PRESETS, TrainingConfig, renamed_preset_message
-from tasks.evaluate import evaluation_report, load_lexical_half, predict_probabilities
-from tasks.train import LABEL_TO_ID, fine_tune
 
 from baseline import NLBSE, config_with, load_issues
 
@@ -81,7 +82,7 @@ def scores(test: pd.DataFrame, predicted: np.ndarray) -> dict:
 def measure(name: str, config: TrainingConfig, train, validation, test, workdir: Path) -> dict:
     """Train one configuration and score it on the test split."""
     started = time.perf_counter()
-    model_dir = fine_tune(train, validation, PACKAGED_BASE_MODEL, "main", config, workdir)
+    model_dir = fine_tune(train, validation, TrainingSpec(PACKAGED_BASE_MODEL, "main", config), workdir)
     seconds = time.perf_counter() - started
     texts = test["text"].tolist()
     # The two halves apart (scored once each), then blended as predict_probabilities blends them.

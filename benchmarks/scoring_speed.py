@@ -19,12 +19,12 @@ import pandas as pd
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from retrainer import LABELS
-from retrainer.devices import cpu_supports_bf16
+from retrainer.core.devices import cpu_supports_bf16
+from retrainer.core.labels import LABEL_TO_ID, LABELS
+from retrainer.core.scoring import predict_probabilities
+from retrainer.core.training import add_lexical_half, resolve_base_model
 from retrainer.samples import generate_tickets
 from retrainer.settings import PACKAGED_BASE_MODEL, TrainingConfig
-from tasks.evaluate import predict_probabilities
-from tasks.train import LABEL_TO_ID, add_lexical_half, resolve_base_model
 
 from baseline import issues_if_present, seed_predict
 

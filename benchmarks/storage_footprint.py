@@ -8,14 +8,17 @@ are deleted once a run has decided; without that cleanup they would stay in `run
 """
 
 import argparse
-import os
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
+from flows.retrain import retrain
+from retrainer.resources import Resources
 from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.seaweed import LocalS3
+from retrainer.settings import RetrainerSettings, S3Settings
+from retrainer.storage import ObjectStore
 
 KEY, SECRET = "footprint", "footprint-secret"
 
@@ -43,19 +46,13 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="footprint-"))
     with LocalS3(root / "s3", KEY, SECRET, root / "weed.log") as s3:
-        os.environ.update(
-            AWS_ACCESS_KEY_ID=KEY,
-            AWS_SECRET_ACCESS_KEY=SECRET,
-            RETRAINER_S3__ENDPOINT_URL=s3.endpoint_url,
-            RETRAINER_S3__BUCKET="footprint",
-            RETRAINER_WORK_DIR=str(root / "work"),
-            RETRAINER_TRAINING__NUM_TRAIN_EPOCHS=str(args.epochs),
+        s3_settings = S3Settings(endpoint_url=s3.endpoint_url, bucket="footprint")
+        settings = RetrainerSettings(s3=s3_settings, work_dir=root / "work")
+        settings = settings.with_overrides(
+            settings.training.model_copy(update={"num_train_epochs": args.epochs})
         )
-        from flows.retrain import retrain  # after the environment: settings are read when a run starts
-        from retrainer.settings import RetrainerSettings
-        from retrainer.storage import ObjectStore
-
-        store = ObjectStore(RetrainerSettings().s3)
+        resources = Resources(settings, ObjectStore(s3_settings, credentials=(KEY, SECRET)))
+        store = resources.store
         store.ensure_bucket()
         print(f"| cycle | status | run s | total MB | {' | '.join(PREFIXES)} |")
         print(f"|---|---|---|---|{'---|' * len(PREFIXES)}")
@@ -63,11 +60,11 @@ def main() -> None:
             tickets = generate_tickets(args.batch, seed=cycle, id_prefix=f"N{cycle}")
             store.put(f"incoming/batch-{cycle:04d}.csv", tickets_to_csv(tickets))
             started = time.monotonic()
-            outcome = retrain()
+            record = retrain(resources=resources)
             sizes = bytes_by_prefix(store)
             row = " | ".join(f"{sizes.get(prefix, 0) / 1e6:.1f}" for prefix in PREFIXES)
             total = sum(sizes.values()) / 1e6
-            print(f"| {cycle} | {outcome.status} | {time.monotonic() - started:.0f} | {total:.1f} | {row} |")
+            print(f"| {cycle} | {record.status} | {time.monotonic() - started:.0f} | {total:.1f} | {row} |")
 
 
 PREFIXES = ("models/", "datasets/", "runs/", "runs/checkpoints/", "reports/", "quarantine/", "state/")

@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
-from retrainer import LABELS
+from retrainer.core.labels import LABEL_TO_ID, LABELS
+from retrainer.core.scoring import predict_label_ids
+from retrainer.core.training import TrainingSpec, fine_tune, resolve_base_model
 from retrainer.samples import generate_tickets
 from retrainer.settings import PACKAGED_BASE_MODEL, TrainingConfig
-from tasks.evaluate import predict_label_ids
-from tasks.train import LABEL_TO_ID, fine_tune, resolve_base_model
 
 from baseline import SEED, config_with, issues_if_present, seed_encode, seed_predict, seed_trainer
 
@@ -75,7 +75,7 @@ def project_trainer(
     validation = validation_slice(train)
     config = config.model_copy(update={"num_train_epochs": epochs})
     started = time.perf_counter()
-    model_dir = fine_tune(train, validation, PACKAGED_BASE_MODEL, "main", config, workdir)
+    model_dir = fine_tune(train, validation, TrainingSpec(PACKAGED_BASE_MODEL, "main", config), workdir)
     seconds = time.perf_counter() - started
     started = time.perf_counter()
     predictions = predict_label_ids(model_dir, test["text"].tolist(), config.max_length)

@@ -14,11 +14,11 @@ import time
 import numpy as np
 import pandas as pd
 
-from retrainer import LABELS
+from retrainer.core.batches import ROW_NUMBER, LoadedBatch
+from retrainer.core.labels import LABELS
+from retrainer.core.validation import validate_batches
 from retrainer.settings import IngestSettings, ValidationPolicy
 from tasks.dataset import merge_curated
-from tasks.ingest import ROW_NUMBER, LoadedBatch
-from tasks.validate import validate_batches
 
 PHRASES = np.array(
     [

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from prefect import flow
 
-from retrainer.settings import RetrainerSettings, TrainingConfig, load_settings
-from retrainer.storage import ObjectStore
+from retrainer.core.training import RunOptions, TrainingSpec
+from retrainer.resources import Resources
+from retrainer.settings import RetrainerSettings, TrainingConfig
 from tasks.checkpoints import CheckpointSync
 from tasks.dataset import TRAIN, VALIDATION, check_splits, read_curated_task
 from tasks.train import fine_tune_task, upload_challenger_task
@@ -34,6 +35,7 @@ def fine_tune_flow(
     output_prefix: str,
     training: TrainingConfig | None = None,
     base_model: str | None = None,
+    resources: Resources | None = None,
 ) -> str:
     """Fine-tune the base model on `dataset_version` and upload the trained model under `output_prefix`.
 
@@ -42,20 +44,23 @@ def fine_tune_flow(
         output_prefix: S3 prefix (in the configured bucket) that receives the trained model.
         training: hyper-parameters (default: the configured training settings).
         base_model: hub id or local folder (default: the configured base model).
+        resources: settings and store of an in-process caller (the retrain flow); empty (a deployment
+            run on the gpu pool): read from the worker's environment when the run starts.
     """
-    settings = load_settings(training=training, base_model=base_model)
-    store = ObjectStore(settings.s3)
+    overrides = {"training": training, "base_model": base_model}
+    resources = (resources or Resources.from_environment()).with_overrides(**overrides)
+    settings, store = resources.settings, resources.store
     splits = check_splits(read_curated_task(store, dataset_version))
     with tempfile.TemporaryDirectory(prefix="fine-tune-", dir=settings.scratch_dir()) as scratch:
         model_dir = fine_tune_task(
             splits[TRAIN],
             splits[VALIDATION],
-            settings.base_model,
-            settings.base_model_revision,
-            settings.training,
+            TrainingSpec(settings.base_model, settings.base_model_revision, settings.training),
             Path(scratch),
-            checkpoints=CheckpointSync(store, checkpoint_prefix(settings, dataset_version)),
-            tokenized_cache=settings.work_dir / "tokenized" / dataset_version,  # versions never change
+            options=RunOptions(
+                checkpoints=CheckpointSync(store, checkpoint_prefix(settings, dataset_version)),
+                tokenized_cache=settings.work_dir / "tokenized" / dataset_version,  # versions never change
+            ),
         )
         upload_challenger_task(store, model_dir, output_prefix)
     return output_prefix

@@ -1,10 +1,11 @@
 """The ``retrain`` flow: ingest -> validate -> curate -> fine-tune -> score both -> gate -> publish.
 
-It only wires tasks; the work lives in ``tasks/``. Settings are read when the flow starts.
+It only wires tasks; the work lives in ``tasks/`` and ``retrainer/``. Each step returns what it found,
+and the flow assembles one `RunRecord` from those values (`retrainer.records`): the history entry,
+the production pointer and the published metadata are derived from that record.
 """
 
 import tempfile
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,10 +14,23 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.fine_tune import checkpoint_prefix, fine_tune_flow
+from retrainer.core.gate import decide_promotion
+from retrainer.core.training import training_record
+from retrainer.core.validation import ValidatedBatch, ValidationFailedError, validation_failure
 from retrainer.logs import run_logger
-from retrainer.provenance import code_version, library_versions
-from retrainer.settings import GatePolicy, RetrainerSettings, TrainingConfig, load_settings
-from retrainer.storage import ObjectStore, PreconditionFailedError
+from retrainer.records import RunRecord
+from retrainer.report.markdown import render_run_markdown
+from retrainer.report.model_card import published_metadata, render_model_card
+from retrainer.report.pictures import (
+    ACCURACY_PNG,
+    CONFUSION_PNG,
+    draw_confusion_matrices,
+    draw_production_accuracy,
+)
+from retrainer.resources import Resources
+from retrainer.run_steps import Ingestion, Production, Publication, RunProgress, Scores
+from retrainer.settings import GatePolicy, TrainingConfig
+from retrainer.storage import PreconditionFailedError
 from tasks.alerts import alert_validation_failed_task, notify_task
 from tasks.checkpoints import discard_scratch_task
 from tasks.dataset import (
@@ -28,8 +42,7 @@ from tasks.dataset import (
     rows_from_sources,
     write_curated_task,
 )
-from tasks.evaluate import ModelEvaluation, score_model_task
-from tasks.gate import Decision, decide_promotion
+from tasks.evaluate import score_model_task
 from tasks.handoff import hand_off_fine_tune_task, warn_if_a_worker_waits_unused
 from tasks.ingest import (
     commit_manifest_task,
@@ -40,8 +53,6 @@ from tasks.ingest import (
     record_batches,
 )
 from tasks.registry import (
-    DecisionRecord,
-    ProductionPointer,
     fetch_model_task,
     flip_production_pointer_task,
     last_gate_decision_task,
@@ -51,37 +62,9 @@ from tasks.registry import (
     read_production_pointer_task,
     record_decision_task,
 )
-from tasks.report import (
-    ACCURACY_PNG,
-    CONFUSION_PNG,
-    RetrainOutcome,
-    draw_confusion_matrices,
-    draw_production_accuracy,
-    render_model_card,
-    render_outcome_markdown,
-    report_outcome_task,
-    report_validation_task,
-)
+from tasks.report import report_run_task, report_validation_task
 from tasks.smoke import smoke_test_task
-from tasks.train import training_record
-from tasks.validate import (
-    ValidatedBatch,
-    ValidationFailedError,
-    quarantine_batches_task,
-    validate_batches_task,
-    validation_failure,
-)
-
-
-@dataclass(frozen=True)
-class Run:
-    """What every step of one retrain run works with."""
-
-    store: ObjectStore
-    settings: RetrainerSettings
-    outcome: RetrainOutcome
-    pointer: ProductionPointer | None = None
-    pointer_etag: str | None = None  # what a promotion's compare-and-swap expects
+from tasks.validate import quarantine_batches_task, validate_batches_task
 
 
 @flow(name="retrain")
@@ -91,7 +74,8 @@ def retrain(
     gate: GatePolicy | None = None,
     force: bool = False,
     force_reason: str | None = None,
-) -> RetrainOutcome:
+    resources: Resources | None = None,
+) -> RunRecord:
     """Retrain the ticket classifier on newly landed tickets; publish it only if it beats the champion.
 
     Args:
@@ -100,316 +84,237 @@ def retrain(
         gate: promotion policy for this run (default: the configured gate settings).
         force: promote the challenger whatever the gate says (the smoke test still applies).
         force_reason: why the promotion is forced; required with `force`, recorded in the history.
+        resources: settings and store, passed by in-process callers (the demo, tests, notebooks); empty
+            (a deployment run, `retrainer run`): read from the environment when the run starts.
 
     A failing run still fails (alerts and automations depend on it); the exception it raises carries
-    the outcome so far, with status "validation-failed" or "failed" (see `failed_outcome`).
+    the record so far, with status "validation-failed" or "failed" (see `failed_record`).
     """
-    outcome = RetrainOutcome(
-        status="no-data",
-        run_id=str(flow_run.id or new_version_id()),
-        forced_reason=force_reason if force else None,
-    )
+    progress = RunProgress(str(flow_run.id or new_version_id()), force_reason if force else None)
     try:
         if force and not (force_reason or "").strip():
             raise ValueError("a forced promotion needs a force_reason; it is recorded in the history")
-        settings = load_settings(training=training, base_model=base_model, gate=gate)
-        return run_retrain(settings, outcome, force)
+        overrides = {"training": training, "base_model": base_model, "gate": gate}
+        resources = (resources or Resources.from_environment()).with_overrides(**overrides)
+        progress.final = run_retrain(resources, progress, force)
+        return finish(resources, progress.final)
     except Exception as error:
-        _attach_failed_outcome(error, outcome)
+        _attach_failed_record(error, progress)
         raise
 
 
-def failed_outcome(error: BaseException) -> RetrainOutcome | None:
-    """The outcome a failed `retrain` run attached to the exception it raised (None if it has none)."""
-    outcome = getattr(error, _OUTCOME_ATTRIBUTE, None)
-    return outcome if isinstance(outcome, RetrainOutcome) else None
+def failed_record(error: BaseException) -> RunRecord | None:
+    """The record a failed `retrain` run attached to the exception it raised (None if it has none)."""
+    record = getattr(error, _RECORD_ATTRIBUTE, None)
+    return record if isinstance(record, RunRecord) else None
 
 
-def run_retrain(settings: RetrainerSettings, outcome: RetrainOutcome, force: bool) -> RetrainOutcome:
-    """The body of the `retrain` flow: every step, filling in `outcome`."""
-    store = ObjectStore(settings.s3)
+def run_retrain(resources: Resources, progress: RunProgress, force: bool) -> RunRecord:
+    """The body of the `retrain` flow, as the loop diagram: every step, in order."""
+    store = resources.store
     store.require_bucket()  # production buckets are provisioned: a typo must fail, not create one
-    curated, new_sources = ingest_new_batches(store, settings, outcome)
-    pointer, pointer_etag = read_production_pointer_task(store)
-    outcome.production_version = pointer.version if pointer else None
-    if curated is None:
-        outcome.reasons.append("no curated data yet: nothing to train on")
-        return finish(settings, outcome)
+    ingestion = progress.ingestion = ingest_new_batches(resources, progress.run_id)
+    report_validation(resources, progress.run_id, ingestion.validated)
+    production = progress.production = Production(*read_production_pointer_task(store))
+    if ingestion.curated is None:
+        return progress.record("no-data", ["no curated data yet: nothing to train on"])
     last = last_gate_decision_task(store)
-    if pointer and last and last.dataset_version == outcome.dataset_version and not force:
-        outcome.status = "no-new-data"
-        outcome.reasons.append(f"dataset {outcome.dataset_version} was already decided on; champion kept")
-        return finish(settings, outcome)
-    splits = check_splits(curated)
-    with tempfile.TemporaryDirectory(prefix="run-", dir=settings.scratch_dir()) as run_dir:
-        challenger_dir = train_challenger(store, settings, outcome, Path(run_dir))
-        new_rows = rows_from_sources(splits[EVAL], new_sources)
-        challenger = score_model_task(challenger_dir, splits[EVAL], settings.training.max_length, new_rows)
-        champion = None
-        if pointer:
-            champion_dir = fetch_model_task(store, pointer.version, settings.model_cache_dir)
-            champion = score_model_task(champion_dir, splits[EVAL], settings.training.max_length, new_rows)
-        decision = decide_promotion(challenger, champion, settings.gate, outcome.forced_reason)
-        _record_scores(outcome, challenger, pointer, champion, decision)
-        run = Run(store, settings, outcome, pointer, pointer_etag)
-        decide_and_publish(run, curated, challenger_dir, decision)
-    discard_decided_scratch(store, settings, outcome, published=decision.promote)
-    return finish(settings, outcome)
+    if production.pointer and last and last.dataset_version == ingestion.dataset_version and not force:
+        version = ingestion.dataset_version
+        return progress.record("no-new-data", [f"dataset {version} was already decided on; champion kept"])
+    eval_rows = check_splits(ingestion.curated)[EVAL]
+    with tempfile.TemporaryDirectory(prefix="run-", dir=resources.settings.scratch_dir()) as run_dir:
+        challenger_dir = train_challenger(
+            resources, progress.run_id, ingestion.dataset_version, Path(run_dir)
+        )
+        progress.scores = score_both(resources, challenger_dir, eval_rows, ingestion, production, progress)
+        gated = progress.record("kept")
+        progress.publication = publish_or_keep(resources, gated, challenger_dir, ingestion.curated, progress)
+    decided = progress.record(progress.publication.status)
+    record_decision_task(store, decided.decision_record(datetime.now(UTC)))
+    discard_decided_scratch(resources, decided, published=progress.scores.decision.promote)
+    return decided
 
 
-def challenger_prefix(settings: RetrainerSettings, run_id: str) -> str:
+def ingest_new_batches(resources: Resources, run_id: str) -> Ingestion:
+    """Ingest every new batch (quarantining what is bad) into a new curated dataset version."""
+    store, settings = resources.store, resources.settings
+    manifest, manifest_etag = read_manifest_task(store)
+    loaded = load_batches_task(store, discover_new_batches_task(store, manifest), settings.ingest)
+    curated = read_curated_task(store, manifest.dataset_version)
+    validated = validate_batches_task(loaded, settings.validation, settings.ingest.label_aliases, curated)
+    quarantine_batches_task(store, run_id, validated, [batch.raw for batch in loaded])
+    dataset_version = manifest.dataset_version
+    accepted = [result.accepted for result in validated if not result.accepted.empty]
+    if accepted:
+        new_rows = pd.concat(accepted, ignore_index=True)
+        curated = merge_curated(curated, new_rows, settings.eval_fraction, settings.validation_fraction)
+        dataset_version = write_curated_task(store, curated)
+    if validated:
+        entries = {result.key: _manifest_entry(result, run_id) for result in validated}
+        commit_manifest_task(store, record_batches(manifest, entries, dataset_version), manifest_etag)
+    return Ingestion(curated, dataset_version, validated)
+
+
+def report_validation(resources: Resources, run_id: str, validated: list[ValidatedBatch]) -> None:
+    """Attach the validation report; alert and fail the run when a batch was rejected (quarantined)."""
+    if validated:
+        report_validation_task(run_id, validated)
+    failure = validation_failure(validated)
+    if failure:
+        alert_validation_failed_task(resources.settings.notification_block, run_id, validated, failure)
+        raise ValidationFailedError(failure)
+
+
+def challenger_prefix(resources: Resources, run_id: str) -> str:
     """Where a run's fine-tune uploads the challenger (scratch, before the gate)."""
-    return f"{settings.s3.runs_prefix}{run_id}/challenger/"
+    return f"{resources.settings.s3.runs_prefix}{run_id}/challenger/"
 
 
-def train_challenger(
-    store: ObjectStore, settings: RetrainerSettings, outcome: RetrainOutcome, run_dir: Path
-) -> Path:
+def train_challenger(resources: Resources, run_id: str, dataset_version: str, run_dir: Path) -> Path:
     """Run the fine-tune flow (as a deployment when configured, else in-process) and fetch its model."""
-    prefix = challenger_prefix(settings, outcome.run_id)
-    parameters = {
-        "dataset_version": outcome.dataset_version,
-        "output_prefix": prefix,
-        "training": settings.training,
-        "base_model": settings.base_model,
-    }
+    settings = resources.settings
+    prefix = challenger_prefix(resources, run_id)
+    parameters = {"dataset_version": dataset_version, "output_prefix": prefix, "training": settings.training}
     if settings.fine_tune_deployment:
         hand_off_fine_tune_task(
             settings.fine_tune_deployment,
-            {**parameters, "training": settings.training.model_dump()},
+            {**parameters, "training": settings.training.model_dump(), "base_model": settings.base_model},
             start_timeout_s=settings.fine_tune_start_timeout_s,
             timeout_s=settings.fine_tune_timeout_s,
         )
     else:
         warn_if_a_worker_waits_unused()
-        fine_tune_flow(**parameters)
-    store.download_prefix(prefix, run_dir / "challenger")
+        fine_tune_flow(**parameters, base_model=settings.base_model, resources=resources)
+    resources.store.download_prefix(prefix, run_dir / "challenger")
     return run_dir / "challenger"
 
 
-def discard_decided_scratch(
-    store: ObjectStore, settings: RetrainerSettings, outcome: RetrainOutcome, published: bool
-) -> None:
-    """Delete what only a rerun of this decided run would need: its checkpoints, and its challenger copy
-    once that was published under models/. A rejected challenger stays in runs/ for inspection until the
-    bucket's lifecycle rule expires it. A failed delete is a warning, not a failed run: it decided."""
-    prefixes = [checkpoint_prefix(settings, outcome.dataset_version)]
-    if published:
-        prefixes.append(challenger_prefix(settings, outcome.run_id))
-    state = discard_scratch_task(store, prefixes, return_state=True)
-    if state.is_failed():
-        run_logger().warning("run scratch not deleted (the lifecycle rule on runs/ will): %s", state.message)
+def score_both(
+    resources: Resources,
+    challenger_dir: Path,
+    eval_rows: pd.DataFrame,
+    ingestion: Ingestion,
+    production: Production,
+    progress: RunProgress,
+) -> Scores:
+    """Score the challenger and the champion on the same eval rows, and apply the gate."""
+    settings = resources.settings
+    new_rows = rows_from_sources(eval_rows, ingestion.sources)
+    challenger = score_model_task(challenger_dir, eval_rows, settings.training.max_length, new_rows)
+    champion = None
+    if production.pointer:
+        champion_dir = fetch_model_task(resources.store, production.version, settings.model_cache_dir)
+        champion = score_model_task(champion_dir, eval_rows, settings.training.max_length, new_rows)
+    decision = decide_promotion(challenger, champion, settings.gate, progress.forced_reason)
+    return Scores(new_version_id(), challenger, production.version, champion, decision)
 
 
-def ingest_new_batches(
-    store: ObjectStore, settings: RetrainerSettings, outcome: RetrainOutcome
-) -> tuple[pd.DataFrame | None, set[tuple[str, str]]]:
-    """Ingest every new batch (quarantining what is bad); the curated dataset and this run's sources."""
-    manifest, manifest_etag = read_manifest_task(store)
-    new_objects = discover_new_batches_task(store, manifest)
-    loaded = load_batches_task(store, new_objects, settings.ingest)
-    curated = read_curated_task(store, manifest.dataset_version)
-    validated = validate_batches_task(loaded, settings.validation, settings.ingest.label_aliases, curated)
-    quarantine_batches_task(store, outcome.run_id, validated, [batch.raw for batch in loaded])
-    dataset_version = manifest.dataset_version
-    accepted = [result.accepted for result in validated if not result.accepted.empty]
-    if accepted:
-        curated = merge_curated(
-            curated,
-            pd.concat(accepted, ignore_index=True),
-            settings.eval_fraction,
-            settings.validation_fraction,
-        )
-        dataset_version = write_curated_task(store, curated)
-    if validated:
-        entries = {result.key: _entry(result, outcome.run_id) for result in validated}
-        commit_manifest_task(store, record_batches(manifest, entries, dataset_version), manifest_etag)
-    _count_ingestion(outcome, validated, dataset_version)
-    if validated:
-        report_validation_task(outcome.run_id, validated)
-    failure = validation_failure(validated)
-    if failure:
-        alert_validation_failed_task(settings.notification_block, outcome.run_id, validated, failure)
-        raise ValidationFailedError(failure)
-    return curated, {(result.key, result.etag) for result in validated}
+def publish_or_keep(
+    resources: Resources, gated: RunRecord, challenger_dir: Path, curated: pd.DataFrame, progress: RunProgress
+) -> Publication:
+    """Draw the report pictures; then publish, smoke-test and flip when the gate says promote."""
+    store = resources.store
+    pictures = draw_report_pictures(store, gated, challenger_dir / "reports")
+    decision = progress.scores.decision
+    if not decision.promote:
+        uploaded = store.upload_dir(pictures, f"{store.settings.reports_prefix}{gated.run_id}/")
+        return Publication("kept", progress.production.version, report_uris=[store.uri(k) for k in uploaded])
+    lexical_half = training_record(challenger_dir).get("lexical")
+    metadata = published_metadata(gated, resources.settings, lineage(curated), lexical_half)
+    (challenger_dir / "README.md").write_text(render_model_card(gated, metadata))
+    publish_model_task(store, challenger_dir, gated.challenger_version, metadata)
+    folder = f"{store.settings.models_prefix}{gated.challenger_version}/reports/"
+    uris = [store.uri(folder + name) for name in (CONFUSION_PNG, ACCURACY_PNG)]
+    return smoke_and_flip(resources, gated, challenger_dir, progress.production, uris)
 
 
-def decide_and_publish(run: Run, curated: pd.DataFrame, challenger_dir: Path, decision: Decision) -> None:
-    """Draw the report pictures, then publish + smoke-test + flip when the gate says promote."""
-    store, settings, outcome = run.store, run.settings, run.outcome
-    pictures = challenger_dir / "reports"
-    pictures.mkdir()
-    draw_confusion_matrices(outcome, pictures / CONFUSION_PNG)
-    draw_production_accuracy(read_history_task(store), outcome, pictures / ACCURACY_PNG)
-    outcome.status = "kept"
-    if decision.promote:
-        metadata = _model_metadata(settings, outcome, curated, challenger_dir)
-        (challenger_dir / "README.md").write_text(render_model_card(outcome, metadata))
-        publish_model_task(store, challenger_dir, outcome.challenger_version, metadata)
-        outcome.report_uris = [
-            store.uri(f"{store.settings.models_prefix}{outcome.challenger_version}/reports/{name}")
-            for name in (CONFUSION_PNG, ACCURACY_PNG)
-        ]
-        smoke_and_flip(run, challenger_dir, decision)
-    else:
-        prefix = f"{store.settings.reports_prefix}{outcome.run_id}/"
-        outcome.report_uris = [store.uri(key) for key in store.upload_dir(pictures, prefix)]
-    record_decision_task(store, _decision_record(outcome, run.pointer))
+def draw_report_pictures(store, gated: RunRecord, folder: Path) -> Path:
+    """The confusion matrices and the production accuracy across versions, as PNGs in `folder`."""
+    folder.mkdir()
+    draw_confusion_matrices(gated, folder / CONFUSION_PNG)
+    draw_production_accuracy(read_history_task(store), gated, folder / ACCURACY_PNG)
+    return folder
 
 
-def smoke_and_flip(run: Run, challenger_dir: Path, decision: Decision) -> None:
+def smoke_and_flip(
+    resources: Resources, gated: RunRecord, challenger_dir: Path, production: Production, uris: list[str]
+) -> Publication:
     """Smoke-test the published files, then flip the production pointer to them (compare-and-swap)."""
-    store, settings, outcome = run.store, run.settings, run.outcome
+    store, settings = resources.store, resources.settings
     smoke = smoke_test_task(
         store,
-        outcome.challenger_version,
+        gated.challenger_version,
         challenger_dir,
         settings.scratch_dir(),
         settings.training.max_length,
         settings.gate.min_canary_accuracy,
     )
-    outcome.reasons.extend(smoke.reasons)
     if not smoke.passed:
-        outcome.status = "smoke-failed"
-        outcome.reasons.append("smoke test failed: not published to production; champion kept")
-        return
-    new_pointer = ProductionPointer(
-        version=outcome.challenger_version,
-        accuracy=outcome.challenger_accuracy,
-        dataset_version=outcome.dataset_version,
-        promoted_at=datetime.now(UTC),
-        run_id=outcome.run_id,
-        action="forced" if decision.forced else "promoted",
-        previous_version=run.pointer.version if run.pointer else None,
-    )
+        failed = "smoke test failed: not published to production; champion kept"
+        return Publication("smoke-failed", production.version, [*smoke.reasons, failed], uris)
+    action = "forced" if gated.forced_reason else "promoted"
     try:
-        flip_production_pointer_task(store, new_pointer, run.pointer_etag)
+        flip_production_pointer_task(
+            store, gated.production_pointer(datetime.now(UTC), action), production.etag
+        )
     except PreconditionFailedError:
-        report_lost_race(run)
-        return
-    outcome.status = new_pointer.action
-    outcome.production_version = outcome.challenger_version
+        current, _ = read_production_pointer_task(store)  # not production.pointer: that one is stale
+        now = current.version if current else None
+        lost = (
+            f"another run changed the production pointer first (production is now {now}); "
+            "this run changed nothing"
+        )
+        return Publication("lost-race", now, [*smoke.reasons, lost], uris)
+    return Publication(action, gated.challenger_version, smoke.reasons, uris)
 
 
-def report_lost_race(run: Run) -> None:
-    """Another run flipped the pointer first: report the version that is in production now."""
-    current, _ = read_production_pointer_task(run.store)  # not run.pointer: that one is stale
-    run.outcome.status = "lost-race"
-    run.outcome.production_version = current.version if current else None
-    run.outcome.reasons.append(
-        f"another run changed the production pointer first (production is now "
-        f"{run.outcome.production_version}); this run changed nothing"
-    )
+def discard_decided_scratch(resources: Resources, decided: RunRecord, published: bool) -> None:
+    """Delete what only a rerun of this decided run would need: its checkpoints, and its challenger copy
+    once that was published under models/. A rejected challenger stays in runs/ for inspection until the
+    bucket's lifecycle rule expires it. A failed delete is a warning, not a failed run: it decided."""
+    prefixes = [checkpoint_prefix(resources.settings, decided.dataset_version)]
+    if published:
+        prefixes.append(challenger_prefix(resources, decided.run_id))
+    state = discard_scratch_task(resources.store, prefixes, return_state=True)
+    if state.is_failed():
+        run_logger().warning("run scratch not deleted (the lifecycle rule on runs/ will): %s", state.message)
 
 
-def finish(settings: RetrainerSettings, outcome: RetrainOutcome) -> RetrainOutcome:
+def finish(resources: Resources, record: RunRecord) -> RunRecord:
     """Publish the report artifact and, when configured, send the summary as a notification."""
-    report_outcome_task(outcome)
-    if settings.notification_block:
-        subject = f"ticket-retrainer: {outcome.status} (run {outcome.run_id})"
-        notify_task(settings.notification_block, subject, render_outcome_markdown(outcome))
-    return outcome
+    report_run_task(record)
+    block = resources.settings.notification_block
+    if block:
+        notify_task(
+            block, f"ticket-retrainer: {record.status} (run {record.run_id})", render_run_markdown(record)
+        )
+    return record
 
 
-def _record_scores(
-    outcome: RetrainOutcome,
-    challenger: ModelEvaluation,
-    pointer: ProductionPointer | None,
-    champion: ModelEvaluation | None,
-    decision: Decision,
-) -> None:
-    outcome.challenger_version = new_version_id()
-    outcome.challenger, outcome.challenger_new_data = challenger.overall, challenger.new_data
-    outcome.champion_version = pointer.version if pointer else None
-    outcome.champion = champion.overall if champion else None
-    outcome.champion_new_data = champion.new_data if champion else None
-    outcome.p_value = decision.p_value
-    outcome.reasons.extend(decision.reasons)
+_RECORD_ATTRIBUTE = "retrain_record"
 
 
-def _model_metadata(
-    settings: RetrainerSettings, outcome: RetrainOutcome, curated: pd.DataFrame, model_dir: Path
-) -> dict:
-    """What is stored beside the weights as metrics.json (and in the model card): scores, data, recipe,
-    and the lexical half as trained (blend weight and temperature, or why it is missing)."""
-    return {
-        "version": outcome.challenger_version,
-        "accuracy": outcome.challenger.accuracy,
-        "macro_f1": outcome.challenger.macro_f1,
-        "evaluation": outcome.challenger.model_dump(),
-        "new_data_evaluation": outcome.challenger_new_data.model_dump()
-        if outcome.challenger_new_data
-        else None,
-        "dataset_version": outcome.dataset_version,
-        "base_model": settings.base_model,
-        "base_model_revision": settings.base_model_revision,
-        "training": settings.training.model_dump(),
-        "lexical_half": training_record(model_dir).get("lexical"),
-        "gate": settings.gate.model_dump(),
-        "lineage": lineage(curated),
-        "code_version": code_version(),
-        "library_versions": library_versions(),
-        "decision": {
-            "run_id": outcome.run_id,
-            "champion_version": outcome.champion_version,
-            "champion_accuracy": outcome.champion_accuracy,
-            "p_value": outcome.p_value,
-            "forced_reason": outcome.forced_reason,
-            "reasons": outcome.reasons,
-        },
-    }
-
-
-_OUTCOME_ATTRIBUTE = "retrain_outcome"
-
-
-def _attach_failed_outcome(error: Exception, outcome: RetrainOutcome) -> None:
+def _attach_failed_record(error: Exception, progress: RunProgress) -> None:
     # The exception is what Prefect keeps as the failed state's result, so the caller can read the
-    # outcome back from it (`failed_outcome`) while the run still ends Failed.
+    # record back from it (`failed_record`) while the run still ends Failed.
     message = str(error) or type(error).__name__
-    if outcome.status != "no-data":  # it failed after deciding (e.g. the notification): say what it decided
-        message = f"the run failed after its decision ({outcome.status}): {message}"
-    outcome.status = "validation-failed" if isinstance(error, ValidationFailedError) else "failed"
-    outcome.reasons.append(message)
-    setattr(error, _OUTCOME_ATTRIBUTE, outcome)  # every exception instance has a __dict__
+    status = "validation-failed" if isinstance(error, ValidationFailedError) else "failed"
+    if progress.final is None:
+        record = progress.record(status, [message])
+    else:  # it failed after deciding (e.g. the notification): say what it decided
+        message = f"the run failed after its decision ({progress.final.status}): {message}"
+        record = progress.final.model_copy(
+            update={"status": status, "reasons": [*progress.final.reasons, message]}
+        )
+    setattr(error, _RECORD_ATTRIBUTE, record)  # every exception instance has a __dict__
 
 
-def _entry(result: ValidatedBatch, run_id: str):
+def _manifest_entry(result: ValidatedBatch, run_id: str):
     return manifest_entry(
         rows=result.rows,
         accepted=len(result.accepted),
         etag=result.etag,
         run_id=run_id,
         merged=len(result.merged),
-    )
-
-
-def _count_ingestion(
-    outcome: RetrainOutcome, validated: list[ValidatedBatch], dataset_version: str | None
-) -> None:
-    outcome.batches_ingested = len(validated)
-    outcome.rows_accepted = sum(len(result.accepted) for result in validated)
-    outcome.rows_merged = sum(len(result.merged) for result in validated)
-    outcome.rows_quarantined = sum(
-        result.rows - len(result.accepted) - len(result.merged) for result in validated
-    )
-    outcome.problems = [problem for result in validated for problem in result.problems]
-    outcome.dataset_version = dataset_version
-
-
-def _decision_record(outcome: RetrainOutcome, pointer: ProductionPointer | None) -> DecisionRecord:
-    return DecisionRecord(
-        run_id=outcome.run_id,
-        decided_at=datetime.now(UTC),
-        action=outcome.status,
-        dataset_version=outcome.dataset_version,
-        candidate_version=outcome.challenger_version,
-        candidate_accuracy=outcome.challenger_accuracy,
-        champion_version=outcome.champion_version,
-        champion_accuracy=outcome.champion_accuracy,
-        p_value=outcome.p_value,
-        forced_reason=outcome.forced_reason,
-        production_version=outcome.production_version,
-        previous_production=pointer.version if pointer else None,
-        reasons=outcome.reasons,
     )

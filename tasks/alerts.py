@@ -6,9 +6,9 @@ Delivery failures are raised and logged loudly, never swallowed: a silent alert 
 from prefect.blocks.core import Block
 from prefect.events import emit_event
 
+from retrainer.core.validation import ValidatedBatch
 from retrainer.logs import run_logger
 from tasks.common import once_task
-from tasks.validate import ValidatedBatch
 
 VALIDATION_FAILED_EVENT = "retrainer.validation.failed"
 RESOURCE_PREFIX = "ticket-retrainer.batch."

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from retrainer.core.training import checkpoint_step
 from retrainer.logs import run_logger
 from retrainer.storage import ObjectStore
 from tasks.common import read_task
@@ -24,7 +25,8 @@ STATE_FILE = "trainer_state.json"
 
 @dataclass(frozen=True)
 class CheckpointSync:
-    """Where one training configuration keeps its checkpoints in S3."""
+    """Where one training configuration keeps its checkpoints in S3 (the core's
+    `retrainer.core.training.Checkpoints`)."""
 
     store: ObjectStore
     prefix: str
@@ -66,11 +68,6 @@ class _UploadCheckpoints(TrainerCallback):
         self.sync.store.put(
             self.sync.prefix + LATEST, json.dumps(marker).encode(), content_type="application/json"
         )
-
-
-def checkpoint_step(name: str | Path) -> int:
-    """The training step a Trainer checkpoint folder (``checkpoint-<step>``) was saved at."""
-    return int(Path(name).name.split("-")[1])
 
 
 def _relocate_best_checkpoint(state_file: Path, local_dir: Path) -> None:

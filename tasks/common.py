@@ -1,9 +1,14 @@
-"""How plain functions become Prefect tasks: one policy for retries, stated once."""
+"""How plain functions become Prefect tasks: one policy for retries, stated once; and how what the ML core
+logs reaches the run log."""
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
+
+from retrainer.logs import run_logger
 
 READ_RETRY_DELAYS_S = [1, 5, 15]
 
@@ -23,3 +28,29 @@ def read_task(fn: Callable, name: str) -> Task:
 def once_task(fn: Callable, name: str) -> Task:
     """A task that runs once: writes whose retry could hide a lost race, and compute (training)."""
     return task(fn, name=name, cache_policy=NO_CACHE)
+
+
+class _ToRunLog(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        run_logger().log(record.levelno, record.getMessage(), exc_info=record.exc_info)
+
+
+@contextmanager
+def core_logs_in_run_log() -> Iterator[None]:
+    """While the block runs, what `retrainer.core` logs goes to `run_logger()`: the current run's log
+    (the core logs to the standard `logging` and knows nothing of Prefect).
+
+    Every level is handed over and the run logger applies its own, as if the core had called it. The
+    records do not propagate meanwhile, so a line is shown once, as the run's.
+    """
+    core = logging.getLogger("retrainer.core")
+    handler, level, propagate = _ToRunLog(), core.level, core.propagate
+    core.addHandler(handler)
+    core.setLevel(logging.DEBUG)
+    core.propagate = False
+    try:
+        yield
+    finally:
+        core.removeHandler(handler)
+        core.setLevel(level)
+        core.propagate = propagate

@@ -26,7 +26,6 @@ import itertools
 import json
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -35,14 +34,13 @@ import pyarrow
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
+from retrainer.core.batches import PARSE_ERROR, ROW_NUMBER, LoadedBatch
+from retrainer.core.text import join_title
 from retrainer.settings import IngestSettings
 from retrainer.storage import ObjectInfo, ObjectStore
-from retrainer.text import join_title
 from tasks.common import once_task, read_task
 
 MANIFEST_NAME = "manifest.json"
-PARSE_ERROR = "_parse_error"
-ROW_NUMBER = "_row"
 CSV_SUFFIXES = (".csv",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
@@ -85,17 +83,6 @@ class Manifest(BaseModel):
     objects: dict[str, ManifestEntry] = Field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class LoadedBatch:
-    """A batch object read from S3: parsed rows, or the reason it could not be parsed."""
-
-    key: str
-    etag: str
-    raw: bytes
-    frame: pd.DataFrame | None
-    error: str | None
-
-
 def manifest_key(store: ObjectStore) -> str:
     """Where the manifest lives."""
     return store.settings.state_prefix + MANIFEST_NAME
@@ -126,11 +113,17 @@ def load_batch(store: ObjectStore, info: ObjectInfo, settings: IngestSettings) -
         error = f"{info.key}: object is {info.size} bytes, over the limit of {settings.max_object_bytes}"
         return LoadedBatch(key=info.key, etag=info.etag, raw=b"", frame=None, error=error)
     raw, etag = store.get(info.key)
+    return parsed_batch(info.key, etag, raw, settings)
+
+
+def parsed_batch(key: str, etag: str, raw: bytes, settings: IngestSettings) -> LoadedBatch:
+    """The batch in the bytes of object `key`: its parsed rows, or the error that names why it cannot be
+    read (no S3 involved: what `load_batch` does with the bytes it downloaded)."""
     try:
-        frame = parse_batch(raw, info.key, settings.column_aliases, settings.max_decompressed_bytes)
+        frame = parse_batch(raw, key, settings.column_aliases, settings.max_decompressed_bytes)
     except BatchFormatError as error:
-        return LoadedBatch(key=info.key, etag=etag, raw=raw, frame=None, error=str(error))
-    return LoadedBatch(key=info.key, etag=etag, raw=raw, frame=frame, error=None)
+        return LoadedBatch(key=key, etag=etag, raw=raw, frame=None, error=str(error))
+    return LoadedBatch(key=key, etag=etag, raw=raw, frame=frame, error=None)
 
 
 def load_batches(store: ObjectStore, infos: list[ObjectInfo], settings: IngestSettings) -> list[LoadedBatch]:

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from retrainer.records import SMOKE_PASSED, DecisionRecord, ProductionPointer
 from retrainer.storage import ObjectStore, PreconditionFailedError
 from tasks.common import once_task, read_task
 
@@ -24,11 +25,6 @@ HISTORY_FOLDER = "history/"
 METRICS_FILE = "metrics.json"
 WEIGHTS_FILE = "model.safetensors"
 
-Action = Literal["promoted", "forced", "kept", "lost-race", "smoke-failed", "rolled-back"]
-PRODUCTION_CHANGES: frozenset[str] = frozenset({"promoted", "forced", "rolled-back"})
-# Decisions taken only after the candidate passed its smoke test (lost-race: passed, then lost the flip;
-# rolled-back: the target was checked to be servable before the flip).
-SMOKE_PASSED: frozenset[str] = frozenset({"promoted", "forced", "lost-race", "rolled-back"})
 VersionStatus = Literal["production", "servable", "smoke-failed", "interrupted"]
 
 
@@ -42,36 +38,6 @@ class NoProductionModelError(RegistryError, LookupError):
 
 class UnknownVersionError(RegistryError, FileNotFoundError):
     """No published model version has that id."""
-
-
-class ProductionPointer(BaseModel):
-    """Which model version serves production, since when, and how it got there."""
-
-    version: str
-    accuracy: float | None
-    dataset_version: str | None
-    promoted_at: datetime
-    run_id: str
-    action: Action = "promoted"
-    previous_version: str | None = None
-
-
-class DecisionRecord(BaseModel):
-    """One decision about production, as kept in the history."""
-
-    run_id: str
-    decided_at: datetime
-    action: Action
-    dataset_version: str | None
-    candidate_version: str | None
-    candidate_accuracy: float | None = None
-    champion_version: str | None = None
-    champion_accuracy: float | None = None
-    p_value: float | None = None
-    forced_reason: str | None = None
-    production_version: str | None = None
-    previous_production: str | None = None
-    reasons: list[str]
 
 
 class VersionSummary(BaseModel):
@@ -193,20 +159,20 @@ def smoke_verdicts(history: list[DecisionRecord]) -> dict[str, VersionStatus]:
     """What the history proves about each version's smoke test: "servable" or "smoke-failed".
 
     A version the history does not name never got a decision: its run was interrupted after the
-    upload. A version that served production (``production_version``/``previous_production``) passed its
+    upload. A version that served production (``production_version``/``previous_version``) passed its
     smoke test even if its own record is missing (a crash between flip and record), because the pointer
     only ever moves to a smoke-tested or servable version. A failed smoke test wins over anything else.
     """
     verdicts: dict[str, VersionStatus] = {}
     for record in history:
-        for served in (record.production_version, record.previous_production):
+        for served in (record.production_version, record.previous_version):
             if served:
                 verdicts.setdefault(served, "servable")
-        if record.candidate_version and record.action in SMOKE_PASSED:
-            verdicts.setdefault(record.candidate_version, "servable")
+        if record.challenger_version and record.action in SMOKE_PASSED:
+            verdicts.setdefault(record.challenger_version, "servable")
     for record in history:
-        if record.candidate_version and record.action == "smoke-failed":
-            verdicts[record.candidate_version] = "smoke-failed"
+        if record.challenger_version and record.action == "smoke-failed":
+            verdicts[record.challenger_version] = "smoke-failed"
     return verdicts
 
 
@@ -287,7 +253,7 @@ def _previous_of(history: list[DecisionRecord], version: str) -> str | None:
     """What production was before `version` was promoted (following promotions, not rollbacks)."""
     for record in reversed(history):
         if record.production_version == version and record.action in ("promoted", "forced"):
-            return record.previous_production
+            return record.previous_version
     return None
 
 
@@ -313,10 +279,10 @@ def _rollback_record(pointer: ProductionPointer, replaced: str, reason: str) -> 
         decided_at=pointer.promoted_at,
         action="rolled-back",
         dataset_version=pointer.dataset_version,
-        candidate_version=pointer.version,
-        candidate_accuracy=pointer.accuracy,
+        challenger_version=pointer.version,
+        challenger_accuracy=pointer.accuracy,
         production_version=pointer.version,
-        previous_production=replaced,
+        previous_version=replaced,
         reasons=[f"rolled back from {replaced} to {pointer.version}: {reason}"],
     )
 

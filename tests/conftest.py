@@ -1,4 +1,5 @@
-"""Shared fixtures: a real SeaweedFS over HTTP, a real Prefect API, and a tiny random BERT."""
+"""Shared fixtures: a real SeaweedFS over HTTP, a real Prefect API, a tiny random BERT, and the demo's
+run (once per session)."""
 
 import os
 import uuid
@@ -6,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from retrainer.resources import Resources
 from retrainer.seaweed import LocalS3
-from retrainer.settings import S3Settings
+from retrainer.settings import RetrainerSettings, S3Settings
 from retrainer.storage import ObjectStore
+from tests.demo_run import DemoRun, run_short_demo
 
 TEST_ACCESS_KEY = "retrainer-test"
 TEST_SECRET_KEY = "retrainer-test-secret"
@@ -22,6 +25,7 @@ MARK_BY_FIXTURE = {
     "prefect_api": "prefect",
     "tiny_model_dir": "training",  # the base model fine-tuned by the tests that train
     "retrain_env": "training",  # the retrain flow's environment: the flow fine-tunes the tiny BERT
+    "demo_run": "training",  # `retrainer demo` fine-tunes the packaged MiniLM (on servers of its own)
 }
 
 
@@ -79,14 +83,32 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> DemoRun:
+    """`retrainer demo` (short recipe), run once per session: it trains the packaged MiniLM for real.
+
+    It starts its own SeaweedFS and Prefect and trains: tests using it are marked s3, prefect and
+    training in their modules. A failed demo is returned, not raised: the demo test reports its output.
+    """
+    return run_short_demo(tmp_path_factory.mktemp("demo-run"))
+
+
 @pytest.fixture
 def retrain_env(monkeypatch, s3_settings, tiny_model_dir, tmp_path, prefect_api) -> S3Settings:
-    """Environment for the retrain flow: this test's bucket, the tiny base model, a scratch dir."""
+    """Environment for a retrain flow that reads it at its entrypoint (a subprocess, a deployment run, the
+    CLI): this test's bucket, the tiny base model, a scratch dir. In-process runs take `run_resources`."""
     monkeypatch.setenv("RETRAINER_S3__ENDPOINT_URL", s3_settings.endpoint_url)
     monkeypatch.setenv("RETRAINER_S3__BUCKET", s3_settings.bucket)
     monkeypatch.setenv("RETRAINER_BASE_MODEL", str(tiny_model_dir))
     monkeypatch.setenv("RETRAINER_WORK_DIR", str(tmp_path / "work"))
     return s3_settings
+
+
+@pytest.fixture
+def run_resources(s3_settings, store, tiny_model_dir, tmp_path, prefect_api) -> Resources:
+    """What an in-process retrain run is given: this test's bucket, the tiny base model, a scratch dir."""
+    settings = RetrainerSettings(s3=s3_settings, base_model=str(tiny_model_dir), work_dir=tmp_path / "work")
+    return Resources(settings, store)
 
 
 @pytest.fixture

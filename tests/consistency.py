@@ -1,11 +1,11 @@
 """What must hold in a bucket after any fault: the invariants the fault-injection suite checks."""
 
+from retrainer.records import PRODUCTION_CHANGES
 from retrainer.storage import ObjectStore
 from tasks.dataset import read_curated
 from tasks.ingest import read_manifest
 from tasks.registry import (
     METRICS_FILE,
-    PRODUCTION_CHANGES,
     WEIGHTS_FILE,
     read_history,
     read_production_pointer,
@@ -35,7 +35,7 @@ def assert_pointer_matches_history(store: ObjectStore) -> None:
     previous = None
     for record in read_history(store):
         if record.action in PRODUCTION_CHANGES:
-            assert record.previous_production == previous, f"fork in the history at {record.run_id}"
+            assert record.previous_version == previous, f"fork in the history at {record.run_id}"
             previous = record.production_version
     assert (pointer.version if pointer else None) == previous
     if pointer is not None:

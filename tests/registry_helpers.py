@@ -3,10 +3,9 @@
 from datetime import UTC, datetime
 from pathlib import Path
 
+from retrainer.records import DecisionRecord, ProductionPointer
 from retrainer.storage import ObjectStore
 from tasks.registry import (
-    DecisionRecord,
-    ProductionPointer,
     flip_production_pointer,
     publish_model,
     read_production_pointer,
@@ -45,9 +44,9 @@ def decision(
         decided_at=datetime.now(UTC),
         action=action,
         dataset_version="ds",
-        candidate_version=candidate,
+        challenger_version=candidate,
         production_version=production,
-        previous_production=previous,
+        previous_version=previous,
         reasons=["test"],
     )
 

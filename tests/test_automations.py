@@ -46,12 +46,10 @@ def test_validation_failure_and_failed_run_reach_the_receiver_through_automation
         created = _run(env, "-c", CREATE_BLOCK, receiver.url)
         assert created.returncode == 0, created.stderr
         for _ in range(2):  # applying twice must not duplicate anything
-            applied = _run(
-                env, "-m", "retrainer.cli", "alerts", "apply", "--block", "custom-webhook/ops-alerts"
-            )
+            applied = _run(env, "-m", "app.cli", "alerts", "apply", "--block", "custom-webhook/ops-alerts")
             assert applied.returncode == 0, applied.stderr
 
-        run = _run(env, "-m", "retrainer.cli", "run")
+        run = _run(env, "-m", "app.cli", "run")
         assert run.returncode != 0 and "missing required column(s) text" in run.stderr
 
         deadline = time.monotonic() + 60

@@ -7,11 +7,11 @@ import pytest
 from prefect.states import State
 
 from flows.retrain import retrain
+from retrainer.core.validation import ValidationFailedError, validate_batches
 from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import IngestSettings, ValidationPolicy
 from retrainer.storage import ObjectStore
 from tasks.ingest import load_batches, read_manifest
-from tasks.validate import ValidationFailedError, validate_batches
 
 CORPUS = Path(__file__).parent / "data" / "malformed"
 HUGE_FIELD = "huge-field.csv"  # 10 MB in one field: generated, not committed
@@ -107,12 +107,12 @@ def test_quoted_newlines_parse_into_the_right_rows(store):
     assert batch.accepted["text"][1] == 'Please add "dark" mode,\nthanks'
 
 
-def test_a_run_over_the_corpus_fails_cleanly_ingests_the_good_file_and_loses_no_row(flow_store_env):
-    store = flow_store_env
+def test_a_run_over_the_corpus_fails_cleanly_ingests_the_good_file_and_loses_no_row(run_resources):
+    store = run_resources.store
     _upload_corpus(store)
     store.put("incoming/good.csv", tickets_to_csv(generate_tickets(90, seed=3, id_prefix="good")))
 
-    state: State = retrain(return_state=True)
+    state: State = retrain(resources=run_resources, return_state=True)
 
     assert state.is_failed()
     with pytest.raises(ValidationFailedError) as failure:

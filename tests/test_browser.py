@@ -65,7 +65,7 @@ def test_a_custom_run_from_the_ui_completes_and_publishes(chromium, flow_store_e
     with PrefectServer(tmp_path / "prefect") as server:
         env = {**server.environment(), "RETRAINER_CHECKOUT_DIR": str(ROOT)}
         for command in (
-            ["-m", "retrainer.cli", "setup"],
+            ["-m", "app.cli", "setup"],
             ["-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"],
         ):
             subprocess.run(

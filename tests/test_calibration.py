@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from retrainer.calibration import (
+from retrainer.core.calibration import (
     MAX_TEMPERATURE,
     MIN_CALIBRATION_ROWS,
     MIN_TEMPERATURE,

@@ -190,7 +190,7 @@ def test_two_runs_at_once_curate_each_row_once_and_flip_the_pointer_from_one_sta
     promotions_from_nothing = [
         record
         for record in read_history(chaos_store)
-        if record.action == "promoted" and record.previous_production is None
+        if record.action == "promoted" and record.previous_version is None
     ]
     assert len(promotions_from_nothing) == 1
 

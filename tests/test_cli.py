@@ -1,31 +1,15 @@
 """The `retrainer` command as a user runs it (a subprocess, against SeaweedFS)."""
 
-import os
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
 
 from flows.retrain import retrain
-from retrainer import LABELS
+from retrainer.core.labels import LABELS
 from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import GatePolicy, TrainingConfig
 from retrainer.storage import ObjectStore
 from tasks.registry import read_history, read_production_pointer
-
-
-def _retrainer(*args: str, cwd, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "retrainer.cli", *args]
-    return subprocess.run(
-        command,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+from tests.demo_run import DemoRun, run_retrainer
 
 
 @pytest.fixture
@@ -46,23 +30,23 @@ def two_versions(retrain_env):
 def test_models_list_rollback_predict_and_score(two_versions, tmp_path):
     store, first, second = two_versions
 
-    listed = _retrainer("models", "list", cwd=tmp_path)
+    listed = run_retrainer("models", "list", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert f"* {second}" in listed.stdout and f"  {first}" in listed.stdout
 
-    predicted = _retrainer("predict", "The app crashes on save", "Please add dark mode", cwd=tmp_path)
+    predicted = run_retrainer("predict", "The app crashes on save", "Please add dark mode", cwd=tmp_path)
     assert predicted.returncode == 0, predicted.stderr
     assert f"model {second}" in predicted.stdout
     assert all(line.split()[0] in LABELS for line in predicted.stdout.splitlines()[1:])
 
     (tmp_path / "tickets.csv").write_bytes(tickets_to_csv(generate_tickets(20, seed=9)))
-    scored = _retrainer("score", "tickets.csv", cwd=tmp_path)
+    scored = run_retrainer("score", "tickets.csv", cwd=tmp_path)
     assert scored.returncode == 0, scored.stderr
     result = pd.read_csv(tmp_path / "tickets.scored.csv")
     assert len(result) == 20 and set(result["predicted_label"]) <= set(LABELS)
     assert result["confidence"].between(0, 1).all() and set(result["model_version"]) == {second}
 
-    rolled = _retrainer("rollback", "--reason", "canary complaints", cwd=tmp_path)
+    rolled = run_retrainer("rollback", "--reason", "canary complaints", cwd=tmp_path)
     assert rolled.returncode == 0, rolled.stderr
     assert read_production_pointer(store)[0].version == first
     assert read_history(store)[-1].reasons == [f"rolled back from {second} to {first}: canary complaints"]
@@ -71,14 +55,14 @@ def test_models_list_rollback_predict_and_score(two_versions, tmp_path):
 def test_score_names_a_missing_text_column(two_versions, tmp_path):
     (tmp_path / "bad.csv").write_text("id,body\n1,crash\n")
 
-    result = _retrainer("score", "bad.csv", cwd=tmp_path)
+    result = run_retrainer("score", "bad.csv", cwd=tmp_path)
 
     assert result.returncode == 2
     assert "bad.csv: no column 'text' (found: id, body)" in result.stderr
 
 
 def test_generate_tickets_writes_a_valid_batch(tmp_path):
-    result = _retrainer("generate-tickets", "batch.csv", "--count", "30", "--seed", "4", cwd=tmp_path)
+    result = run_retrainer("generate-tickets", "batch.csv", "--count", "30", "--seed", "4", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
     tickets = pd.read_csv(tmp_path / "batch.csv")
@@ -88,26 +72,13 @@ def test_generate_tickets_writes_a_valid_batch(tmp_path):
 @pytest.mark.s3  # `retrainer demo` starts SeaweedFS, a Prefect server and trains, all of its own
 @pytest.mark.prefect
 @pytest.mark.training
-def test_demo_runs_both_cycles_on_the_packaged_model(tmp_path):
-    # The packaged model for real, with the short recipe of two epochs: the full eight take ~3 min more
-    # here and test nothing else (`make demo` runs them).
-    short_recipe = {"RETRAINER_TRAINING__NUM_TRAIN_EPOCHS": "2", "RETRAINER_TRAINING__AVERAGE_SHARE": "0"}
-    result = _retrainer(
-        "demo",
-        "--workdir",
-        "demo",
-        "--first-batch",
-        "150",
-        "--second-batch",
-        "60",
-        cwd=tmp_path,
-        env=short_recipe,
-    )
+def test_demo_runs_both_cycles_on_the_packaged_model(demo_run: DemoRun):
+    result = demo_run.result
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "cycle 1: PROMOTED" in result.stdout
     assert "cycle 2: " in result.stdout and "both scored on the same" in result.stdout
     assert "2 quarantined" in result.stdout
-    assert (tmp_path / "demo" / "reports" / "cycle-2.md").is_file()
-    production = list((tmp_path / "demo" / "production-model").iterdir())
+    assert (demo_run.workdir / "reports" / "cycle-2.md").is_file()
+    production = demo_run.production_models()
     assert len(production) == 1 and (production[0] / "model.safetensors").is_file()

@@ -16,8 +16,8 @@ import psutil
 import pytest
 
 import tasks.registry as registry
-from retrainer import cli
-from retrainer.settings import S3Settings
+from app import cli
+from retrainer.settings import CLI_ENVIRONMENT_DEFAULTS, S3Settings
 from retrainer.storage import BucketNotFoundError, ObjectStore
 from tasks.registry import read_production_pointer
 from tests.registry_helpers import promote, publish_fake_version
@@ -26,7 +26,7 @@ from tests.registry_helpers import promote, publish_fake_version
 @pytest.fixture(autouse=True)
 def _restore_cli_environment(monkeypatch):
     """`main` sets quiet defaults in os.environ; setting them here first makes the test undo them."""
-    for name, value in cli._CLI_ENVIRONMENT.items():
+    for name, value in CLI_ENVIRONMENT_DEFAULTS.items():
         monkeypatch.setenv(name, os.environ.get(name, value))
 
 
@@ -180,7 +180,7 @@ def test_a_killed_run_takes_its_ephemeral_prefect_server_with_it(store, tmp_path
     }
     env.pop("PREFECT_API_URL", None)  # the ephemeral server is what is tested
     parent = subprocess.Popen(
-        [sys.executable, "-m", "retrainer.cli", "run"],
+        [sys.executable, "-m", "app.cli", "run"],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,

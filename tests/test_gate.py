@@ -2,10 +2,11 @@
 
 import pytest
 
-from retrainer import LABELS
+from retrainer.core.evaluation import ModelEvaluation
+from retrainer.core.gate import decide_promotion, mcnemar_exact_p_value
+from retrainer.core.labels import LABELS
+from retrainer.core.scoring import evaluation_report
 from retrainer.settings import GatePolicy
-from tasks.evaluate import ModelEvaluation, evaluation_report
-from tasks.gate import decide_promotion, mcnemar_exact_p_value
 
 BUG, FEATURE, INQUIRY = range(3)
 

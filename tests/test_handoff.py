@@ -20,7 +20,7 @@ from prefect.client.schemas.objects import StateType, WorkerStatus
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL
 
-from flows.retrain import failed_outcome, retrain
+from flows.retrain import failed_record, retrain
 from retrainer.samples import generate_tickets, tickets_to_csv
 from tasks.handoff import (
     FineTuneNotStartedError,
@@ -94,7 +94,7 @@ def test_with_no_live_worker_the_retrain_run_warns_at_once_then_fails_and_cancel
     assert fine_tune_run.state.type == StateType.CANCELLED
     waited_s = (fine_tune_run.state.timestamp - fine_tune_run.created).total_seconds()
     assert START_TIMEOUT_S <= waited_s <= START_TIMEOUT_S + 5
-    retrain_run_id = failed_outcome(raised.value).run_id
+    retrain_run_id = failed_record(raised.value).run_id
     [warning] = _run_warnings(retrain_run_id, f"no live worker in work pool '{pool}'")
     assert deployment in warning.message and f"waiting up to {START_TIMEOUT_S} s" in warning.message
     assert (warning.timestamp - fine_tune_run.created).total_seconds() < 15  # at once, not after the wait

@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import subprocess
+import tomllib
 import urllib.request
 from typing import Any
 
@@ -196,7 +197,13 @@ def test_dockerfile_copies_only_what_its_dockerignore_lets_in():
     allowed = {pattern[1:].rstrip("/") for pattern in patterns if pattern.startswith("!")}
     copies = [args.split()[:-1] for kind, args in dockerfile_instructions() if kind == "COPY"]
     sources = {source.rstrip("/") for group in copies for source in group}
-    assert sources == allowed == {"pyproject.toml", "README.md", "retrainer", "flows", "tasks"}
+    # Every package the wheel installs (pyproject's package list), and the two files its build reads.
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert (
+        sources
+        == allowed
+        == {"pyproject.toml", "README.md", *(name.rstrip("*") for name in packages["include"])}
+    )
     assert all((ROOT / source).exists() for source in sources)
 
 

@@ -15,9 +15,10 @@ import zlib
 import pandas as pd
 import pytest
 
+from retrainer.core.validation import validate_batches
 from retrainer.settings import IngestSettings, ValidationPolicy
 from tasks.ingest import BatchFormatError, load_batches, parse_batch
-from tasks.validate import quarantine_batch, validate_batches
+from tasks.validate import quarantine_batch
 
 MiB = 2**20
 HEADER = "ticket_id,text,label\n"

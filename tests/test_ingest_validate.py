@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 
+from retrainer.core.validation import validate_batches
 from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import IngestSettings, ValidationPolicy
 from retrainer.storage import PreconditionFailedError
@@ -20,7 +21,7 @@ from tasks.ingest import (
     read_manifest,
     record_batches,
 )
-from tasks.validate import quarantine_batch, validate_batches
+from tasks.validate import quarantine_batch
 
 LENIENT = ValidationPolicy(max_bad_row_share=1.0)
 ALIASES = IngestSettings().label_aliases

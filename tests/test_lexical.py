@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from retrainer import LABELS, lexical
-from retrainer.lexical import SETTINGS_FILE, LexicalModel, MissingLabelsError, fit_lexical_model
+from retrainer.core import lexical
+from retrainer.core.labels import LABEL_TO_ID, LABELS
+from retrainer.core.lexical import SETTINGS_FILE, LexicalModel, MissingLabelsError, fit_lexical_model
+from retrainer.core.scoring import load_lexical_half
+from retrainer.core.text import join_title
+from retrainer.report.model_card import lexical_note
 from retrainer.samples import generate_tickets
-from retrainer.text import join_title
-from tasks.evaluate import load_lexical_half
-from tasks.report import _lexical_note
-from tasks.train import LABEL_TO_ID
 
 # The NLBSE'24 tool competition's 1,500 labelled GitHub issues: not in this repository (its source,
 # https://github.com/nlbse2024/issue-report-classification, states no license), so the test that needs
@@ -158,10 +158,10 @@ def test_a_lexical_half_for_another_label_set_is_refused_at_scoring(tmp_path):
 
 
 def test_the_model_card_says_how_the_model_blends_or_why_it_does_not():
-    blended = _lexical_note({"blend_weight": 0.6, "transformer_temperature": 2.314, "texts": 9})
-    skipped = _lexical_note({"skipped": "no training texts labelled general_inquiry"})
+    blended = lexical_note({"blend_weight": 0.6, "transformer_temperature": 2.314, "texts": 9})
+    skipped = lexical_note({"skipped": "no training texts labelled general_inquiry"})
 
     assert "logits divided by 2.31, the temperature fitted on the validation split" in blended[1]
     assert "with 0.6 of a TF-IDF" in blended[1]
     assert skipped[1] == r"Published without its lexical half: no training texts labelled general\_inquiry."
-    assert _lexical_note(None) == []  # lexical_weight 0: a transformer alone, nothing to say
+    assert lexical_note(None) == []  # lexical_weight 0: a transformer alone, nothing to say

@@ -125,7 +125,7 @@ def test_the_compose_topology_trains_on_the_gpu_pool_alerts_survives_a_restart_a
 ):
     with Receiver() as receiver:
         shell = operator(stack, receiver)
-        setup = run_as_operator(["retrainer.cli", "setup", "--create-bucket"], shell)
+        setup = run_as_operator(["app.cli", "setup", "--create-bucket"], shell)
         assert "created bucket" in setup and "created work pool 'gpu'" in setup
         run_as_operator(
             ["prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], shell

@@ -114,7 +114,7 @@ def test_rollback_walks_back_the_promotion_lineage_and_is_recorded(store, tmp_pa
     history = read_history(store)
     assert [record.action for record in history[-3:]] == ["rolled-back"] * 3
     assert "bad predictions on billing tickets" in history[3].reasons[0]
-    assert last_gate_decision(store).candidate_version == "m-3"  # rollbacks are not gate decisions
+    assert last_gate_decision(store).challenger_version == "m-3"  # rollbacks are not gate decisions
 
 
 def test_rollback_refuses_unknown_current_and_smoke_failed_targets(store, tmp_path):

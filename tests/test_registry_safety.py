@@ -6,11 +6,13 @@ import shutil
 import pytest
 
 import tasks.registry as registry
-from flows.retrain import Run, smoke_and_flip
-from retrainer import LABELS
-from retrainer.settings import GatePolicy, load_settings
+from flows.retrain import smoke_and_flip
+from retrainer.core.labels import LABELS
+from retrainer.records import RunRecord
+from retrainer.resources import Resources
+from retrainer.run_steps import Production
+from retrainer.settings import GatePolicy
 from retrainer.storage import PreconditionFailedError
-from tasks.gate import Decision
 from tasks.registry import (
     RegistryError,
     list_versions,
@@ -20,7 +22,6 @@ from tasks.registry import (
     record_decision,
     rollback,
 )
-from tasks.report import RetrainOutcome
 from tests.registry_helpers import decision as _record
 from tests.registry_helpers import promote as _promote
 from tests.registry_helpers import publish_fake_version as _publish
@@ -114,24 +115,24 @@ def test_a_rollback_that_loses_the_pointer_race_changes_nothing_and_says_so(stor
 
 
 def test_a_lost_race_reports_the_version_that_is_really_in_production(
-    flow_store_env, tiny_model_dir, tmp_path
+    run_resources, tiny_model_dir, tmp_path
 ):
-    store = flow_store_env
+    store = run_resources.store
     for version in ("m-old", "m-winner", "m-loser"):
         _labelled_copy(tiny_model_dir, tmp_path / version)
         publish_model(store, tmp_path / version, version, {"accuracy": 0.5})
     _promote(store, "m-old", None)
     stale_pointer, stale_etag = read_production_pointer(store)  # what the losing run read at its start
     _promote(store, "m-winner", "m-old")  # another run flips first
-    settings = load_settings(gate=GatePolicy(min_canary_accuracy=0.0))  # a random model must pass smoke
-    outcome = RetrainOutcome(
+    settings = run_resources.settings.with_overrides(
+        gate=GatePolicy(min_canary_accuracy=0.0)
+    )  # a random model passes
+    gated = RunRecord(
         status="kept", run_id="run-loser", challenger_version="m-loser", production_version="m-old"
     )
 
-    smoke_and_flip(
-        Run(store, settings, outcome, stale_pointer, stale_etag),
-        tmp_path / "m-loser",
-        Decision(promote=True, reasons=["test"]),
+    outcome = smoke_and_flip(
+        Resources(settings, store), gated, tmp_path / "m-loser", Production(stale_pointer, stale_etag), []
     )
 
     assert outcome.status == "lost-race", outcome.reasons

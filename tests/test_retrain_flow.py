@@ -12,16 +12,18 @@ from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, ArtifactFilterType
 
-from flows.retrain import Run, retrain, smoke_and_flip
-from retrainer import LABELS
+from flows.retrain import retrain, smoke_and_flip
+from retrainer.core.labels import LABELS
+from retrainer.core.scoring import predict_label_ids
+from retrainer.records import RunRecord
+from retrainer.resources import Resources
+from retrainer.run_steps import Production
 from retrainer.samples import generate_tickets, tickets_to_csv
-from retrainer.settings import GatePolicy, TrainingConfig, load_settings
+from retrainer.settings import GatePolicy, TrainingConfig
 from retrainer.storage import ObjectStore
-from tasks.evaluate import predict_label_ids
-from tasks.gate import Decision
 from tasks.ingest import read_manifest
 from tasks.registry import fetch_model, list_versions, publish_model, read_history, read_production_pointer
-from tasks.report import DECISION_ARTIFACT_KEY, RetrainOutcome
+from tasks.report import DECISION_ARTIFACT_KEY
 from tests.http_receiver import Receiver
 
 LEARNS = TrainingConfig(learning_rate=5e-3, num_train_epochs=4)
@@ -31,15 +33,13 @@ NO_RECALL_GUARD = GatePolicy(max_recall_drop=1.0)  # a random champion can have 
 
 
 @pytest.fixture
-def flow_store(retrain_env) -> ObjectStore:
-    store = ObjectStore(retrain_env)
-    store.ensure_bucket()
-    return store
+def flow_store(run_resources) -> ObjectStore:
+    return run_resources.store
 
 
 @pytest.fixture
-def webhook(monkeypatch):
-    """A real HTTP receiver behind a saved CustomWebhookNotificationBlock named in the settings."""
+def webhook():
+    """A real HTTP receiver behind a saved CustomWebhookNotificationBlock (`receiver.block` names it)."""
     block_name = f"alerts-{uuid.uuid4().hex[:8]}"
     with Receiver() as receiver:
         CustomWebhookNotificationBlock(
@@ -48,8 +48,13 @@ def webhook(monkeypatch):
             json_data={"subject": "{{subject}}", "text": "{{body}}"},
             allow_private_urls=True,
         ).save(block_name)
-        monkeypatch.setenv("RETRAINER_NOTIFICATION_BLOCK", f"custom-webhook/{block_name}")
+        receiver.block = f"custom-webhook/{block_name}"
         yield receiver
+
+
+def _notifying(resources: Resources, block: str) -> Resources:
+    """`resources` whose settings send each run's summary through the notification block `block`."""
+    return Resources(resources.settings.model_copy(update={"notification_block": block}), resources.store)
 
 
 def _drop_batch(store: ObjectStore, name: str, count: int, seed: int) -> None:
@@ -60,14 +65,16 @@ def _model_versions(store: ObjectStore) -> set[str]:
     return {row.version for row in list_versions(store)}
 
 
-def test_first_run_publishes_a_loadable_safetensors_model_with_card_and_reports(flow_store, tmp_path):
+def test_first_run_publishes_a_loadable_safetensors_model_with_card_and_reports(
+    flow_store, run_resources, tmp_path
+):
     _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
     mostly_good = "ticket_id,text,label\n" + "".join(
         f"X-{n},Crash number {n} on save,bug\n" for n in range(9)
     )
     flow_store.put("incoming/broken.csv", (mostly_good + "X-9,,bug\n").encode())  # 10% bad: under the limit
 
-    outcome = retrain(training=LEARNS)
+    outcome = retrain(resources=run_resources, training=LEARNS)
 
     assert outcome.status == "promoted"
     assert (outcome.batches_ingested, outcome.rows_accepted, outcome.rows_quarantined) == (2, 309, 1)
@@ -91,9 +98,9 @@ def test_first_run_publishes_a_loadable_safetensors_model_with_card_and_reports(
     assert _latest_progress() == 100.0  # the Trainer's progress reached the Prefect progress artifact
 
 
-def test_the_model_card_records_metrics_lineage_and_recipe(flow_store):
+def test_the_model_card_records_metrics_lineage_and_recipe(flow_store, run_resources):
     _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
-    outcome = retrain(training=LEARNS)
+    outcome = retrain(resources=run_resources, training=LEARNS)
 
     card = flow_store.get(f"models/{outcome.challenger_version}/README.md")[0].decode()
     header = yaml.safe_load(card.split("---\n")[1])
@@ -116,26 +123,29 @@ def test_the_model_card_records_metrics_lineage_and_recipe(flow_store):
     assert details["code_version"].startswith("0.1.0") and "torch" in details["library_versions"]
 
 
-def test_a_second_run_without_new_objects_ingests_nothing(flow_store):
+def test_a_second_run_without_new_objects_ingests_nothing(flow_store, run_resources):
     _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
-    first = retrain(training=LEARNS)
+    first = retrain(resources=run_resources, training=LEARNS)
     manifest_etag = read_manifest(flow_store)[1]
 
-    second = retrain(training=LEARNS)
+    second = retrain(resources=run_resources, training=LEARNS)
 
     assert second.status == "no-new-data"
     assert second.batches_ingested == 0 and second.challenger_version is None
     assert read_manifest(flow_store)[1] == manifest_etag
     assert _model_versions(flow_store) == {first.challenger_version}
+    # The injected resources are in Prefect's database by name only: no settings, no store client.
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(first.run_id).parameters["resources"] == "<Resources>"
 
 
-def test_a_worse_challenger_is_not_published_and_the_pointer_is_unchanged(flow_store):
+def test_a_worse_challenger_is_not_published_and_the_pointer_is_unchanged(flow_store, run_resources):
     _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
-    champion = retrain(training=LEARNS)
+    champion = retrain(resources=run_resources, training=LEARNS)
     pointer_before = read_production_pointer(flow_store)
     _drop_batch(flow_store, "batch-2.csv", 150, seed=2)
 
-    outcome = retrain(training=LEARNS_NOTHING)
+    outcome = retrain(resources=run_resources, training=LEARNS_NOTHING)
 
     assert outcome.status == "kept"
     assert outcome.batches_ingested == 1
@@ -150,12 +160,12 @@ def test_a_worse_challenger_is_not_published_and_the_pointer_is_unchanged(flow_s
     assert left == {outcome.run_id}  # the rejected challenger waits for the lifecycle rule; no checkpoints
 
 
-def test_a_better_challenger_is_published_and_the_old_version_is_kept(flow_store):
+def test_a_better_challenger_is_published_and_the_old_version_is_kept(flow_store, run_resources):
     _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
-    weak = retrain(training=LEARNS_NOTHING)
+    weak = retrain(resources=run_resources, training=LEARNS_NOTHING)
     _drop_batch(flow_store, "batch-2.csv", 150, seed=2)
 
-    outcome = retrain(training=LEARNS, gate=NO_RECALL_GUARD)
+    outcome = retrain(resources=run_resources, training=LEARNS, gate=NO_RECALL_GUARD)
 
     assert outcome.status == "promoted"
     assert outcome.challenger_accuracy > outcome.champion_accuracy
@@ -168,15 +178,18 @@ def test_a_better_challenger_is_published_and_the_old_version_is_kept(flow_store
     assert _model_versions(flow_store) == {weak.challenger_version, outcome.challenger_version}
 
 
-def test_a_forced_promotion_needs_a_reason_and_is_audited(flow_store):
+def test_a_forced_promotion_needs_a_reason_and_is_audited(flow_store, run_resources):
     _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
-    champion = retrain(training=LEARNS)
+    champion = retrain(resources=run_resources, training=LEARNS)
     _drop_batch(flow_store, "batch-2.csv", 150, seed=2)
     with pytest.raises(ValueError, match="force_reason"):
-        retrain(training=LEARNS_NOTHING, force=True)
+        retrain(resources=run_resources, training=LEARNS_NOTHING, force=True)
 
     outcome = retrain(
-        training=LEARNS_NOTHING, force=True, force_reason="incident 7: roll the new label set out"
+        resources=run_resources,
+        training=LEARNS_NOTHING,
+        force=True,
+        force_reason="incident 7: roll the new label set out",
     )
 
     assert outcome.status == "forced"
@@ -189,22 +202,26 @@ def test_a_forced_promotion_needs_a_reason_and_is_audited(flow_store):
     assert "FORCED" in record.reasons[0]
 
 
-def test_a_smoke_test_failure_blocks_publication(flow_store):
+def test_a_smoke_test_failure_blocks_publication(flow_store, run_resources):
     _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
     impossible = GatePolicy(min_canary_accuracy=1.0)  # a random model cannot get all canaries right
 
-    outcome = retrain(training=LEARNS_NOTHING, gate=impossible)
+    outcome = retrain(resources=run_resources, training=LEARNS_NOTHING, gate=impossible)
 
     assert outcome.status == "smoke-failed"
     assert read_production_pointer(flow_store) == (None, None)
     assert any("canary accuracy" in reason and "below the required" in reason for reason in outcome.reasons)
     assert read_history(flow_store)[-1].action == "smoke-failed"
-    assert retrain(training=LEARNS).status == "promoted"  # same data, no champion: the next run tries again
+    assert (
+        retrain(resources=run_resources, training=LEARNS).status == "promoted"
+    )  # same data, no champion: the next run tries again
 
 
-def test_a_crash_between_upload_and_flip_leaves_the_champion_and_the_next_run_works(flow_store, tmp_path):
+def test_a_crash_between_upload_and_flip_leaves_the_champion_and_the_next_run_works(
+    flow_store, run_resources, tmp_path
+):
     _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
-    champion = retrain(training=LEARNS)
+    champion = retrain(resources=run_resources, training=LEARNS)
     # A run that died after uploading (one complete version, one half-uploaded) but before the flip:
     orphan = shutil.copytree(
         fetch_model(flow_store, champion.challenger_version, tmp_path / "c"), tmp_path / "o"
@@ -215,33 +232,34 @@ def test_a_crash_between_upload_and_flip_leaves_the_champion_and_the_next_run_wo
     assert read_production_pointer(flow_store)[0].version == champion.challenger_version
 
     _drop_batch(flow_store, "batch-2.csv", 150, seed=2)
-    outcome = retrain(training=LEARNS, gate=NO_RECALL_GUARD)
+    outcome = retrain(resources=run_resources, training=LEARNS, gate=NO_RECALL_GUARD)
 
     assert outcome.status in {"promoted", "kept"}
     assert outcome.champion_version == champion.challenger_version
     assert "m-orphan-partial" not in _model_versions(flow_store)
 
 
-def test_the_decision_summary_is_sent_through_the_configured_notification_block(flow_store, webhook):
+def test_the_decision_summary_is_sent_through_the_configured_notification_block(
+    flow_store, run_resources, webhook
+):
     _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
 
-    outcome = retrain(training=LEARNS)
+    outcome = retrain(resources=_notifying(run_resources, webhook.block), training=LEARNS)
 
     [payload] = webhook.payloads
     assert payload["subject"] == f"ticket-retrainer: promoted (run {outcome.run_id})"
     assert f"{outcome.challenger_accuracy:.4f}" in payload["text"] and "no champion yet" in payload["text"]
 
 
-def test_a_notification_that_cannot_be_delivered_fails_the_run_loudly(flow_store, monkeypatch):
+def test_a_notification_that_cannot_be_delivered_fails_the_run_loudly(flow_store, run_resources):
     _drop_batch(flow_store, "batch-1.csv", 60, seed=1)
     with Receiver() as closed:
         url = closed.url  # the port is closed once the receiver stops
     block_name = f"alerts-{uuid.uuid4().hex[:8]}"
     CustomWebhookNotificationBlock(name="retrainer", url=url, allow_private_urls=True).save(block_name)
-    monkeypatch.setenv("RETRAINER_NOTIFICATION_BLOCK", f"custom-webhook/{block_name}")
 
     with pytest.raises(Exception, match="onnect"):
-        retrain(training=LEARNS)
+        retrain(resources=_notifying(run_resources, f"custom-webhook/{block_name}"), training=LEARNS)
 
 
 def _latest_progress() -> float:
@@ -270,37 +288,43 @@ def _latest_report_markdown() -> str:
     return asyncio.run(read())
 
 
-def test_a_run_that_loses_the_promotion_race_reports_it_and_changes_nothing(flow_store, tmp_path):
+def test_a_run_that_loses_the_promotion_race_reports_it_and_changes_nothing(
+    flow_store, run_resources, tmp_path
+):
     _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
-    champion = retrain(training=LEARNS)
+    champion = retrain(resources=run_resources, training=LEARNS)
     pointer, etag_read_by_both = read_production_pointer(flow_store)
     model_dir = fetch_model(flow_store, champion.challenger_version, tmp_path / "cache")
     for racer in ("m-winner", "m-loser"):
         racer_dir = shutil.copytree(model_dir, tmp_path / racer)
         (racer_dir / "metrics.json").unlink()
         publish_model(flow_store, racer_dir, racer, {"accuracy": 0.9})
-    settings = load_settings()
+    # Both read the same pointer ETag before either flipped.
+    production = Production(pointer, etag_read_by_both)
 
-    outcomes = {}
-    for racer in ("m-winner", "m-loser"):  # both read the same pointer ETag before either flipped
-        outcomes[racer] = RetrainOutcome(status="kept", run_id=racer, challenger_version=racer)
-        decision = Decision(promote=True, reasons=["test"])
-        smoke_and_flip(
-            Run(flow_store, settings, outcomes[racer], pointer, etag_read_by_both), tmp_path / racer, decision
+    published = {
+        racer: smoke_and_flip(
+            run_resources,
+            RunRecord(status="kept", run_id=racer, challenger_version=racer),
+            tmp_path / racer,
+            production,
+            [],
         )
+        for racer in ("m-winner", "m-loser")
+    }
 
-    assert (outcomes["m-winner"].status, outcomes["m-loser"].status) == ("promoted", "lost-race")
-    assert "changed nothing" in outcomes["m-loser"].reasons[-1]
+    assert (published["m-winner"].status, published["m-loser"].status) == ("promoted", "lost-race")
+    assert "changed nothing" in published["m-loser"].reasons[-1]
     assert read_production_pointer(flow_store)[0].version == "m-winner"
 
 
 def test_a_rejected_batch_fails_the_run_alerts_and_skips_training_but_keeps_the_good_batch(
-    flow_store, webhook, monkeypatch
+    flow_store, run_resources, webhook
 ):
     _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
     flow_store.put("incoming/bad.csv", b"ticket_id,label\nB-1,bug\n")  # no text column
 
-    state = retrain(training=LEARNS, return_state=True)
+    state = retrain(resources=_notifying(run_resources, webhook.block), training=LEARNS, return_state=True)
 
     assert state.is_failed()
     assert "incoming/bad.csv: missing required column(s) text" in state.message
@@ -312,8 +336,9 @@ def test_a_rejected_batch_fails_the_run_alerts_and_skips_training_but_keeps_the_
     assert _event_payloads("retrainer.validation.failed", "incoming/bad.csv")[0]["reasons"] == [
         "missing required column(s) text (found: ticket_id, label)"
     ]
-    monkeypatch.delenv("RETRAINER_NOTIFICATION_BLOCK")
-    assert retrain(training=LEARNS).status == "promoted"  # the next run trains on the good batch
+    assert (
+        retrain(resources=run_resources, training=LEARNS).status == "promoted"
+    )  # the next run trains on the good batch
 
 
 def _event_payloads(event: str, batch_key: str) -> list[dict]:
@@ -339,7 +364,9 @@ def _event_payloads(event: str, batch_key: str) -> list[dict]:
     return payloads
 
 
-def test_a_scratch_delete_that_fails_is_a_warning_and_the_decision_stands(flow_store, monkeypatch, caplog):
+def test_a_scratch_delete_that_fails_is_a_warning_and_the_decision_stands(
+    flow_store, run_resources, monkeypatch, caplog
+):
     from retrainer.storage import StorageError
     from tasks.checkpoints import discard_scratch_task
 
@@ -351,7 +378,7 @@ def test_a_scratch_delete_that_fails_is_a_warning_and_the_decision_stands(flow_s
     monkeypatch.setattr("flows.retrain.discard_scratch_task", discard_scratch_task.with_options(retries=0))
     _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
 
-    outcome = retrain(training=LEARNS)
+    outcome = retrain(resources=run_resources, training=LEARNS)
 
     assert outcome.status == "promoted"
     assert read_production_pointer(flow_store)[0].version == outcome.challenger_version

@@ -1,6 +1,6 @@
 """The demo's ticket generator."""
 
-from retrainer import LABELS
+from retrainer.core.labels import LABELS
 from retrainer.samples import generate_tickets, tickets_to_csv
 from tasks.ingest import parse_batch
 

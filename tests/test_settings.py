@@ -6,6 +6,7 @@ from typing import get_args
 import pytest
 from pydantic import ValidationError
 
+from retrainer.core.training import resolve_base_model
 from retrainer.settings import (
     PACKAGED_BASE_MODEL,
     REFERENCE_RECIPE,
@@ -14,7 +15,6 @@ from retrainer.settings import (
     TrainingConfig,
     load_settings,
 )
-from tasks.train import resolve_base_model
 
 
 def test_defaults_are_the_tuned_recipe_and_the_packaged_model(monkeypatch):
@@ -141,8 +141,8 @@ def test_an_empty_endpoint_means_aws_s3(monkeypatch):
 def test_training_samples_as_configured_with_the_precision_this_hardware_supports(tmp_path):
     import torch
 
-    from retrainer.devices import cpu_supports_bf16
-    from tasks.train import training_arguments
+    from retrainer.core.devices import cpu_supports_bf16
+    from retrainer.core.training import training_arguments
 
     arguments = training_arguments(TrainingConfig(), tmp_path)
     shuffled = training_arguments(TrainingConfig(length_grouping=False, label_smoothing=0.1), tmp_path)

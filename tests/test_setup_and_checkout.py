@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app.platform import ALERTS_BLOCK
 from retrainer.deploy_steps import CheckoutNotFoundError, enter_checkout
-from retrainer.platform import ALERTS_BLOCK
 from retrainer.storage import BucketNotFoundError, ObjectStore
 from tasks.alerts import RESOURCE_PREFIX, VALIDATION_FAILED_EVENT
 from tests.http_receiver import Receiver
@@ -132,7 +132,7 @@ def _bare_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "retrainer.cli", *args],
+        [sys.executable, "-m", "app.cli", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

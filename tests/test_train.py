@@ -8,16 +8,17 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from retrainer.calibration import MAX_TEMPERATURE, MIN_TEMPERATURE, fit_temperature, soften
-from retrainer.lexical import LexicalModel
+from retrainer.core import training
+from retrainer.core.calibration import MAX_TEMPERATURE, MIN_TEMPERATURE, fit_temperature, soften
+from retrainer.core.labels import LABEL_TO_ID
+from retrainer.core.lexical import LexicalModel
+from retrainer.core.scoring import predict_probabilities
+from retrainer.core.text import RECIPE_FILE, InputRecipe
+from retrainer.core.training import RunOptions, TrainingSpec, fine_tune
 from retrainer.samples import generate_tickets
 from retrainer.settings import TrainingConfig
-from retrainer.text import RECIPE_FILE, InputRecipe
-from tasks import train
 from tasks.checkpoints import CheckpointSync
 from tasks.dataset import EVAL, TRAIN, VALIDATION, check_splits, merge_curated
-from tasks.evaluate import predict_probabilities
-from tasks.train import LABEL_TO_ID, fine_tune
 
 
 class MachineLostError(RuntimeError):
@@ -27,6 +28,10 @@ class MachineLostError(RuntimeError):
 class _DieAfterFirstCheckpoint(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         raise MachineLostError(f"killed after saving step {state.global_step}")
+
+
+def _spec(tiny_model_dir: Path, config: TrainingConfig) -> TrainingSpec:
+    return TrainingSpec(str(tiny_model_dir), "main", config)
 
 
 @pytest.fixture
@@ -41,11 +46,12 @@ def _kill_after_first_checkpoint_then_rerun(
     """Train on a 'first machine' that dies right after its first checkpoint reached S3, then run the
     same job on a second machine; the first machine's ``latest.json`` and the second's model folder."""
     sync = CheckpointSync(store, "runs/checkpoints/ds-test/abc/")
-    arguments = (splits[TRAIN], splits[VALIDATION], str(tiny_model_dir), "main", config)
+    arguments = (splits[TRAIN], splits[VALIDATION], _spec(tiny_model_dir, config))
+    dies = RunOptions(checkpoints=sync, callbacks=(_DieAfterFirstCheckpoint(),))
     with pytest.raises(MachineLostError):
-        fine_tune(*arguments, tmp_path / "first-machine", sync, [_DieAfterFirstCheckpoint()])
+        fine_tune(*arguments, tmp_path / "first-machine", options=dies)
     saved = json.loads(store.get("runs/checkpoints/ds-test/abc/latest.json")[0])
-    return saved, fine_tune(*arguments, tmp_path / "second-machine", sync)
+    return saved, fine_tune(*arguments, tmp_path / "second-machine", options=RunOptions(checkpoints=sync))
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint_in_s3_and_finishes(
@@ -67,7 +73,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_in_s3_and_finishes(
 def test_averaging_publishes_the_mean_weights_of_the_last_epochs(store, tiny_model_dir, splits, tmp_path):
     config = TrainingConfig(learning_rate=5e-3, num_train_epochs=3, average_share=0.6)  # 2 of 3
 
-    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], str(tiny_model_dir), "main", config, tmp_path)
+    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], _spec(tiny_model_dir, config), tmp_path)
 
     record = json.loads((model_dir / "training.json").read_text())
     assert len(record["averaged_steps"]) == 2 and record["averaged_steps"][-1] == record["max_steps"]
@@ -98,11 +104,9 @@ def test_averaging_takes_the_last_epochs_even_when_the_best_epoch_is_an_earlier_
     model_dir = fine_tune(
         splits[TRAIN],
         splits[VALIDATION],
-        str(tiny_model_dir),
-        "main",
-        config,
+        _spec(tiny_model_dir, config),
         tmp_path,
-        callbacks=[_FirstEpochScoresBest()],
+        options=RunOptions(callbacks=(_FirstEpochScoresBest(),)),
     )
 
     record = json.loads((model_dir / "training.json").read_text())
@@ -127,7 +131,7 @@ def test_a_resumed_run_averages_the_epochs_saved_before_it_was_killed(
 def test_a_run_without_checkpoints_starts_fresh_and_says_so(store, tiny_model_dir, splits, tmp_path):
     config = TrainingConfig(learning_rate=5e-3, num_train_epochs=1)
 
-    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], str(tiny_model_dir), "main", config, tmp_path)
+    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], _spec(tiny_model_dir, config), tmp_path)
 
     record = json.loads((model_dir / "training.json").read_text())
     assert record["resumed_from_step"] is None and record["global_step"] == record["max_steps"]
@@ -137,7 +141,7 @@ def test_the_seed_makes_training_reproducible(store, tiny_model_dir, splits, tmp
     def train(seed: int, folder: str) -> dict[str, torch.Tensor]:
         config = TrainingConfig(learning_rate=5e-3, num_train_epochs=1, seed=seed)
         model_dir = fine_tune(
-            splits[TRAIN], splits[VALIDATION], str(tiny_model_dir), "main", config, tmp_path / folder
+            splits[TRAIN], splits[VALIDATION], _spec(tiny_model_dir, config), tmp_path / folder
         )
         return load_file(model_dir / "model.safetensors")
 
@@ -153,7 +157,7 @@ def test_attention_dropout_is_the_runs_or_the_base_models_own(
 ):
     config = TrainingConfig(learning_rate=5e-3, num_train_epochs=1, attention_dropout=attention_dropout)
 
-    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], str(tiny_model_dir), "main", config, tmp_path)
+    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], _spec(tiny_model_dir, config), tmp_path)
 
     trained = json.loads((model_dir / "config.json").read_text())
     assert trained["attention_probs_dropout_prob"] == saved  # None: BertConfig's 0.1 of the tiny base
@@ -164,9 +168,9 @@ def test_attention_dropout_is_the_runs_or_the_base_models_own(
 def test_an_attention_dropout_the_architecture_lacks_is_reported_not_silently_ignored(
     tiny_model_dir, monkeypatch, caplog
 ):
-    monkeypatch.setattr(train, "ATTENTION_DROPOUT_FIELDS", ("attn_dropout_of_another_architecture",))
+    monkeypatch.setattr(training, "ATTENTION_DROPOUT_FIELDS", ("attn_dropout_of_another_architecture",))
 
-    config = train.model_config(str(tiny_model_dir), "main", TrainingConfig(attention_dropout=0.0))
+    config = training.model_config(str(tiny_model_dir), "main", TrainingConfig(attention_dropout=0.0))
 
     assert config.attention_probs_dropout_prob == 0.1  # untouched
     assert "attention_dropout=0.0 ignored" in caplog.text and "(bert)" in caplog.text
@@ -175,11 +179,11 @@ def test_an_attention_dropout_the_architecture_lacks_is_reported_not_silently_ig
 def test_tokenized_splits_are_cached_per_dataset_version(store, tiny_model_dir, splits, tmp_path):
     config = TrainingConfig(learning_rate=5e-3, num_train_epochs=1)
     cache = tmp_path / "tokenized" / "ds-1"
-    arguments = (splits[TRAIN], splits[VALIDATION], str(tiny_model_dir), "main", config)
+    arguments = (splits[TRAIN], splits[VALIDATION], _spec(tiny_model_dir, config))
 
-    fine_tune(*arguments, tmp_path / "first", tokenized_cache=cache)
+    fine_tune(*arguments, tmp_path / "first", options=RunOptions(tokenized_cache=cache))
     files = {path: path.stat().st_mtime_ns for path in cache.glob("*.arrow")}
-    fine_tune(*arguments, tmp_path / "second", tokenized_cache=cache)
+    fine_tune(*arguments, tmp_path / "second", options=RunOptions(tokenized_cache=cache))
 
     assert {path.name.split("-")[0] for path in files} == {"train", "validation"}
     assert {path: path.stat().st_mtime_ns for path in cache.glob("*.arrow")} == files  # reused, not rewritten
@@ -192,7 +196,7 @@ def test_the_input_recipe_is_saved_with_the_model_and_scoring_follows_it(
         learning_rate=5e-3, num_train_epochs=1, max_length=8, truncation="tail", clean_text=True
     )
 
-    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], str(tiny_model_dir), "main", config, tmp_path)
+    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], _spec(tiny_model_dir, config), tmp_path)
 
     assert InputRecipe.of_model(model_dir, default_max_length=512) == config.input_recipe()
 
@@ -201,7 +205,7 @@ def test_scoring_encodes_text_with_the_models_own_recipe(store, tiny_model_dir, 
     config = TrainingConfig(
         learning_rate=0.0, num_train_epochs=1, max_length=8, truncation="tail", lexical_weight=0.0
     )  # the transformer alone: the lexical half reads every word
-    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], str(tiny_model_dir), "main", config, tmp_path)
+    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], _spec(tiny_model_dir, config), tmp_path)
     texts = ["crash report" + " the app closes when I press save twice"]
     texts.append("unrelated words" + texts[0].removeprefix("crash report"))
 
@@ -218,7 +222,7 @@ def test_the_published_model_blends_its_lexical_half_into_every_score(
 ):
     # 6 epochs: the tiny model learns enough for a temperature inside the bounds (1.24)
     config = TrainingConfig(learning_rate=5e-3, num_train_epochs=6, lexical_weight=0.6)
-    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], str(tiny_model_dir), "main", config, tmp_path)
+    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], _spec(tiny_model_dir, config), tmp_path)
     texts = splits[EVAL]["text"].tolist()
 
     blended = predict_probabilities(model_dir, texts, 128)
@@ -252,7 +256,7 @@ def test_without_texts_of_every_label_the_transformer_is_published_alone(
     )
     config = TrainingConfig(learning_rate=5e-3, num_train_epochs=1, lexical_weight=0.6)
 
-    model_dir = fine_tune(train_rows, validation_rows, str(tiny_model_dir), "main", config, tmp_path)
+    model_dir = fine_tune(train_rows, validation_rows, _spec(tiny_model_dir, config), tmp_path)
 
     assert LexicalModel.load(model_dir) is None
     record = json.loads((model_dir / "training.json").read_text())["lexical"]

@@ -10,22 +10,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from retrainer.core import curated_profile
+from retrainer.core.batches import LoadedBatch
+from retrainer.core.curated_profile import CuratedProfile, KeyedRows, string_hashes
+from retrainer.core.row_rules import FORMULA_PATTERN, looks_like_formula
+from retrainer.core.validation import validate_batch, validate_batches
+from retrainer.records import RunRecord
+from retrainer.report.markdown import render_run_markdown, render_validation_markdown, validation_table
+from retrainer.run_steps import Ingestion
 from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import IngestSettings, ValidationPolicy
-from tasks import validate
 from tasks.dataset import merge_curated
-from tasks.ingest import BatchFormatError, LoadedBatch, manifest_entry, parse_batch
-from tasks.report import RetrainOutcome, render_outcome_markdown, render_validation_markdown, validation_table
-from tasks.validate import (
-    FORMULA_PATTERN,
-    CuratedProfile,
-    KeyedRows,
-    looks_like_formula,
-    quarantine_batch,
-    string_hashes,
-    validate_batch,
-    validate_batches,
-)
+from tasks.ingest import BatchFormatError, manifest_entry, parse_batch
+from tasks.validate import quarantine_batch
 
 CORPUS = Path(__file__).parent / "data" / "malformed"
 ALIASES = IngestSettings().label_aliases
@@ -177,7 +174,9 @@ def test_colliding_hashes_never_match_a_wrong_row(monkeypatch):
     curated = _curated([("old-pw", PASSWORD, "general_inquiry"), ("old-x", "Exports fail", "bug")])
     expected = _validate(batch, curated=curated)
 
-    monkeypatch.setattr(validate, "string_hashes", lambda values: np.zeros(len(values), dtype=np.int64))
+    monkeypatch.setattr(
+        curated_profile, "string_hashes", lambda values: np.zeros(len(values), dtype=np.int64)
+    )
     colliding = _validate(batch, curated=curated)
 
     pd.testing.assert_frame_equal(colliding.accepted, expected.accepted)
@@ -292,16 +291,15 @@ def test_merged_rows_are_quarantined_as_merged_csv_and_counted(store, caplog):
 
 
 def test_the_run_counts_merged_rows_apart_from_quarantined_ones():
-    from flows.retrain import _count_ingestion, _entry
+    from flows.retrain import _manifest_entry
 
     result = _validate(_batch([*_thirty_rows_three_texts(), ("X-1", "", "bug")]))
-    outcome = RetrainOutcome(status="no-data", run_id="run-5")
 
-    _count_ingestion(outcome, [result], "ds-1")
+    record = RunRecord(status="no-data", run_id="run-5", **Ingestion(None, "ds-1", [result]).counts())
 
-    assert (outcome.rows_accepted, outcome.rows_merged, outcome.rows_quarantined) == (3, 27, 1)
-    assert "rows accepted 3, merged 27, quarantined 1" in render_outcome_markdown(outcome)
-    entry = _entry(result, "run-5")
+    assert (record.rows_accepted, record.rows_merged, record.rows_quarantined) == (3, 27, 1)
+    assert "rows accepted 3, merged 27, quarantined 1" in render_run_markdown(record)
+    entry = _manifest_entry(result, "run-5")
     assert (entry.rows, entry.accepted, entry.merged, entry.quarantined) == (31, 3, 27, 1)
 
 

@@ -1,4 +1,4 @@
-"""Weight averaging (retrainer.weights): the mean the product publishes, computed one state at a time."""
+"""Weight averaging (retrainer.core.weights): the mean the product publishes, computed one state at a time."""
 
 import gc
 import weakref
@@ -6,7 +6,7 @@ import weakref
 import pytest
 import torch
 
-from retrainer.weights import mean_weights
+from retrainer.core.weights import mean_weights
 
 
 def _state(value: float) -> dict[str, torch.Tensor]:

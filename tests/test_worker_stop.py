@@ -85,7 +85,7 @@ class Pool:
             "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
             "PREFECT_WORKER_WEBSERVER_PORT": str(self.health_port),
         }
-        command = [sys.executable, "-m", "retrainer.cli", "worker", "--pool", self.name, *options]
+        command = [sys.executable, "-m", "app.cli", "worker", "--pool", self.name, *options]
         with self.log.open("wb") as log:
             self.worker = subprocess.Popen(
                 command,
@@ -255,7 +255,7 @@ def test_an_idle_worker_exits_0_within_seconds_of_sigterm(pool):
 def test_the_worker_command_refuses_to_start_without_a_prefect_server(tmp_path):
     env = {name: value for name, value in os.environ.items() if not name.startswith("PREFECT_")}
     done = subprocess.run(
-        [sys.executable, "-m", "retrainer.cli", "worker", "--pool", "gpu"],
+        [sys.executable, "-m", "app.cli", "worker", "--pool", "gpu"],
         env={**env, "PREFECT_HOME": str(tmp_path)},  # no profile with an API URL either
         capture_output=True,
         text=True,

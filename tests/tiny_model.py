@@ -4,9 +4,9 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from retrainer import LABELS
+from retrainer.core.labels import LABELS
+from retrainer.core.training import resolve_base_model
 from retrainer.settings import PACKAGED_BASE_MODEL
-from tasks.train import resolve_base_model
 
 
 def save_tiny_bert(target: Path, seed: int = 0) -> Path:

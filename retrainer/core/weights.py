@@ -1,5 +1,5 @@
 """Weight averaging. Needs torch only, so that a bare GPU machine can run it too
-(benchmarks/recipe_sweep.py mirrors the product's training there)."""
+(benchmarks/experiments/recipe_sweep.py mirrors the product's training there)."""
 
 from collections.abc import Iterable
 

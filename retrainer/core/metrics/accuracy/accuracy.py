@@ -1,11 +1,11 @@
 """Accuracy as a local `evaluate` module, so scoring never needs the Hugging Face Hub.
 
-Loaded by path through `evaluate.load(<this folder>)`; see `retrainer.metrics.load_metric`.
+Loaded by path through `evaluate.load(<this folder>)`; see `retrainer.core.metrics.load_metric`.
 """
 
 import evaluate
 
-from retrainer.metrics import label_id_metric_info
+from retrainer.core.metrics import label_id_metric_info
 
 _DESCRIPTION = "Accuracy: the share of predictions equal to the reference label."
 _KWARGS_DESCRIPTION = """

@@ -1,12 +1,12 @@
 """Per-class precision, recall and F1, macro F1 and the confusion matrix, as a local `evaluate` module.
 
-Loaded by path through `evaluate.load(<this folder>)`; see `retrainer.metrics.load_metric`.
+Loaded by path through `evaluate.load(<this folder>)`; see `retrainer.core.metrics.load_metric`.
 """
 
 import evaluate
 import numpy as np
 
-from retrainer.metrics import label_id_metric_info
+from retrainer.core.metrics import label_id_metric_info
 
 _DESCRIPTION = "Confusion matrix, per-class precision/recall/F1 and macro F1 for single-label classification."
 _KWARGS_DESCRIPTION = """

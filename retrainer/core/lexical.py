@@ -21,7 +21,7 @@ from scipy.sparse import csr_matrix, hstack
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from retrainer.calibration import soften
+from retrainer.core.calibration import soften
 
 SETTINGS_FILE = "lexical.json"
 WEIGHTS_FILE = "lexical.safetensors"
@@ -51,7 +51,7 @@ class LexicalModel:
     labels: list[str]
     blend_weight: float
     transformer_temperature: float = 1.0
-    """Divides the transformer's logits before blending (`retrainer.calibration`); 1: as they are."""
+    """Divides the transformer's logits before blending (`retrainer.core.calibration`); 1: as they are."""
 
     def probabilities(self, texts: list[str]) -> torch.Tensor:
         """Class probabilities per text, columns in `labels` order."""

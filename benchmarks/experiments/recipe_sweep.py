@@ -6,15 +6,18 @@ it, and one MiniLM run leaves an H100 almost idle. This script mirrors that reci
 loop (AdamW without decay on biases and LayerNorms, linear warm-up and decay, gradient-norm clip 1.0,
 bf16 autocast, length-grouped batches, the base model's dropout, the classification head drawn from
 the seed) and runs several trainings side by side on one GPU. The text is the product's: `prep`
-encodes the issues with `retrainer.text.encode` on this machine, so the GPU machine needs only torch
-and transformers (and this checkout on PYTHONPATH: the weights are averaged by `retrainer.weights`, as
+encodes the issues with `retrainer.core.text.encode` on this machine, so the GPU machine needs only torch
+and transformers (and this checkout on PYTHONPATH: the weights are averaged by `retrainer.core.weights`, as
 in the product). Each run scores every epoch and the mean weights of its last K epochs (every K) on
 its test fold, so one training answers "best epoch, last epoch or mean of the last K".
 
-    .venv/bin/python benchmarks/recipe_sweep.py prep [--issues PATH]  # here: token ids, folds, fp16 model
-    PYTHONPATH=. python3 benchmarks/recipe_sweep.py run --set lengths --out OUT  # there, .bench/sweep carried
-    .venv/bin/python benchmarks/recipe_sweep.py summary OUT/results.jsonl
-    .venv/bin/python benchmarks/recipe_sweep.py summary OUT/results.jsonl --blend 0 0.5 0.6 1  # + lexical
+    # here: token ids, folds, fp16 model
+    .venv/bin/python benchmarks/experiments/recipe_sweep.py prep [--issues PATH]
+    # there, .bench/sweep carried
+    PYTHONPATH=. python3 benchmarks/experiments/recipe_sweep.py run --set lengths --out OUT
+    .venv/bin/python benchmarks/experiments/recipe_sweep.py summary OUT/results.jsonl
+    # + lexical
+    .venv/bin/python benchmarks/experiments/recipe_sweep.py summary OUT/results.jsonl --blend 0 0.5 0.6 1
 
 The folds are `benchmarks/quality.py --folds 5`'s (same seed), each training on 90% of the other
 folds, as there. The base model travels as fp16 safetensors (the device's 64 MiB limit); it is
@@ -35,7 +38,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retrainer.weights import mean_weights
+from retrainer.core.weights import mean_weights
+
+# quality.py and baseline.py are imported from benchmarks/, this folder's parent, whatever the working
+# directory (spawned workers get this sys.path too).
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 SWEEP_DIR = Path(".bench/sweep")
 INPUTS = {
@@ -165,9 +172,10 @@ def prepare(out: Path, issues_file: Path | None) -> None:
     from quality import SPLIT_SEED, VALIDATION_SHARE, stratified_folds, stratified_split
     from transformers import AutoModel, AutoTokenizer
 
+    from retrainer.core.labels import LABEL_TO_ID
+    from retrainer.core.text import encode
+    from retrainer.core.training import resolve_base_model
     from retrainer.settings import PACKAGED_BASE_MODEL, TrainingConfig
-    from retrainer.text import encode
-    from tasks.train import LABEL_TO_ID, resolve_base_model
 
     from baseline import NLBSE, config_with, load_issues
 
@@ -580,7 +588,7 @@ def run(data: Path, set_name: str, out: Path, workers: int, deadline_s: float, s
 def summarise(result_files: list[Path], data: Path) -> None:
     """Out-of-fold macro-F1 per configuration, seed and choice of published weights (the product's
     default mean of the last epochs, the best epoch by validation accuracy, the last epoch, a soup)."""
-    from tasks.evaluate import evaluation_report
+    from retrainer.core.scoring import evaluation_report
 
     labels = json.loads((data / "data.json").read_text())["labels"]
     table: dict[tuple, dict[int, int]] = {}
@@ -601,13 +609,13 @@ def summarise_blends(
     result_files: list[Path], data: Path, weights: list[float], issues_file: Path | None
 ) -> None:
     """Out-of-fold macro-F1 of each run's default weights blended with the product's lexical model
-    (`retrainer.lexical`, fitted here on each fold's train and validation issues), by blend weight
+    (`retrainer.core.lexical`, fitted here on each fold's train and validation issues), by blend weight
     (weight 1: the lexical model alone). Runs that saved their logits are also blended as the
     product blends now: at the temperature fitted on each fold's validation issues
-    (`retrainer.calibration`)."""
-    from retrainer import LABELS
-    from retrainer.calibration import fit_temperature
-    from retrainer.lexical import blend_probabilities, fit_lexical_model
+    (`retrainer.core.calibration`)."""
+    from retrainer.core.calibration import fit_temperature
+    from retrainer.core.labels import LABELS
+    from retrainer.core.lexical import blend_probabilities, fit_lexical_model
 
     from baseline import NLBSE, load_issues
 
@@ -652,7 +660,7 @@ def summarise_blends(
 
 
 def _f1(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    from tasks.evaluate import evaluation_report
+    from retrainer.core.scoring import evaluation_report
 
     return evaluation_report(probabilities.argmax(-1).tolist(), labels.tolist()).macro_f1
 

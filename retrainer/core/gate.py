@@ -5,8 +5,8 @@ from math import comb
 
 from pydantic import BaseModel, Field
 
+from retrainer.core.evaluation import ModelEvaluation
 from retrainer.settings import GatePolicy
-from tasks.evaluate import ModelEvaluation
 
 
 class Decision(BaseModel):

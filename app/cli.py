@@ -7,21 +7,16 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from retrainer.settings import TRAINING_PRESETS, RetrainerSettings, renamed_preset_message
-
-# Quiet, offline-friendly defaults for interactive use; anything the user set wins.
-_CLI_ENVIRONMENT = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "TOKENIZERS_PARALLELISM": "false",
-}
+from retrainer.settings import (
+    CLI_ENVIRONMENT_DEFAULTS,
+    TRAINING_PRESETS,
+    RetrainerSettings,
+    renamed_preset_message,
+)
 
 
 class RunFailedError(Exception):
-    """A retrain run ended Failed (its outcome has been printed; the message says why)."""
+    """A retrain run ended Failed (its run record has been printed; the message says why)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = _parser()
     args = parser.parse_args(argv)
-    for name, value in _CLI_ENVIRONMENT.items():
+    for name, value in CLI_ENVIRONMENT_DEFAULTS.items():
         os.environ.setdefault(name, value)
     try:
         return args.handler(args)
@@ -52,10 +47,10 @@ def _exit_code(error: Exception) -> int | None:
     None: not one of the project's known errors."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from retrainer.platform import PrefectServerError, SetupRefusedError
+    from app.platform import PrefectServerError, SetupRefusedError
+    from retrainer.core.validation import ValidationFailedError
     from retrainer.storage import StorageError
     from tasks.registry import RegistryError
-    from tasks.validate import ValidationFailedError
 
     if isinstance(error, RegistryError | SetupRefusedError):
         return 2
@@ -175,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _demo(args) -> int:
-    from retrainer.demo import run_demo
+    from app.demo import run_demo
     from retrainer.ephemeral_api import start_ephemeral_api_bound_to_this_process
 
     start_ephemeral_api_bound_to_this_process()  # no-op with PREFECT_API_URL set
@@ -195,23 +190,23 @@ def _run(args) -> int:
     if state.is_completed():
         print(state.result().model_dump_json(indent=2))
         return 0
-    outcome, message = _failed_run_outcome(state)
-    print(outcome.model_dump_json(indent=2))
-    raise RunFailedError(f"retrain run {outcome.run_id} ended {state.name}: {message}")
+    record, message = _failed_run_record(state)
+    print(record.model_dump_json(indent=2))
+    raise RunFailedError(f"retrain run {record.run_id} ended {state.name}: {message}")
 
 
-def _failed_run_outcome(state):
-    """The outcome the failed flow attached to its exception (or a bare one) and the error message."""
-    from flows.retrain import failed_outcome
-    from tasks.report import RetrainOutcome
+def _failed_run_record(state):
+    """The record the failed flow attached to its exception (or a bare one) and the error message."""
+    from flows.retrain import failed_record
+    from retrainer.records import RunRecord
 
     error = state.result(raise_on_failure=False)
     message = str(error) if isinstance(error, BaseException) and str(error) else state.message or state.name
-    outcome = failed_outcome(error) if isinstance(error, BaseException) else None
-    if outcome is None:  # it failed before the flow body ran, or crashed
+    record = failed_record(error) if isinstance(error, BaseException) else None
+    if record is None:  # it failed before the flow body ran, or crashed
         run_id = str(state.state_details.flow_run_id)
-        outcome = RetrainOutcome(status="failed", run_id=run_id, reasons=[message])
-    return outcome, message
+        record = RunRecord(status="failed", run_id=run_id, reasons=[message])
+    return record, message
 
 
 @contextmanager
@@ -267,8 +262,8 @@ def _rollback(args) -> int:
 
 
 def _predict(args) -> int:
-    from retrainer import LABELS
-    from tasks.evaluate import predict_probabilities
+    from retrainer.core.labels import LABELS
+    from retrainer.core.scoring import predict_probabilities
 
     settings, version, model_dir = _production_model()
     probabilities = predict_probabilities(model_dir, args.texts, settings.training.max_length)
@@ -282,8 +277,8 @@ def _predict(args) -> int:
 def _score(args) -> int:
     import pandas as pd
 
-    from retrainer import LABELS
-    from tasks.evaluate import predict_probabilities
+    from retrainer.core.labels import LABELS
+    from retrainer.core.scoring import predict_probabilities
 
     rows = pd.read_csv(args.input, dtype=str, keep_default_na=False)
     if args.text_column not in rows.columns:
@@ -306,8 +301,8 @@ def _score(args) -> int:
 
 
 def _apply_alerts(args) -> int:
-    from retrainer.automations import apply_automations
-    from retrainer.platform import require_prefect_server
+    from app.automations import apply_automations
+    from app.platform import require_prefect_server
 
     require_prefect_server("retrainer alerts apply")  # refuses a temporary server, names bad credentials
     for name in apply_automations(args.block):
@@ -316,7 +311,7 @@ def _apply_alerts(args) -> int:
 
 
 def _setup(args) -> int:
-    from retrainer.platform import create_bucket, set_up
+    from app.platform import create_bucket, set_up
 
     if args.bucket_only:  # the store alone: no Prefect server is asked for, or started
         print(create_bucket(RetrainerSettings().s3))
@@ -357,7 +352,7 @@ def _generate(args) -> int:
 
 
 def _serve_s3(args) -> int:
-    from retrainer.demo import DEMO_ACCESS_KEY, DEMO_SECRET_KEY
+    from app.demo import DEMO_ACCESS_KEY, DEMO_SECRET_KEY
     from retrainer.seaweed import LocalS3
 
     access_key = os.environ.get("AWS_ACCESS_KEY_ID", DEMO_ACCESS_KEY)

@@ -22,7 +22,7 @@ from prefect.exceptions import ObjectAlreadyExists
 from prefect.settings import get_current_settings
 from prefect.utilities.urls import validate_restricted_url
 
-from retrainer.automations import apply_automations
+from app.automations import apply_automations
 from retrainer.settings import S3Settings
 from retrainer.storage import ObjectStore
 

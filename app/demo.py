@@ -4,13 +4,17 @@ Cycle 1 bootstraps a champion from a first batch of generated tickets (plus a sm
 rows, to show quarantine); cycle 2 ingests a new batch and shows the gate's decision.
 """
 
-import os
 import shutil
 import time
 from pathlib import Path
 
+from retrainer.records import RunRecord
+from retrainer.report.markdown import render_run_markdown
+from retrainer.resources import Resources
 from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.seaweed import LocalS3
+from retrainer.settings import RetrainerSettings, S3Settings
+from retrainer.storage import ObjectStore
 
 DEMO_ACCESS_KEY = "retrainer-demo"
 DEMO_SECRET_KEY = "retrainer-demo-secret"  # a local, loopback-only store; never a real credential
@@ -48,30 +52,25 @@ def run_demo(workdir: Path, first_batch: int = 600, second_batch: int = 300) -> 
     (workdir / "reports").mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with LocalS3(s3_dir / "data", DEMO_ACCESS_KEY, DEMO_SECRET_KEY, workdir / "seaweedfs.log") as s3:
-        _configure_environment(s3, workdir)
-        from retrainer.settings import RetrainerSettings  # after the environment is set
-        from retrainer.storage import ObjectStore
-
-        store = ObjectStore(RetrainerSettings().s3)
+        resources = demo_resources(s3, workdir)
+        store = resources.store
         store.ensure_bucket()
         print(f"SeaweedFS S3 on {s3.endpoint_url}, bucket {DEMO_BUCKET}")
         _drop(store, "batch-0001.csv", tickets_to_csv(generate_tickets(first_batch, seed=1, id_prefix="N1")))
         _drop(store, "batch-0001-bad-rows.csv", BAD_BATCH)
-        _cycle(1, workdir)
+        _cycle(1, workdir, resources)
         _drop(store, "batch-0002.csv", tickets_to_csv(generate_tickets(second_batch, seed=2, id_prefix="N2")))
-        outcome = _cycle(2, workdir)
-        _print_locations(store, outcome, workdir)
+        record = _cycle(2, workdir, resources)
+        _print_locations(store, record, workdir)
     print(f"\ndemo finished in {time.monotonic() - started:.0f}s")
 
 
-def _configure_environment(s3: LocalS3, workdir: Path) -> None:
-    os.environ.update(
-        AWS_ACCESS_KEY_ID=DEMO_ACCESS_KEY,
-        AWS_SECRET_ACCESS_KEY=DEMO_SECRET_KEY,
-        RETRAINER_S3__ENDPOINT_URL=s3.endpoint_url,
-        RETRAINER_S3__BUCKET=DEMO_BUCKET,
-        RETRAINER_WORK_DIR=str((workdir / "work").resolve()),
-    )
+def demo_resources(s3: LocalS3, workdir: Path) -> Resources:
+    """The demo's settings (the environment's, e.g. a RETRAINER_TRAINING__* recipe, with the demo's store and
+    work folder on top) and a store holding the demo store's keys: passed to the runs, not exported."""
+    s3_settings = S3Settings(endpoint_url=s3.endpoint_url, bucket=DEMO_BUCKET)
+    settings = RetrainerSettings(s3=s3_settings, work_dir=(workdir / "work").resolve())
+    return Resources(settings, ObjectStore(s3_settings, credentials=(DEMO_ACCESS_KEY, DEMO_SECRET_KEY)))
 
 
 def _drop(store, name: str, body: bytes) -> None:
@@ -81,36 +80,35 @@ def _drop(store, name: str, body: bytes) -> None:
     print(f"dropped {store.uri(key)} ({rows} tickets)")
 
 
-def _cycle(number: int, workdir: Path):
+def _cycle(number: int, workdir: Path, resources: Resources) -> RunRecord:
     from flows.retrain import retrain
-    from tasks.report import render_outcome_markdown
 
     print(f"\n=== nightly cycle {number} ===")
     cycle_started = time.monotonic()
-    outcome = retrain()
+    record = retrain(resources=resources)
     report = workdir / "reports" / f"cycle-{number}.md"
-    report.write_text(render_outcome_markdown(outcome))
-    print(f"\ncycle {number}: {outcome.status.upper()} in {time.monotonic() - cycle_started:.0f}s")
+    report.write_text(render_run_markdown(record))
+    print(f"\ncycle {number}: {record.status.upper()} in {time.monotonic() - cycle_started:.0f}s")
     print(
-        f"  ingested {outcome.batches_ingested} batch(es): {outcome.rows_accepted} rows accepted, "
-        f"{outcome.rows_quarantined} quarantined"
+        f"  ingested {record.batches_ingested} batch(es): {record.rows_accepted} rows accepted, "
+        f"{record.rows_quarantined} quarantined"
     )
-    print(f"  challenger {outcome.challenger_version}: accuracy {_fmt(outcome.challenger_accuracy)}")
-    print(f"  champion   {outcome.champion_version}: accuracy {_fmt(outcome.champion_accuracy)}")
-    print(f"  (both scored on the same {outcome.eval_examples} eval tickets)")
-    for reason in outcome.reasons:
+    print(f"  challenger {record.challenger_version}: accuracy {_fmt(record.challenger_accuracy)}")
+    print(f"  champion   {record.champion_version}: accuracy {_fmt(record.champion_accuracy)}")
+    print(f"  (both scored on the same {record.eval_examples} eval tickets)")
+    for reason in record.reasons:
         print(f"  - {reason}")
     print(f"  report: {report}")
-    return outcome
+    return record
 
 
-def _print_locations(store, outcome, workdir: Path) -> None:
+def _print_locations(store, record, workdir: Path) -> None:
     from tasks.registry import fetch_model, pointer_key, version_prefix
 
-    local_model = fetch_model(store, outcome.production_version, workdir / "production-model")
+    local_model = fetch_model(store, record.production_version, workdir / "production-model")
     print("\nwhere things are:")
-    print(f"  production pointer  {store.uri(pointer_key(store))} -> {outcome.production_version}")
-    print(f"  production model    {store.uri(version_prefix(store, outcome.production_version))}")
+    print(f"  production pointer  {store.uri(pointer_key(store))} -> {record.production_version}")
+    print(f"  production model    {store.uri(version_prefix(store, record.production_version))}")
     print(f"  local copy          {local_model}")
     print(f"  quarantine          {store.uri(store.settings.quarantine_prefix)}")
     print(f"  decision history    {store.uri(store.settings.models_prefix + 'history/')}")

@@ -1,0 +1,1 @@
+"""The application shell above the flows: the `retrainer` CLI, the demo, platform setup, automations."""

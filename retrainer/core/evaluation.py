@@ -1,0 +1,24 @@
+"""What scoring a model measures: plain data, light to import (the registry and reports read it)."""
+
+from pydantic import BaseModel, Field
+
+
+class EvalReport(BaseModel):
+    """A model's metrics on one set of tickets."""
+
+    examples: int
+    accuracy: float
+    macro_f1: float
+    precision: dict[str, float]
+    recall: dict[str, float]
+    f1: dict[str, float]
+    support: dict[str, int]
+    confusion_matrix: list[list[int]] = Field(description="rows: true label, columns: predicted label")
+
+
+class ModelEvaluation(BaseModel):
+    """A model's score on the eval split, and on the eval rows that arrived in this run."""
+
+    overall: EvalReport
+    new_data: EvalReport | None = None
+    correct: list[bool] = Field(description="per eval ticket, in eval order: for the paired test")

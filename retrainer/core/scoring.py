@@ -1,0 +1,105 @@
+"""Scoring: score a model (champion or challenger) on the gate's eval split.
+
+Both models are scored here, in the same run, on the same rows, so their numbers are comparable.
+Metrics come from the project's local `evaluate` modules (accuracy, classification_report).
+"""
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from retrainer.core.devices import inference_device, inference_dtype
+from retrainer.core.evaluation import EvalReport, ModelEvaluation
+from retrainer.core.labels import LABEL_TO_ID, LABELS
+from retrainer.core.lexical import LexicalModel
+from retrainer.core.metrics import load_metric
+from retrainer.core.text import InputRecipe, encode
+
+
+def load_classifier(model_dir: Path):
+    """Tokenizer and model from a local folder (safetensors only), checked against the label set."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    device = inference_device()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, use_safetensors=True, dtype=inference_dtype(device)
+    )
+    labels = [model.config.id2label[index] for index in range(model.config.num_labels)]
+    if labels != list(LABELS):
+        raise ValueError(f"model in {model_dir} predicts {labels}, expected {list(LABELS)}")
+    return tokenizer, model.to(device).eval()
+
+
+def predict_probabilities(
+    model_dir: Path, texts: list[str], max_length: int, batch_size: int = 64, lexical: bool = True
+) -> torch.Tensor:
+    """Class probabilities (one row per text, columns in label order), batched by similar length.
+
+    Texts are encoded with the model's own input recipe; `max_length` only applies to models saved
+    before recipes were (they read raw text cut at the end). A model saved with a lexical half
+    (`retrainer.core.lexical`) blends its probabilities in, unless `lexical` is False (the transformer's own).
+    """
+    tokenizer, model = load_classifier(model_dir)
+    recipe = InputRecipe.of_model(model_dir, max_length)
+    order = sorted(range(len(texts)), key=lambda index: len(texts[index]))  # little padding per batch
+    probabilities = torch.empty((len(texts), len(LABELS)))
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            encoded = encode(
+                [texts[index] for index in chunk], tokenizer, recipe, padding=True, return_tensors="pt"
+            )
+            probabilities[chunk] = model(**encoded.to(model.device)).logits.float().softmax(dim=-1).cpu()
+    lexical_model = load_lexical_half(model_dir) if lexical else None
+    if lexical_model is None:
+        return probabilities
+    return lexical_model.blend(probabilities, lexical_model.probabilities(texts))
+
+
+def load_lexical_half(model_dir: Path) -> LexicalModel | None:
+    """The model's lexical half (None: a transformer alone), checked against the label set."""
+    lexical_model = LexicalModel.load(model_dir)
+    if lexical_model is not None and lexical_model.labels != list(LABELS):
+        raise ValueError(
+            f"lexical model in {model_dir} predicts {lexical_model.labels}, expected {list(LABELS)}"
+        )
+    return lexical_model
+
+
+def predict_label_ids(model_dir: Path, texts: list[str], max_length: int, batch_size: int = 64) -> list[int]:
+    """The most probable label id for each text."""
+    return predict_probabilities(model_dir, texts, max_length, batch_size).argmax(dim=-1).tolist()
+
+
+def evaluation_report(predicted: list[int], references: list[int]) -> EvalReport:
+    """Accuracy, macro F1, per-class precision/recall/F1 and the confusion matrix."""
+    accuracy = load_metric("accuracy").compute(predictions=predicted, references=references)["accuracy"]
+    report = load_metric("classification_report").compute(
+        predictions=predicted, references=references, num_labels=len(LABELS)
+    )
+    per_label = {name: dict(zip(LABELS, report[name], strict=True)) for name in ("precision", "recall", "f1")}
+    return EvalReport(
+        examples=len(references),
+        accuracy=accuracy,
+        macro_f1=report["macro_f1"],
+        support=dict(zip(LABELS, report["support"], strict=True)),
+        confusion_matrix=report["confusion_matrix"],
+        **per_label,
+    )
+
+
+def score_model(
+    model_dir: Path, eval_rows: pd.DataFrame, max_length: int, new_rows: list[bool]
+) -> ModelEvaluation:
+    """Score the model in `model_dir` on `eval_rows`; `new_rows` marks the rows ingested in this run."""
+    predicted = predict_label_ids(model_dir, eval_rows["text"].tolist(), max_length)
+    references = [LABEL_TO_ID[label] for label in eval_rows["label"]]
+    fresh = [index for index, is_new in enumerate(new_rows) if is_new]
+    return ModelEvaluation(
+        overall=evaluation_report(predicted, references),
+        new_data=evaluation_report([predicted[i] for i in fresh], [references[i] for i in fresh])
+        if fresh
+        else None,
+        correct=[p == r for p, r in zip(predicted, references, strict=True)],
+    )

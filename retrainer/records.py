@@ -1,0 +1,161 @@
+"""The run's facts, in one vocabulary: the run record, and what is derived from it and stored.
+
+A retrain run's steps return values; the flow assembles one `RunRecord` from them. The decision kept in
+the history (`DecisionRecord`), the production pointer (`ProductionPointer`) and the published
+``metrics.json`` are derived from that record, never filled in field by field.
+
+Names: the *challenger* is the model this run trained, the *champion* the one in production when the run
+started; *previous_version* is what production served before a change.
+"""
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, Field
+
+from retrainer.core.evaluation import EvalReport
+
+RunStatus = Literal[
+    "promoted",
+    "forced",
+    "kept",
+    "lost-race",
+    "smoke-failed",
+    "no-new-data",
+    "no-data",
+    "validation-failed",
+    "failed",
+]
+"""How a retrain run ended; the last two mean the run ended Failed (its reasons say why)."""
+
+Action = Literal["promoted", "forced", "kept", "lost-race", "smoke-failed", "rolled-back"]
+"""A decision about production, as kept in the history (rolled-back: by `retrainer models rollback`)."""
+
+PRODUCTION_CHANGES: frozenset[str] = frozenset({"promoted", "forced", "rolled-back"})
+# Decisions taken only after the challenger passed its smoke test (lost-race: passed, then lost the flip;
+# rolled-back: the target was checked to be servable before the flip).
+SMOKE_PASSED: frozenset[str] = frozenset({"promoted", "forced", "lost-race", "rolled-back"})
+
+
+class ProductionPointer(BaseModel):
+    """Which model version serves production, since when, and how it got there."""
+
+    version: str
+    accuracy: float | None
+    dataset_version: str | None
+    promoted_at: datetime
+    run_id: str
+    action: Action = "promoted"
+    previous_version: str | None = None
+
+
+class DecisionRecord(BaseModel):
+    """One decision about production, as kept in the history.
+
+    Records written before the names were unified said ``candidate_*`` and ``previous_production``;
+    they still read (existing buckets keep their history).
+    """
+
+    run_id: str
+    decided_at: datetime
+    action: Action
+    dataset_version: str | None
+    challenger_version: str | None = Field(
+        validation_alias=AliasChoices("challenger_version", "candidate_version")
+    )
+    challenger_accuracy: float | None = Field(
+        None, validation_alias=AliasChoices("challenger_accuracy", "candidate_accuracy")
+    )
+    champion_version: str | None = None
+    champion_accuracy: float | None = None
+    p_value: float | None = None
+    forced_reason: str | None = None
+    production_version: str | None = None
+    previous_version: str | None = Field(
+        None, validation_alias=AliasChoices("previous_version", "previous_production")
+    )
+    reasons: list[str]
+
+
+class RunRecord(BaseModel):
+    """The result of one retrain run (the flow's return value), assembled from what its steps returned."""
+
+    status: RunStatus
+    run_id: str
+    batches_ingested: int = 0
+    rows_accepted: int = 0
+    rows_merged: int = 0  # same text and label as an earlier ticket: kept out of the curated data
+    rows_quarantined: int = 0
+    problems: list[str] = Field(default_factory=list)
+    dataset_version: str | None = None
+    challenger_version: str | None = None
+    champion_version: str | None = None
+    challenger: EvalReport | None = None
+    champion: EvalReport | None = None
+    challenger_new_data: EvalReport | None = None
+    champion_new_data: EvalReport | None = None
+    p_value: float | None = None
+    forced_reason: str | None = None
+    production_version: str | None = None
+    report_uris: list[str] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list)
+
+    @property
+    def challenger_accuracy(self) -> float | None:
+        return self.challenger.accuracy if self.challenger else None
+
+    @property
+    def champion_accuracy(self) -> float | None:
+        return self.champion.accuracy if self.champion else None
+
+    @property
+    def eval_examples(self) -> int:
+        return self.challenger.examples if self.challenger else 0
+
+    def decision_record(self, decided_at: datetime) -> DecisionRecord:
+        """This run's decision, for the history (only a run that reached the gate has one)."""
+        return DecisionRecord(
+            decided_at=decided_at,
+            action=self.status,
+            challenger_accuracy=self.challenger_accuracy,
+            champion_accuracy=self.champion_accuracy,
+            previous_version=self.champion_version,  # the champion is what production served before
+            **self.model_dump(include=_DECISION_FIELDS),
+        )
+
+    def production_pointer(
+        self, promoted_at: datetime, action: Literal["promoted", "forced"]
+    ) -> ProductionPointer:
+        """The pointer that puts this run's challenger in production."""
+        return ProductionPointer(
+            version=self.challenger_version,
+            accuracy=self.challenger_accuracy,
+            dataset_version=self.dataset_version,
+            promoted_at=promoted_at,
+            run_id=self.run_id,
+            action=action,
+            previous_version=self.champion_version,
+        )
+
+    def decision_summary(self) -> dict:
+        """The decision as published beside the weights (``metrics.json``, the model card)."""
+        return {
+            "run_id": self.run_id,
+            "champion_version": self.champion_version,
+            "champion_accuracy": self.champion_accuracy,
+            "p_value": self.p_value,
+            "forced_reason": self.forced_reason,
+            "reasons": self.reasons,
+        }
+
+
+_DECISION_FIELDS = {
+    "run_id",
+    "dataset_version",
+    "challenger_version",
+    "champion_version",
+    "p_value",
+    "forced_reason",
+    "production_version",
+    "reasons",
+}

@@ -1,0 +1,119 @@
+"""What each step of a retrain run returns, and the run record assembled from those values.
+
+Plain data: the flow (`flows.retrain`) calls the steps and keeps their results in a `RunProgress`; the
+record is assembled from it when the run ends, or when a step fails (the failed run's record).
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from retrainer.core.evaluation import ModelEvaluation
+from retrainer.core.gate import Decision
+from retrainer.core.validation import ValidatedBatch
+from retrainer.records import ProductionPointer, RunRecord, RunStatus
+
+
+@dataclass(frozen=True)
+class Ingestion:
+    """What ingesting this run's new batches produced."""
+
+    curated: pd.DataFrame | None
+    dataset_version: str | None
+    validated: list[ValidatedBatch]
+
+    @property
+    def sources(self) -> set[tuple[str, str]]:
+        """This run's batches, as (key, ETag): the rows that are new in this run."""
+        return {(result.key, result.etag) for result in self.validated}
+
+    def counts(self) -> dict:
+        """The ingestion facts of the run record."""
+        accepted = sum(len(result.accepted) for result in self.validated)
+        merged = sum(len(result.merged) for result in self.validated)
+        return {
+            "batches_ingested": len(self.validated),
+            "rows_accepted": accepted,
+            "rows_merged": merged,
+            "rows_quarantined": sum(result.rows for result in self.validated) - accepted - merged,
+            "problems": [problem for result in self.validated for problem in result.problems],
+            "dataset_version": self.dataset_version,
+        }
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Both models scored on the same eval rows, and the gate's decision."""
+
+    challenger_version: str
+    challenger: ModelEvaluation
+    champion_version: str | None
+    champion: ModelEvaluation | None
+    decision: Decision
+
+    def facts(self) -> dict:
+        """The scoring facts of the run record."""
+        return {
+            "challenger_version": self.challenger_version,
+            "challenger": self.challenger.overall,
+            "challenger_new_data": self.challenger.new_data,
+            "champion_version": self.champion_version,
+            "champion": self.champion.overall if self.champion else None,
+            "champion_new_data": self.champion.new_data if self.champion else None,
+            "p_value": self.decision.p_value,
+        }
+
+
+@dataclass(frozen=True)
+class Production:
+    """The production pointer as this run read it, and the ETag a promotion's compare-and-swap expects."""
+
+    pointer: ProductionPointer | None
+    etag: str | None
+
+    @property
+    def version(self) -> str | None:
+        return self.pointer.version if self.pointer else None
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What the publish step did: the run's status, production afterwards, and why."""
+
+    status: RunStatus
+    production_version: str | None
+    reasons: list[str] = field(default_factory=list)
+    report_uris: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunProgress:
+    """The steps' results so far: the run record is assembled from them, also when a step fails."""
+
+    run_id: str
+    forced_reason: str | None
+    ingestion: Ingestion | None = None
+    production: Production | None = None
+    scores: Scores | None = None
+    publication: Publication | None = None
+    final: RunRecord | None = None
+
+    def record(self, status: RunStatus, reasons: Sequence[str] = ()) -> RunRecord:
+        """The run record from the steps done so far, with `status` and `reasons` of its ending."""
+        published = self.publication
+        production = self.production.version if self.production else None
+        return RunRecord(
+            status=status,
+            run_id=self.run_id,
+            forced_reason=self.forced_reason,
+            production_version=published.production_version if published else production,
+            report_uris=published.report_uris if published else [],
+            reasons=[
+                *(self.scores.decision.reasons if self.scores else []),
+                *(published.reasons if published else []),
+                *reasons,
+            ],
+            **(self.ingestion.counts() if self.ingestion else {}),
+            **(self.scores.facts() if self.scores else {}),
+        )
