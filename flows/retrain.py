@@ -300,13 +300,13 @@ def _attach_failed_record(error: Exception, progress: RunProgress) -> None:
     # record back from it (`failed_record`) while the run still ends Failed.
     message = str(error) or type(error).__name__
     status = "validation-failed" if isinstance(error, ValidationFailedError) else "failed"
-    if progress.final is None:
+    final = progress.final
+    if final is None:
         record = progress.record(status, [message])
-    else:  # it failed after deciding (e.g. the notification): say what it decided
-        message = f"the run failed after its decision ({progress.final.status}): {message}"
-        record = progress.final.model_copy(
-            update={"status": status, "reasons": [*progress.final.reasons, message]}
-        )
+    else:  # it failed after it ended (e.g. the notification): keep what it found, and say what it decided
+        if final.status != "no-data":  # no data: nothing was decided
+            message = f"the run failed after its decision ({final.status}): {message}"
+        record = final.model_copy(update={"status": status, "reasons": [*final.reasons, message]})
     setattr(error, _RECORD_ATTRIBUTE, record)  # every exception instance has a __dict__
 
 
