@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from retrainer.core.masking import MASK_KINDS
 from retrainer.core.text import InputRecipe, Truncation
 
 PACKAGED_BASE_MODEL = "packaged:all-MiniLM-L6-v2"
@@ -159,6 +160,31 @@ class TrainingConfig(BaseModel):
     clean_text: Annotated[bool, RecipeOnly("input_recipe")] = Field(
         True, description="Strip issue-template boilerplate, shorten code blocks and stack traces."
     )
+    # One switch per masking kind, named mask_<kind> (`input_recipe` reads them by that name).
+    mask_secret: Annotated[bool, RecipeOnly("input_recipe")] = Field(
+        True,
+        description="Replace secrets with `[secret]`: private-key blocks, AWS access key ids, JWTs, GitHub "
+        "and Slack tokens, and credentials after their name (`Authorization:`, `Bearer`, `password=`, "
+        "`aws_secret_access_key =`, ...).",
+    )
+    mask_email: Annotated[bool, RecipeOnly("input_recipe")] = Field(
+        True, description="Replace e-mail addresses with `[email]`."
+    )
+    mask_card: Annotated[bool, RecipeOnly("input_recipe")] = Field(
+        True,
+        description="Replace payment card numbers (13-19 digits with a card network's prefix and a valid "
+        "Luhn check digit) with `[card]`; other digit runs (order numbers, ids) stay.",
+    )
+    mask_ip: Annotated[bool, RecipeOnly("input_recipe")] = Field(
+        True,
+        description="Replace IPv4 and IPv6 addresses with `[ip]`; 4-part version numbers after `version`, "
+        "`v`, `build` or `==`, and 0.x, 127.x, 255.x, `::1`, stay.",
+    )
+    mask_phone: Annotated[bool, RecipeOnly("input_recipe")] = Field(
+        True,
+        description="Replace phone numbers with `[phone]`: with a `+` country code, North American ones "
+        "with separators, and any number after `phone`, `tel`, `mobile`, `cell` or `fax`.",
+    )
     label_smoothing: Annotated[float, TrainerArgument("label_smoothing_factor")] = Field(
         0.0, ge=0.0, lt=1.0, description="Share of each target spread over the other labels (0: none)."
     )
@@ -220,6 +246,7 @@ class TrainingConfig(BaseModel):
             truncation=self.truncation,
             head_share=self.head_share,
             clean=self.clean_text,
+            mask=tuple(kind for kind in MASK_KINDS if getattr(self, f"mask_{kind}")),
         )
 
 
@@ -238,7 +265,8 @@ REFERENCE_RECIPE = TrainingConfig(
 )
 """The recipe of the seed project (the one this project started from), exactly; the baseline the tuned
 defaults are measured against: lr 2e-5, batch 16, 3 epochs, no warm-up, 128 tokens, raw text, the best
-epoch by validation accuracy, the transformer alone."""
+epoch by validation accuracy, the transformer alone. Customer data is masked here too: masking protects
+customers, it is not part of the recipe being compared."""
 TRAINING_PRESETS: dict[str, TrainingConfig] = {"reference": REFERENCE_RECIPE, "tuned": TrainingConfig()}
 """Named recipes (``retrainer run --preset NAME``; benchmarks/quality.py measures them)."""
 RENAMED_PRESETS: dict[str, str] = {"seed": "reference"}

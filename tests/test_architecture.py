@@ -19,9 +19,10 @@ FORBIDDEN_IN_CORE = ("prefect", "boto3", "botocore", "tasks", "flows", "app")
 CORE_MAY_IMPORT = ("retrainer.settings", "retrainer.provenance")
 """The two shared modules the core may import: `retrainer.settings` holds `TrainingConfig` and
 `GatePolicy` (plain pydantic models; the module reads the environment only when `RetrainerSettings` is
-built, never at import, and imports no more than pydantic and `retrainer.core.text`), and
-`retrainer.provenance` records library versions with `importlib.metadata` (it imports nothing above the
-core). Both are imported by the Prefect-free run below, so a dependency they grow shows there."""
+built, never at import, and imports no more than pydantic, `retrainer.core.text` and
+`retrainer.core.masking`), and `retrainer.provenance` records library versions with
+`importlib.metadata` (it imports nothing above the core). Both are imported by the Prefect-free run
+below, so a dependency they grow shows there."""
 LAYERS_ABOVE = {
     "retrainer": ("tasks", "flows", "app"),
     "tasks": ("flows", "app"),

@@ -50,6 +50,12 @@ def test_the_reference_preset_is_the_seed_projects_recipe():
         "max_length": 128,
         "truncation": "head",
         "clean_text": False,
+        # Customer data is masked in every preset: masking protects customers, not part of the recipe.
+        "mask_secret": True,
+        "mask_email": True,
+        "mask_card": True,
+        "mask_ip": True,
+        "mask_phone": True,
         "label_smoothing": 0.0,
         "attention_dropout": None,
         "length_grouping": False,

@@ -4,8 +4,9 @@ A ticket's text is its title (first line) and its body. Bodies written from issu
 lot of boilerplate (HTML-comment instructions, template headings, check lists) and long pastes
 (code, logs, stack traces) that eat the model's length budget without telling it much. `clean_text`
 removes the boilerplate and shortens the pastes; `encode` then keeps the head and the tail of what
-is still too long, the title always whole and first. The recipe (`InputRecipe`) is saved with every
-model, so a model is always scored the way it was trained.
+is still too long, the title always whole and first. Customer data (e-mail addresses, phone and card
+numbers, IP addresses, secrets) becomes typed placeholders (`retrainer.core.masking`). The recipe
+(`InputRecipe`) is saved with every model, so a model is always scored the way it was trained.
 """
 
 import json
@@ -13,7 +14,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+from retrainer.core.masking import MASK_KINDS, MaskKind, mask_text
 
 RECIPE_FILE = "input_recipe.json"
 
@@ -51,6 +54,17 @@ class InputRecipe(BaseModel):
         0.5, gt=0.0, lt=1.0, description="head_tail: share of the budget for the start (at least the title)."
     )
     clean: bool = Field(False, description="Strip template boilerplate and shorten code and stack traces.")
+    mask: tuple[MaskKind, ...] = Field(
+        (),
+        description="Kinds of customer data replaced by a placeholder, after cleaning; none in recipes "
+        "saved before masking existed, so those models score as they always did.",
+    )
+
+    @field_validator("mask")
+    @classmethod
+    def _in_masking_order(cls, kinds: tuple[MaskKind, ...]) -> tuple[MaskKind, ...]:
+        """One spelling per set of kinds: the saved recipe and the tokenized-data cache key are stable."""
+        return tuple(kind for kind in MASK_KINDS if kind in kinds)
 
     def save(self, model_dir: Path) -> None:
         """Write the recipe beside a model's weights."""
@@ -143,10 +157,14 @@ def normalise_whitespace(text: str) -> str:
 
 
 def prepare_texts(texts: list[str], tokenizer, recipe: InputRecipe) -> list[str]:
-    """Texts as the model reads them: cleaned if the recipe says so, and for ``head_tail``, cut to
-    their first and last tokens so that the tokenizer's own truncation no longer has to cut."""
+    """Texts as the model reads them: cleaned and masked if the recipe says so, and for ``head_tail``,
+    cut to their first and last tokens so that the tokenizer's own truncation no longer has to cut."""
     if recipe.clean:
         texts = [clean_text(text) for text in texts]
+    if recipe.mask:
+        # After cleaning: links are host names by then, so their paths (ids, versions, hashes) cannot
+        # be mistaken for customer data, and no placeholder's "]" can end a link early.
+        texts = [mask_text(text, recipe.mask) for text in texts]
     if recipe.truncation != "head_tail":
         return list(texts)
     budget = recipe.max_length - tokenizer.num_special_tokens_to_add()
