@@ -172,13 +172,13 @@ class TrainingConfig(BaseModel):
     )
     mask_card: Annotated[bool, RecipeOnly("input_recipe")] = Field(
         True,
-        description="Replace payment card numbers (13-19 digits with a card network's prefix and a valid "
+        description="Replace payment card numbers (a card network's first digits and length, and a valid "
         "Luhn check digit) with `[card]`; other digit runs (order numbers, ids) stay.",
     )
     mask_ip: Annotated[bool, RecipeOnly("input_recipe")] = Field(
         True,
         description="Replace IPv4 and IPv6 addresses with `[ip]`; 4-part version numbers after `version`, "
-        "`v`, `build` or `==`, and 0.x, 127.x, 255.x, `::1`, stay.",
+        "`v`, `build`, `==` or `=>` or with a `-suffix`, and 0.x, 127.x, 255.x, `::1`, stay.",
     )
     mask_phone: Annotated[bool, RecipeOnly("input_recipe")] = Field(
         True,

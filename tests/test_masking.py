@@ -8,7 +8,7 @@ The ambiguous cases decided here (and in `retrainer/core/masking.py`'s docstring
   ``==`` or a product name (``Chrome/``) it is a version; 0.x, 127.x and 255.x are never masked;
 - digits in groups of three and four separated by spaces are a phone number only after a label
   (``phone:``): without one they are more often a row of figures;
-- 13-19 digits are a card only with a card network's first digits and a valid Luhn digit;
+- 13-19 digits are a card only with a card network's first digits and length and a valid Luhn digit;
 - ``git@github.com`` is masked like any e-mail address (it cannot be told from one), ``react@18.2.0``
   is not (a top-level domain has letters only);
 - a value after ``password:``/``token:`` is a secret only with a digit in it (6 characters or more) or
@@ -57,6 +57,7 @@ MASKED = [
     ("ip", "ipv6 2001:db8:85a3::8a2e:370:7334 down", "ipv6 [ip] down"),
     ("ip", "at [2001:db8::1]:8080", "at [[ip]]:8080"),
     ("ip", "mapped ::ffff:192.0.2.1", "mapped ::ffff:[ip]"),
+    ("ip", "via 64:ff9b::192.0.2.1", "via [ip]"),
     ("ip", "a bare 1.2.3.4 is an address", "a bare [ip] is an address"),
     ("secret", f"my key:\n{PEM_KEY}\nthanks", "my key:\n[secret]\nthanks"),
     (
@@ -144,6 +145,15 @@ KEPT = [
     ("Bearer followed by words", "Bearer tokens expire"),
     ("host names from links", "example.com, api.github.com, status.aws.amazon.com"),
     ("a product serial that is not Luhn-valid", "serial 4111-1111-1111-1112"),
+    # Found masked in the NLBSE'24 GitHub issues by a first version, and decided to stay:
+    ("versions with a suffix", "Linux x64 5.15.90.1-microsoft, V8: 11.4.183.29-electron.0"),
+    ("a version in quotes or after =>", 'found version "1.10.0.1", OpenCV => 4.5.5.64'),
+    (
+        "Luhn-valid numbers no card network has",
+        "multiplying 46283860790870 with 2501999793529, a=516770465071103",
+    ),
+    ("ids in a link's path", "cirrus-ci.com/task/5522204518514688?logs=ci"),
+    ("an ONNX operator", "Node [Transpose@ai.onnx]:(onnx_node)"),
 ]
 
 
@@ -170,6 +180,8 @@ def test_a_card_number_needs_the_length_a_network_prefix_and_the_luhn_digit():
     assert not is_card_number("4111 1111 1111 1112")  # Luhn
     assert not is_card_number("1234567812345670")  # Luhn-valid, but no network starts with 1
     assert not is_card_number("411111111111")  # Luhn-valid, 12 digits
+    assert not is_card_number("46283860790870")  # Luhn-valid, but no Visa number has 14 digits
+    assert is_card_number("4222222222222")  # the old 13-digit Visa
 
 
 @pytest.fixture(scope="module")

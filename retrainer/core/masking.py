@@ -9,16 +9,19 @@ each kind is a pattern plus a check, and the ambiguous cases are decided as foll
   what it is (``Authorization:``, ``Bearer``, ``password=``, ``aws_secret_access_key =``, ...) and only
   when it looks like a credential (a digit in it, or 20 characters or more): ``password: required`` is
   prose. A bare 40-character AWS secret key is not recognised: it reads like a path or a hash.
-- ``email``: ``local@domain.tld`` with a letters-only top-level domain (so ``react@18.2.0`` is a
-  package version).
-- ``card``: 13-19 digits, contiguous or in the printed groups (4-4-4-4, 4-6-5, 4-6-4), with a card
-  network's first digits (2, 3, 4, 5, 6: so timestamps and ``2024...`` dates are not) that pass the
-  Luhn check. Order numbers, ids and other digit runs are left alone.
+- ``email``: ``local@domain.tld`` ending in a country's two letters or a common generic domain (so
+  ``react@18.2.0`` is a package version and ``Transpose@ai.onnx`` an ONNX operator).
+- ``card``: 13-19 digits, contiguous or in the printed groups (4-4-4-4, 4-6-5, 4-6-4), not after
+  ``/`` (a link's path), with the first digits and the length of a card network's numbers (so
+  timestamps, ``2024...`` dates and a 14-digit number starting with 4 are not) and a valid Luhn check
+  digit. Order numbers, ids and other digit runs are left alone.
 - ``ip``: IPv4 with every part at most 255, not inside a longer dotted number, not right after
-  ``version``/``v``/``build``/``release``/``==`` or a product name (``Chrome/120.0.0.0``), and not
-  0.x, 127.x or 255.x (addresses of no one's machine; 0.x is also how 4-part versions such as 0.9.1.2
-  read). A bare ``1.2.3.4`` is masked: it cannot be told from an address. IPv6 as Python's
-  ``ipaddress`` reads it, with at least three groups written (``a[1::2]`` and ``fe80::1`` are kept).
+  ``version``/``v``/``build``/``release``/``==``/``=>`` or a product name (``Chrome/120.0.0.0``), not
+  before a ``-suffix`` (``5.15.90.1-microsoft``), and not 0.x, 127.x or 255.x (addresses of no one's
+  machine; 0.x is also how 4-part versions such as 0.9.1.2 read). A bare ``1.2.3.4`` is masked: it
+  cannot be told from an address, so a version after a bare name (``cuDNN 8.6.0.163``, as ``pip
+  list`` prints them) is masked too. IPv6 as Python's ``ipaddress`` reads it, with at least three
+  groups written (``a[1::2]`` and ``fe80::1`` are kept).
 - ``phone``: an international number (``+`` and 8-15 digits), a North American one written with
   separators (``(555) 123-4567``, ``555-123-4567``, ``555.123.4567``), or any 7-15 digits right after
   ``phone``/``tel``/``mobile``/``cell``/``fax``. Bare digit runs are never phones: they are order
@@ -38,75 +41,45 @@ MASK_KINDS: tuple[MaskKind, ...] = get_args(MaskKind)
 """Every kind, in the order they are masked: secrets first (a key block holds digit runs and more),
 cards before phones and IPs before phones (a number is claimed by its most specific kind)."""
 
-_CREDENTIAL_NAMES = (
-    r"(?:aws_?)?secret_?access_?key|aws_?secret_?key|secret_?key|client_?secret|api_?key|apikey"
-    r"|access_?token|auth_?token|refresh_?token|password|passwd|pwd|secret|token"
-)
-_SECRET_FORMATS = re.compile(
-    r"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----"
-    r"(?:[\s\S]*?-----END \1-----|(?:\r?\n[A-Za-z0-9+/=]{16,})*)"
-    r"|\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA|ASCA)[A-Z0-9]{16}\b"
-    r"|\beyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"
-    r"|\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b"
-    r"|\bxox[abposr]-[A-Za-z0-9-]{10,}"
-)
-"""Secrets recognisable by their format alone."""
-_NAMED_SECRETS = [
-    re.compile(
-        r"(?i)\bauthorization[\"']?[ \t]*[:=][ \t]*[\"']?(?:(?:bearer|basic|token|digest|bot)[ \t]+)?"
-        r"(?P<secret>[^\s\"',;]+)"
-    ),
-    re.compile(r"(?i)\bbearer[ \t]+(?P<secret>[A-Za-z0-9._~+/-]+=*)"),
-    re.compile(
-        rf"(?i)(?<![A-Za-z0-9])(?:{_CREDENTIAL_NAMES})[\"']?[ \t]*[:=][ \t]*[\"']?(?P<secret>[^\s\"'`,;<>]+)"
-    ),
-    re.compile(r"hooks\.slack\.com/services/(?P<secret>[A-Za-z0-9/_-]+)"),
-]
-"""Secrets recognised by the name before them; only the group ``secret`` is masked."""
-
-_EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,24}(?![\w-])")
-
-_CARD = re.compile(
-    r"(?<![\w.,+-])(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{4}|\d{4}([ -])\d{6}\2\d{4,5})(?![\w]|[.,]\d)"
-)
-_CARD_NETWORK = re.compile(r"4|5[1-5]|2[2-7]|3[04-9]|6")
-"""First digits of the card networks (Visa, Mastercard, Amex, Diners, JCB, Discover, UnionPay)."""
-
-_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-_IPV4 = re.compile(rf"(?<![\w.])(?<!\w/){_OCTET}(?:\.{_OCTET}){{3}}(?![\w]|\.\d)")
-_VERSION_BEFORE = re.compile(
-    r"(?i)(?:\b(?:version|ver|v|release|build|firmware|fw|rev)\b[ \t:=#]*|[=<>~!]=[ \t]*)$"
-)
-"""What ends the text before a 4-part version number."""
-_NOT_A_HOST = ("0.", "127.", "255.")
-_IPV6 = re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]*[0-9A-Fa-f]")
-
-_PHONE_INTERNATIONAL = re.compile(r"(?<![\w+])\+\d++(?:[ .-]?\(\d++\)|[ .-]\d++|(?<=\))\d++){0,6}(?!\w)")
-_PHONE_NORTH_AMERICAN = re.compile(
-    r"(?<![\w+.-])(?:\([2-9]\d\d\)[ ]?[2-9]\d\d[-. ]|[2-9]\d\d([-.])[2-9]\d\d\1)\d{4}(?![\w]|[.-]\d)"
-)
-_PHONE_NAMED = re.compile(
-    r"(?i)\b(?:phone|telephone|tel|mobile|mob|cell|fax|whatsapp)\b\.?[ \t]*"
-    r"(?:no\.?|number|#)?[ \t]*[:=]?[ \t]*"
-    r"(?P<phone>\+?\(?\d[\d ()./-]{5,22}\d)(?!\w)"
-)
+_Replacement = str | Callable[[re.Match], str]
+_Hint = re.Pattern | tuple[str, ...]
+"""What a text must hold before a pattern is tried: a match of a cheap pattern (a literal, or one that
+starts with a digit), or one of these words in its lower-cased text. Most tickets hold none, and the
+search for a hint is many times faster than the pattern's own lookarounds and alternatives."""
+_Rule = tuple[_Hint, re.Pattern, _Replacement]
 
 
-def mask_text(text: str, kinds: Iterable[MaskKind] = MASK_KINDS) -> str:
-    """`text` with every `kinds` of customer data replaced by its placeholder (``[email]``, ...)."""
-    kinds = set(kinds)
-    for kind in MASK_KINDS:
-        if kind in kinds:
-            text = _MASKERS[kind](text)
+def _rule(hint: _Hint | str, pattern: str, replacement: _Replacement) -> _Rule:
+    return (re.compile(hint) if isinstance(hint, str) else hint, re.compile(pattern), replacement)
+
+
+def _apply(rules: list[_Rule], text: str) -> str:
+    """`text` after each rule whose hint it holds."""
+    lowered = None
+    for hint, pattern, replacement in rules:
+        if isinstance(hint, tuple):
+            # Lower-cased once: the rules before only put placeholders in, which no pattern needs to
+            # see, so the words of the text as it was are still the words a later rule can match.
+            lowered = text.lower() if lowered is None else lowered
+            if not any(word in lowered for word in hint):
+                continue
+        elif not hint.search(text):
+            continue
+        text = pattern.sub(replacement, text)
     return text
 
 
-def mask_secrets(text: str) -> str:
-    """Private-key blocks, cloud and service tokens, and credentials after their name, as ``[secret]``."""
-    text = _SECRET_FORMATS.sub("[secret]", text)
-    for pattern in _NAMED_SECRETS:
-        text = pattern.sub(lambda match: _masked_group(match, "secret", _looks_like_credential), text)
-    return text
+def _masked_group(group: str, check: Callable[[str], bool]) -> Callable[[re.Match], str]:
+    """A replacement that masks a match's `group` as ``[group]`` when `check` accepts its text."""
+
+    def replace(match: re.Match) -> str:
+        if not check(match.group(group)):
+            return match.group()
+        start, end = match.span(group)
+        whole = match.string
+        return f"{whole[match.start() : start]}[{group}]{whole[end : match.end()]}"
+
+    return replace
 
 
 def _looks_like_credential(value: str) -> bool:
@@ -115,29 +88,80 @@ def _looks_like_credential(value: str) -> bool:
     return len(value) >= 20 or (len(value) >= 6 and any(character.isdigit() for character in value))
 
 
-def _masked_group(match: re.Match, group: str, check: Callable[[str], bool]) -> str:
-    """The match with its `group` replaced by ``[group]`` when `check` accepts the group's text."""
-    if not check(match.group(group)):
-        return match.group()
-    start, end = match.span(group)
-    whole = match.string
-    return f"{whole[match.start() : start]}[{group}]{whole[end : match.end()]}"
+_CREDENTIAL_NAMES = (
+    r"(?:aws_?)?secret_?access_?key|aws_?secret_?key|secret_?key|client_?secret|api_?key|apikey"
+    r"|access_?token|auth_?token|refresh_?token|password|passwd|pwd|secret|token"
+)
+_NAMED_SECRET = _masked_group("secret", _looks_like_credential)
+_SECRET_RULES = [
+    # by their format alone
+    _rule(
+        "-----BEGIN ",
+        r"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----"
+        r"(?:[\s\S]*?-----END \1-----|(?:\r?\n[A-Za-z0-9+/=]{16,})*)",
+        "[secret]",
+    ),
+    _rule(
+        "A(?:KIA|SIA|BIA|CCA|GPA|IDA|IPA|NPA|NVA|ROA|PKA|SCA)",
+        r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA|ASCA)[A-Z0-9]{16}\b",
+        "[secret]",
+    ),
+    _rule("eyJ", r"\beyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*", "[secret]"),
+    _rule(
+        "gh[pousr]_|github_pat_",
+        r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b",
+        "[secret]",
+    ),
+    _rule("xox", r"\bxox[abposr]-[A-Za-z0-9-]{10,}", "[secret]"),
+    # by the name before them: only the value is masked
+    _rule(
+        ("authorization",),
+        r"(?i)\bauthorization[\"']?[ \t]*[:=][ \t]*[\"']?(?:(?:bearer|basic|token|digest|bot)[ \t]+)?"
+        r"(?P<secret>[^\s\"',;]+)",
+        _NAMED_SECRET,
+    ),
+    _rule(("bearer",), r"(?i)\bbearer[ \t]+(?P<secret>[A-Za-z0-9._~+/-]+=*)", _NAMED_SECRET),
+    _rule(
+        ("secret", "key", "token", "pass", "pwd"),
+        rf"(?i)(?<![A-Za-z0-9])(?:{_CREDENTIAL_NAMES})[\"']?[ \t]*[:=][ \t]*[\"']?"
+        r"(?P<secret>[^\s\"'`,;<>]+)",
+        _NAMED_SECRET,
+    ),
+    _rule("hooks", r"hooks\.slack\.com/services/(?P<secret>[A-Za-z0-9/_-]+)", _NAMED_SECRET),
+]
 
+_GENERIC_TOP_LEVEL_DOMAINS = (
+    "com|org|net|edu|gov|mil|int|info|biz|name|pro|io|ai|app|dev|cloud|tech|online|site|store|shop|"
+    "email|xyz|club|design|digital|agency|company|consulting|solutions|services|group|global|team|"
+    "works|media|network|systems|software|studio|life|live|world|health|bank|finance|law|museum|aero|"
+    "coop|jobs|mobi|travel|tel"
+)
+_EMAIL_RULES = [
+    _rule(
+        "@",
+        r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+"
+        rf"(?i:[a-z]{{2}}|{_GENERIC_TOP_LEVEL_DOMAINS})(?![\w-])",
+        "[email]",
+    ),
+]
+"""An address ends in a country's two letters or a common generic domain (``Transpose@ai.onnx``, an
+ONNX operator, does not)."""
 
-def mask_emails(text: str) -> str:
-    """E-mail addresses as ``[email]``."""
-    return _EMAIL.sub("[email]", text) if "@" in text else text
-
-
-def mask_cards(text: str) -> str:
-    """Card numbers (a network's first digits and a valid Luhn check digit) as ``[card]``."""
-    return _CARD.sub(lambda match: "[card]" if is_card_number(match.group()) else match.group(), text)
+_CARD_NETWORKS = re.compile(
+    r"4(?:\d{12}|\d{15}|\d{18})"  # Visa: 13, 16 or 19 digits
+    r"|(?:5[1-5]|2[2-7])\d{14}"  # Mastercard: 16
+    r"|3[47]\d{13}"  # American Express: 15
+    r"|3(?:0[0-5]\d{11,16}|[5689]\d{12,17})"  # Diners Club, JCB: 14-19
+    r"|6\d{15,18}"  # Discover, UnionPay, Maestro: 16-19
+)
+"""The first digits and lengths of the card networks' numbers (so a 14-digit number starting with 4,
+which no Visa card has, is not masked)."""
 
 
 def is_card_number(number: str) -> bool:
     """Whether `number` (digits, maybe grouped by spaces or dashes) reads as a payment card's."""
     digits = re.sub(r"[ -]", "", number)
-    return 13 <= len(digits) <= 19 and bool(_CARD_NETWORK.match(digits)) and luhn_valid(digits)
+    return bool(_CARD_NETWORKS.fullmatch(digits)) and luhn_valid(digits)
 
 
 def luhn_valid(digits: str) -> bool:
@@ -149,14 +173,28 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
-def mask_ips(text: str) -> str:
-    """IPv6 and IPv4 addresses as ``[ip]``, versions and addresses of no one's machine left alone."""
-    if ":" in text:
-        text = _IPV6.sub(lambda match: "[ip]" if _is_ipv6_address(match.group()) else match.group(), text)
-    return _IPV4.sub(_masked_ipv4, text) if "." in text else text
+_CARD_RULES = [
+    _rule(
+        r"\d{4}[ -]?\d{4}",
+        # not after "/": digits in a link's path are ids
+        r"(?<![\w.,+/-])(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{4}|\d{4}([ -])\d{6}\2\d{4,5})"
+        r"(?![\w]|[.,]\d)",
+        lambda match: "[card]" if is_card_number(match.group()) else match.group(),
+    ),
+]
+
+_VERSION_BEFORE = re.compile(
+    r"(?i)(?:\b(?:version|ver|v|release|build|firmware|fw|rev)\b[ \t:=#\"']*|(?:[=<>~!]=|=>)[ \t]*)$"
+)
+"""What ends the text before a 4-part version number: ``version "1.10.0.1"``, ``foo==1.2.3.4``,
+``OpenCV => 4.5.5.64``."""
+_NOT_A_HOST = ("0.", "127.", "255.")
+"""How IPv4 addresses of no one's machine start: this network, loopback, masks and broadcast."""
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 
 
 def _masked_ipv4(match: re.Match) -> str:
+    """``[ip]``, unless the dotted number is a version or no one's address."""
     address = match.group()
     before = match.string[max(0, match.start() - 24) : match.start()]
     if address.startswith(_NOT_A_HOST) or _VERSION_BEFORE.search(before):
@@ -164,23 +202,24 @@ def _masked_ipv4(match: re.Match) -> str:
     return "[ip]"
 
 
-def _is_ipv6_address(candidate: str) -> bool:
+def _masked_ipv6(match: re.Match) -> str:
+    """``[ip]`` for an IPv6 address of three groups or more (``1::2`` is a slice more often)."""
+    candidate = match.group()
     try:
         ipaddress.IPv6Address(candidate)
     except ValueError:
-        return False
-    return len([group for group in candidate.split(":") if group]) >= 3
+        return candidate
+    return "[ip]" if len([group for group in candidate.split(":") if group]) >= 3 else candidate
 
 
-def mask_phones(text: str) -> str:
-    """Phone numbers as ``[phone]``: international, North American with separators, or after a label."""
-    if not any(character.isdigit() for character in text):
-        return text
-    text = _PHONE_INTERNATIONAL.sub(
-        lambda match: "[phone]" if _phone_digits(match.group()) else match.group(), text
-    )
-    text = _PHONE_NORTH_AMERICAN.sub("[phone]", text)
-    return _PHONE_NAMED.sub(lambda match: _masked_group(match, "phone", _phone_digits), text)
+_IP_RULES = [
+    _rule(":[0-9A-Fa-f]{0,4}:", r"(?<![\w:.])[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]*[0-9A-Fa-f]", _masked_ipv6),
+    _rule(
+        r"\d\.\d{1,3}\.\d{1,3}\.\d",
+        rf"(?<![\w.])(?<!\w/){_OCTET}(?:\.{_OCTET}){{3}}(?![\w]|\.\d|-[A-Za-z])",  # 5.15.90.1-microsoft
+        _masked_ipv4,
+    ),
+]
 
 
 def _phone_digits(number: str) -> bool:
@@ -189,10 +228,39 @@ def _phone_digits(number: str) -> bool:
     return (8 if number.startswith("+") else 7) <= count <= 15
 
 
-_MASKERS: dict[MaskKind, Callable[[str], str]] = {
-    "secret": mask_secrets,
-    "email": mask_emails,
-    "card": mask_cards,
-    "ip": mask_ips,
-    "phone": mask_phones,
+_PHONE_RULES = [
+    _rule(
+        r"\+\d",
+        r"(?<![\w+])\+\d++(?:[ .-]?\(\d++\)|[ .-]\d++|(?<=\))\d++){0,6}(?!\w)",
+        lambda match: "[phone]" if _phone_digits(match.group()) else match.group(),
+    ),
+    _rule(
+        r"\d{3}(?:[-.]\d{3}[-.]\d|\))",
+        r"(?<![\w+.-])(?:\([2-9]\d\d\)[ ]?[2-9]\d\d[-. ]|[2-9]\d\d([-.])[2-9]\d\d\1)\d{4}(?![\w]|[.-]\d)",
+        "[phone]",
+    ),
+    _rule(
+        ("phone", "tel", "mob", "cell", "fax", "whatsapp"),
+        r"(?i)\b(?:phone|telephone|tel|mobile|mob|cell|fax|whatsapp)\b\.?[ \t]*"
+        r"(?:no\.?|number|#)?[ \t]*[:=]?[ \t]*(?P<phone>\+?\(?\d[\d ()./-]{5,22}\d)(?!\w)",
+        _masked_group("phone", _phone_digits),
+    ),
+]
+
+_RULES: dict[MaskKind, list[_Rule]] = {
+    "secret": _SECRET_RULES,
+    "email": _EMAIL_RULES,
+    "card": _CARD_RULES,
+    "ip": _IP_RULES,
+    "phone": _PHONE_RULES,
 }
+"""Each kind's rules, applied in order (IPv6 before IPv4: ``64:ff9b::192.0.2.1`` is one address)."""
+
+
+def mask_text(text: str, kinds: Iterable[MaskKind] = MASK_KINDS) -> str:
+    """`text` with every `kinds` of customer data replaced by its placeholder (``[email]``, ...)."""
+    kinds = set(kinds)
+    for kind in MASK_KINDS:
+        if kind in kinds:
+            text = _apply(_RULES[kind], text)
+    return text
