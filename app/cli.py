@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _exit_code(error: Exception) -> int | None:
     """2: the request was refused (by the registry: bad target, unknown version, nothing in production;
-    by setup: no Prefect server configured, an alert webhook it cannot deliver to);
+    by setup: no Prefect server configured, an alert webhook it cannot deliver to; by forget: no ticket id);
     1: a run, the store, the Prefect server or their credentials failed;
     None: not one of the project's known errors."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -50,9 +50,10 @@ def _exit_code(error: Exception) -> int | None:
     from app.platform import PrefectServerError, SetupRefusedError
     from retrainer.core.validation import ValidationFailedError
     from retrainer.storage import StorageError
+    from tasks.erasure import ErasureRequestError
     from tasks.registry import RegistryError
 
-    if isinstance(error, RegistryError | SetupRefusedError):
+    if isinstance(error, RegistryError | SetupRefusedError | ErasureRequestError):
         return 2
     known_failures = RunFailedError | StorageError | ValidationFailedError | ClientError | BotoCoreError
     if isinstance(error, known_failures | PrefectServerError):
@@ -111,6 +112,16 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("--reason", default=None, help="why (recorded in the history)")
     rollback.set_defaults(handler=_rollback)
 
+    forget = commands.add_parser(
+        "forget",
+        help="erase tickets by id (curated data, incoming, quarantine), report the models trained on them, "
+        "record the request",
+    )
+    forget.add_argument("ticket_ids", nargs="+", metavar="TICKET_ID", help="ids of the tickets to erase")
+    forget.add_argument("--requested-by", help="who asked (recorded; default: the OS user)")
+    forget.add_argument("--note", default="", help="why, or the request's reference (recorded)")
+    forget.set_defaults(handler=_forget)
+
     predict = commands.add_parser("predict", help="classify texts with the production model")
     predict.add_argument("texts", nargs="+", help="ticket texts")
     predict.set_defaults(handler=_predict)
@@ -144,6 +155,12 @@ def _parser() -> argparse.ArgumentParser:
         "--bucket-only",
         action="store_true",
         help="create the configured bucket if it does not exist and nothing else (needs no Prefect server)",
+    )
+    only_one.add_argument(
+        "--retention",
+        action="store_true",
+        help="apply the retention rules (RETRAINER_S3__*_EXPIRE_DAYS) to the existing bucket and nothing else"
+        " (needs no Prefect server; --create-bucket and --bucket-only apply them too)",
     )
     setup.set_defaults(handler=_setup)
 
@@ -261,6 +278,19 @@ def _rollback(args) -> int:
     return 0
 
 
+def _forget(args) -> int:
+    import getpass
+
+    from flows.forget import forget
+    from retrainer.ephemeral_api import start_ephemeral_api_bound_to_this_process
+
+    start_ephemeral_api_bound_to_this_process()  # no-op with PREFECT_API_URL set
+    with _console_without_known_error_tracebacks():
+        record = forget(args.ticket_ids, args.requested_by or getpass.getuser(), args.note)
+    print("\n".join(record.summary()))
+    return 0
+
+
 def _predict(args) -> int:
     from retrainer.core.labels import LABELS
     from retrainer.core.scoring import predict_probabilities
@@ -311,10 +341,13 @@ def _apply_alerts(args) -> int:
 
 
 def _setup(args) -> int:
-    from app.platform import create_bucket, set_up
+    from app.platform import apply_retention, create_bucket, set_up
 
     if args.bucket_only:  # the store alone: no Prefect server is asked for, or started
         print(create_bucket(RetrainerSettings().s3))
+        return 0
+    if args.retention:
+        print(apply_retention(_store()))
         return 0
     # Without a Prefect server, setup is refused before anything, the bucket included, is changed.
     for action in set_up(args.block, bucket=RetrainerSettings().s3 if args.create_bucket else None):

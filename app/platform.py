@@ -23,8 +23,9 @@ from prefect.settings import get_current_settings
 from prefect.utilities.urls import validate_restricted_url
 
 from app.automations import apply_automations
+from retrainer.retention import retention_rules
 from retrainer.settings import S3Settings
-from retrainer.storage import ObjectStore
+from retrainer.storage import LifecycleUnsupportedError, ObjectStore
 
 WORK_POOLS = {"cpu": "CPU work: the nightly retrain flow", "gpu": "GPU work: fine-tuning"}
 ALERTS_BLOCK = "ticket-retrainer-alerts"
@@ -153,8 +154,8 @@ def save_alerts_block() -> str | None:
 
 
 def create_bucket(settings: S3Settings) -> str:
-    """Create the configured bucket if it does not exist and set its expiry rule for run scratch
-    (both idempotent); what was done, for the user.
+    """Create the configured bucket if it does not exist and apply the retention rules (both
+    idempotent); what was done, for the user. A store without lifecycle rules still gets its bucket.
 
     Runs never create their bucket (a typo must fail, not start an empty registry), so this is the
     one place, besides the demo and the tests, that does.
@@ -162,10 +163,21 @@ def create_bucket(settings: S3Settings) -> str:
     store = ObjectStore(settings)
     created = store.ensure_bucket()
     done = f"{'created' if created else 'found'} bucket {store.bucket!r} at {store.endpoint}"
-    if settings.runs_expire_days:
-        store.expire_prefix(settings.runs_prefix, settings.runs_expire_days)
-        done += f"; objects under {settings.runs_prefix} expire after {settings.runs_expire_days} days"
-    return done
+    try:
+        return f"{done}; {apply_retention(store)}"
+    except LifecycleUnsupportedError as error:
+        return f"{done}; retention rules not applied: {error}"
+
+
+def apply_retention(store: ObjectStore) -> str:
+    """Apply the retention rules (`retrainer.retention`) to the store's existing bucket; what they are,
+    for the user. Raises `LifecycleUnsupportedError` where the store has no lifecycle rules."""
+    store.require_bucket()
+    rules = retention_rules(store.settings)
+    if not rules:
+        return "no retention rules: every expiry setting is 0"
+    store.apply_expiry_rules(rules)
+    return "retention rules applied: " + "; ".join(map(str, rules))
 
 
 def set_up(block_name: str | None, bucket: S3Settings | None = None) -> list[str]:

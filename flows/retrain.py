@@ -14,6 +14,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.fine_tune import checkpoint_prefix, fine_tune_flow
+from retrainer.core.batches import LoadedBatch
 from retrainer.core.gate import decide_promotion
 from retrainer.core.training import training_record
 from retrainer.core.validation import ValidatedBatch, ValidationFailedError, validation_failure
@@ -37,11 +38,13 @@ from tasks.dataset import (
     EVAL,
     check_splits,
     lineage,
+    mark_superseded_task,
     merge_curated,
     read_curated_task,
     rows_from_sources,
     write_curated_task,
 )
+from tasks.erasure import erased_ticket_ids_task, withhold_erased
 from tasks.evaluate import score_model_task
 from tasks.handoff import hand_off_fine_tune_task, warn_if_a_worker_waits_unused
 from tasks.ingest import (
@@ -141,6 +144,7 @@ def ingest_new_batches(resources: Resources, run_id: str) -> Ingestion:
     store, settings = resources.store, resources.settings
     manifest, manifest_etag = read_manifest_task(store)
     loaded = load_batches_task(store, discover_new_batches_task(store, manifest), settings.ingest)
+    loaded = withhold_erased_tickets(resources, loaded)
     curated = read_curated_task(store, manifest.dataset_version)
     validated = validate_batches_task(loaded, settings.validation, settings.ingest.label_aliases, curated)
     quarantine_batches_task(store, run_id, validated, [batch.raw for batch in loaded])
@@ -153,13 +157,44 @@ def ingest_new_batches(resources: Resources, run_id: str) -> Ingestion:
     if validated:
         entries = {result.key: _manifest_entry(result, run_id) for result in validated}
         commit_manifest_task(store, record_batches(manifest, entries, dataset_version), manifest_etag)
+    if manifest.dataset_version and dataset_version != manifest.dataset_version:
+        tag_superseded(resources, manifest.dataset_version)
     return Ingestion(curated, dataset_version, validated)
+
+
+def withhold_erased_tickets(resources: Resources, loaded: list[LoadedBatch]) -> list[LoadedBatch]:
+    """The batches without the records of tickets erased on request (a producer sent them again): they
+    are neither curated nor quarantined, but counted and logged (batch keys and counts, never text)."""
+    if not loaded:
+        return loaded
+    erased = erased_ticket_ids_task(resources.store)
+    kept = withhold_erased(loaded, erased, resources.settings.ingest)
+    for batch in kept:
+        if batch.erased:
+            run_logger().warning(
+                "%s: %d record(s) of erased tickets withheld: neither curated nor quarantined",
+                batch.key,
+                batch.erased,
+            )
+    return kept
+
+
+def tag_superseded(resources: Resources, dataset_version: str) -> None:
+    """Tag the curated version this run replaced, so the retention rule expires it (`retrainer.retention`).
+    A failure is a warning: the run has its data; the version is merely kept longer."""
+    state = mark_superseded_task(resources.store, dataset_version, return_state=True)
+    if state.is_failed():
+        run_logger().warning(
+            "dataset %s not tagged superseded (the retention rule will not expire it): %s",
+            dataset_version,
+            state.message,
+        )
 
 
 def report_validation(resources: Resources, run_id: str, validated: list[ValidatedBatch]) -> None:
     """Attach the validation report; alert and fail the run when a batch was rejected (quarantined)."""
     if validated:
-        report_validation_task(run_id, validated)
+        report_validation_task(run_id, validated, resources.settings.report_text_previews)
     failure = validation_failure(validated)
     if failure:
         alert_validation_failed_task(resources.settings.notification_block, run_id, validated, failure)
@@ -317,4 +352,5 @@ def _manifest_entry(result: ValidatedBatch, run_id: str):
         etag=result.etag,
         run_id=run_id,
         merged=len(result.merged),
+        erased=result.erased,
     )

@@ -86,7 +86,8 @@ class RunRecord(BaseModel):
     rows_accepted: int = 0
     rows_merged: int = 0  # same text and label as an earlier ticket: kept out of the curated data
     rows_quarantined: int = 0
-    problems: list[str] = Field(default_factory=list)
+    rows_erased: int = 0  # records of tickets erased on request, sent again: withheld, stored nowhere
+    problems: list[str] = Field(default_factory=list)  # file, row and reason kind: no values, no ticket text
     dataset_version: str | None = None
     challenger_version: str | None = None
     champion_version: str | None = None

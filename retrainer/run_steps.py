@@ -37,7 +37,9 @@ class Ingestion:
             "rows_accepted": accepted,
             "rows_merged": merged,
             "rows_quarantined": sum(result.rows for result in self.validated) - accepted - merged,
-            "problems": [problem for result in self.validated for problem in result.problems],
+            "rows_erased": sum(result.erased for result in self.validated),
+            # without the offending values: the record becomes the history, metrics.json and the reports
+            "problems": [problem for result in self.validated for problem in result.loggable_problems],
             "dataset_version": self.dataset_version,
         }
 

@@ -70,7 +70,10 @@ class S3Settings(BaseModel):
         "incoming/",
         description="Where producers drop labeled batch files (CSV, JSON Lines or Parquet, optionally .gz).",
     )
-    state_prefix: str = Field("state/", description="The ingestion manifest: which files were read.")
+    state_prefix: str = Field(
+        "state/",
+        description="The ingestion manifest (which files were read) and the erasure log (`erasure/`).",
+    )
     datasets_prefix: str = Field("datasets/", description="Curated dataset versions (never changed).")
     quarantine_prefix: str = Field(
         "quarantine/", description="Rejected rows and files, per run, with the reason."
@@ -82,11 +85,37 @@ class S3Settings(BaseModel):
         description="Per-run scratch: checkpoints (deleted once the run decides) and the challenger before "
         "the gate (deleted once it is published).",
     )
+    # Retention: lifecycle rules `retrainer setup --retention` (and `--create-bucket`) apply; 0: no rule.
     runs_expire_days: int = Field(
         14,
         ge=0,
-        description="`setup --create-bucket` sets a lifecycle rule expiring run scratch after this many days"
-        " (rejected challengers, checkpoints of runs that never decided); 0: no rule.",
+        description="Run scratch (rejected challengers, checkpoints of runs that never decided) expires "
+        "after this many days; 0: no rule.",
+    )
+    quarantine_expire_days: int = Field(
+        30,
+        ge=0,
+        description="Quarantined rows and batches (customer text that never reached a model) expire after "
+        "this many days; 0: no rule.",
+    )
+    superseded_datasets_expire_days: int = Field(
+        90,
+        ge=0,
+        description="A curated dataset version that a later one replaced (the run that replaces it tags it "
+        "`ticket-retrainer=superseded`) expires this many days after it was written; the current version is "
+        "never tagged. 0: no rule.",
+    )
+    incoming_expire_days: int = Field(
+        0,
+        ge=0,
+        description="Batch files in `incoming/` expire after this many days; 0: no rule (producers own "
+        "them). Every run ingests what is new, so a value longer than the longest outage loses nothing.",
+    )
+    noncurrent_versions_expire_days: int = Field(
+        30,
+        ge=0,
+        description="On a bucket with versioning, the earlier versions of overwritten or deleted objects "
+        "(erasure's included) expire this many days after they stopped being current; 0: no rule.",
     )
     max_attempts: int = Field(
         5, ge=1, le=20, description="botocore attempts per request (standard retry mode)."
@@ -397,6 +426,13 @@ class RetrainerSettings(BaseSettings):
         None,
         description="Prefect notification block (`<block-type>/<name>`, e.g. slack-webhook/ml-alerts) that "
         "receives each run's decision summary; unset: none.",
+    )
+    report_text_previews: bool = Field(
+        False,
+        description="Show short previews of rejected tickets' text in the validation report (a Prefect "
+        "artifact, readable by everyone with access to the Prefect UI), masked (`[email]`, `[phone]`, "
+        "...). Off: the report names batch, row and reason kind only; the text and the offending values "
+        "stay in the quarantine files in S3.",
     )
     base_model: str = Field(
         PACKAGED_BASE_MODEL,

@@ -37,6 +37,49 @@ class BucketAccessDeniedError(StorageError):
     """The store refused access to the bucket: wrong credentials or no permission."""
 
 
+class LifecycleUnsupportedError(StorageError):
+    """The store has no bucket lifecycle configuration; the message lists the rules to apply elsewhere."""
+
+
+_UNSUPPORTED = {"NotImplemented", "MethodNotAllowed", "XNotImplemented"}
+
+
+@dataclass(frozen=True)
+class ExpiryRule:
+    """A lifecycle rule of the product's: objects under `prefix` (with object tag `tag`, if given)
+    expire `days` after they were written, or, with `noncurrent`, earlier versions `days` after they
+    stopped being current (buckets with versioning)."""
+
+    name: str
+    prefix: str
+    days: int
+    tag: tuple[str, str] | None = None
+    noncurrent: bool = False
+
+    @property
+    def rule_id(self) -> str:
+        return f"ticket-retrainer-{self.name}"
+
+    def as_s3(self) -> dict:
+        """The rule as S3's lifecycle configuration spells it."""
+        if self.tag:
+            key, value = self.tag
+            rule_filter = {"And": {"Prefix": self.prefix, "Tags": [{"Key": key, "Value": value}]}}
+        else:
+            rule_filter = {"Prefix": self.prefix}
+        action = (
+            {"NoncurrentVersionExpiration": {"NoncurrentDays": self.days}}
+            if self.noncurrent
+            else {"Expiration": {"Days": self.days}}
+        )
+        return {"ID": self.rule_id, "Filter": rule_filter, "Status": "Enabled", **action}
+
+    def __str__(self) -> str:
+        scope = f"{self.prefix or 'every object'}" + (f" tagged {'='.join(self.tag)}" if self.tag else "")
+        what = "earlier versions of" if self.noncurrent else "objects under"
+        return f"{what} {scope}: {self.days} days"
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """One object as listed: its key, ETag (quotes kept, as S3 returns it) and size in bytes."""
@@ -68,28 +111,43 @@ class ObjectStore:
             return True
         return False
 
-    def expire_prefix(self, prefix: str, days: int) -> None:
-        """Make the bucket's lifecycle configuration expire objects under `prefix` after `days` days.
+    def apply_expiry_rules(self, rules: list["ExpiryRule"]) -> None:
+        """Put `rules` into the bucket's lifecycle configuration (idempotent: a rule replaces the one of
+        its id; the bucket's other rules are kept).
 
-        Idempotent: the rule is named after the prefix and replaced; the bucket's other rules are kept.
+        Raises `LifecycleUnsupportedError` when the store has no lifecycle configuration.
         """
-        rule_id = f"ticket-retrainer-expire-{prefix.strip('/') or 'all'}"
         try:
-            rules = self._client.get_bucket_lifecycle_configuration(Bucket=self.bucket)["Rules"]
+            existing = self._client.get_bucket_lifecycle_configuration(Bucket=self.bucket)["Rules"]
         except ClientError as error:
-            if _error_code(error) != "NoSuchLifecycleConfiguration":
+            if _error_code(error) not in {"NoSuchLifecycleConfiguration", *_UNSUPPORTED}:
                 raise
-            rules = []
-        rule = {
-            "ID": rule_id,
-            "Filter": {"Prefix": prefix},
-            "Status": "Enabled",
-            "Expiration": {"Days": days},
-        }
-        kept = [existing for existing in rules if existing.get("ID") != rule_id]
-        self._client.put_bucket_lifecycle_configuration(
-            Bucket=self.bucket, LifecycleConfiguration={"Rules": [*kept, rule]}
+            existing = []
+        ours = {rule.rule_id for rule in rules}
+        kept = [rule for rule in existing if rule.get("ID") not in ours]
+        try:
+            self._client.put_bucket_lifecycle_configuration(
+                Bucket=self.bucket,
+                LifecycleConfiguration={"Rules": [*kept, *(rule.as_s3() for rule in rules)]},
+            )
+        except ClientError as error:
+            if _error_code(error) in _UNSUPPORTED:
+                raise LifecycleUnsupportedError(
+                    f"{self.endpoint} does not support bucket lifecycle configuration "
+                    f"({_error_code(error)}): expire these yourself: {'; '.join(map(str, rules))}"
+                ) from error
+            raise
+
+    def tag(self, key: str, name: str, value: str) -> None:
+        """Set the object tag `name`=`value` on `key` (its other tags are replaced: the product sets one)."""
+        self._client.put_object_tagging(
+            Bucket=self.bucket, Key=key, Tagging={"TagSet": [{"Key": name, "Value": value}]}
         )
+
+    def tags(self, key: str) -> dict[str, str]:
+        """The object tags of `key`."""
+        tag_set = self._client.get_object_tagging(Bucket=self.bucket, Key=key)["TagSet"]
+        return {tag["Key"]: tag["Value"] for tag in tag_set}
 
     def require_bucket(self) -> None:
         """Check that the bucket exists and these credentials may use it (one HeadBucket).
@@ -205,7 +263,7 @@ class ObjectStore:
         """Delete every object under `prefix`, which must lie in the runs (scratch) prefix.
 
         Returns how many objects and bytes were deleted. Anything outside `runs_prefix` (datasets,
-        models, history, quarantine) is refused: published objects are never deleted by the product.
+        models, history, quarantine) is refused here: only erasure on request deletes there (`delete`).
         """
         scratch = self.settings.runs_prefix
         if not scratch or not prefix.startswith(scratch) or prefix == scratch:
@@ -226,6 +284,15 @@ class ObjectStore:
                     f"{first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".rstrip()
                 )
         return len(objects), sum(info.size for info in objects)
+
+    def delete(self, key: str) -> None:
+        """Delete one object (no error when it is already gone).
+
+        Only erasure on request (`tasks.erasure`) deletes outside run scratch: it removes the objects
+        that hold a ticket someone asked to be forgotten. With bucket versioning on, the store keeps the
+        object's earlier versions until a noncurrent-version expiry rule removes them.
+        """
+        self._client.delete_object(Bucket=self.bucket, Key=key)
 
     def uri(self, key: str) -> str:
         """The s3:// address of `key`, for humans (logs, reports)."""

@@ -26,7 +26,8 @@ def notify(block_name: str, subject: str, body: str) -> None:
 
 
 def validation_failed_payload(run_id: str, batch: ValidatedBatch) -> dict:
-    """What the ``retrainer.validation.failed`` event carries for one rejected batch."""
+    """What the ``retrainer.validation.failed`` event carries for one rejected batch: counts and reasons
+    without the offending values (events are kept by the Prefect server and sent on by automations)."""
     return {
         "run_id": run_id,
         "batch": batch.key,
@@ -35,7 +36,7 @@ def validation_failed_payload(run_id: str, batch: ValidatedBatch) -> dict:
         "accepted": len(batch.accepted),
         "quarantined": len(batch.rejected),
         "reasons": batch.batch_errors,
-        "row_problems": batch.problems[len(batch.batch_errors) : len(batch.batch_errors) + 20],
+        "row_problems": batch.loggable_problems[len(batch.batch_errors) : len(batch.batch_errors) + 20],
     }
 
 

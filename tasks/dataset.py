@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
+from retrainer.retention import SUPERSEDED_TAG
 from retrainer.storage import ObjectStore, PreconditionFailedError
 from tasks.common import once_task, read_task
 
@@ -70,6 +71,12 @@ def curated_key(store: ObjectStore, dataset_version: str) -> str:
     return f"{store.settings.datasets_prefix}{dataset_version}/{CURATED_FILE}"
 
 
+def mark_superseded(store: ObjectStore, dataset_version: str) -> None:
+    """Tag a curated version that a later one replaced, so the retention rule expires it (the current
+    version is never tagged: `retrainer.retention`). Idempotent."""
+    store.tag(curated_key(store, dataset_version), *SUPERSEDED_TAG)
+
+
 def split_rows(curated: pd.DataFrame, split: str) -> pd.DataFrame:
     """The rows of one split."""
     return curated[curated["split"] == split].reset_index(drop=True)
@@ -77,6 +84,7 @@ def split_rows(curated: pd.DataFrame, split: str) -> pd.DataFrame:
 
 read_curated_task = read_task(read_curated, "read-curated")
 write_curated_task = once_task(write_curated, "write-curated")
+mark_superseded_task = read_task(mark_superseded, "mark-superseded")  # idempotent: retried like a read
 
 
 def check_splits(curated: pd.DataFrame) -> dict[str, pd.DataFrame]:

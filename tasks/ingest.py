@@ -34,7 +34,7 @@ import pyarrow
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from retrainer.core.batches import PARSE_ERROR, ROW_NUMBER, LoadedBatch
+from retrainer.core.batches import PARSE_ERROR, ROW_NUMBER, LoadedBatch, column_names_for_messages
 from retrainer.core.text import join_title
 from retrainer.settings import IngestSettings
 from retrainer.storage import ObjectInfo, ObjectStore
@@ -74,6 +74,7 @@ class ManifestEntry(BaseModel):
     run_id: str
     ingested_at: datetime
     merged: int = 0  # rows whose text and label an earlier ticket already has (quarantined as .merged.csv)
+    erased: int = 0  # records of erased tickets withheld, not in `rows`: neither curated nor quarantined
 
 
 class Manifest(BaseModel):
@@ -147,7 +148,7 @@ def parse_batch(
     """
     name = key.lower()
     if name.endswith(".gz"):
-        raw, name = _gunzip(raw, key, max_decompressed_bytes), name[: -len(".gz")]
+        raw, name = gunzip(raw, key, max_decompressed_bytes), name[: -len(".gz")]
     _refuse_misnamed_binary(raw, key)
     if name.endswith(CSV_SUFFIXES):
         frame = _read_csv(raw, key)
@@ -180,8 +181,11 @@ def commit_manifest(store: ObjectStore, manifest: Manifest, expected_etag: str |
     return store.put(manifest_key(store), body, if_match=expected_etag, content_type="application/json")
 
 
-def manifest_entry(rows: int, accepted: int, etag: str, run_id: str, merged: int = 0) -> ManifestEntry:
-    """The manifest record of one batch ingested now (every row accepted, merged or quarantined)."""
+def manifest_entry(
+    rows: int, accepted: int, etag: str, run_id: str, merged: int = 0, erased: int = 0
+) -> ManifestEntry:
+    """The manifest record of one batch ingested now (every row accepted, merged or quarantined; the
+    `erased` records withheld before validation are not rows)."""
     return ManifestEntry(
         etag=etag,
         rows=rows,
@@ -190,10 +194,11 @@ def manifest_entry(rows: int, accepted: int, etag: str, run_id: str, merged: int
         run_id=run_id,
         ingested_at=datetime.now(UTC),
         merged=merged,
+        erased=erased,
     )
 
 
-def _gunzip(raw: bytes, key: str, limit: int) -> bytes:
+def gunzip(raw: bytes, key: str, limit: int) -> bytes:
     """Decompress chunk by chunk, stopping as soon as the output passes `limit` (a gzip bomb)."""
     output = io.BytesIO()
     try:
@@ -235,7 +240,8 @@ def _format_suffix(key: str) -> str | None:
     return None
 
 
-def _decode(raw: bytes, key: str) -> str:
+def decode_text(raw: bytes, key: str) -> str:
+    """`raw` as UTF-8 text; a `BatchFormatError` naming `key` and the byte offset when it is not."""
     try:
         return raw.decode("utf-8-sig")  # a leading byte-order mark is tolerated and dropped
     except UnicodeDecodeError as error:
@@ -243,13 +249,13 @@ def _decode(raw: bytes, key: str) -> str:
 
 
 def _read_csv(raw: bytes, key: str) -> pd.DataFrame:
-    text = _decode(raw, key)
+    text = decode_text(raw, key)
     if not text.strip():
         raise BatchFormatError(f"{key}: empty file (no header, no rows)")
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1
         raise BatchFormatError(f"{key}: NUL byte at line {line} (binary or corrupt file)")
-    reader = _csv_reader(text)
+    reader = csv_reader(text)
     try:
         header = _csv_header(reader, key)
         _refuse_duplicate_columns(header, key)
@@ -284,7 +290,7 @@ class _RaggedRecordError(Exception):
 
 def _csv_header(reader, key: str) -> list[str]:
     for record in reader:
-        if not _is_blank(record):
+        if not is_blank_record(record):
             return record
     raise BatchFormatError(f"{key}: empty file (no header, no rows)")
 
@@ -292,7 +298,7 @@ def _csv_header(reader, key: str) -> list[str]:
 def _same_width(records: list[list[str]], width: int) -> list[list[str]]:
     """`records` less blank lines, each `width` fields long, else `_RaggedRecordError`."""
     if width == 1 or set(map(len, records)) != {width}:  # blank lines, or a ragged record
-        records = [record for record in records if not _is_blank(record)]
+        records = [record for record in records if not is_blank_record(record)]
         if any(len(record) != width for record in records):
             raise _RaggedRecordError
     return records
@@ -300,12 +306,12 @@ def _same_width(records: list[list[str]], width: int) -> list[list[str]]:
 
 def _first_csv_problem(text: str) -> str:
     """Re-read record by record (slow, only for a bad file) to name the first bad record and line."""
-    reader = _csv_reader(text)
+    reader = csv_reader(text)
     width, row, end_line = None, 0, 0
     try:
         for record in reader:
             start_line, end_line = end_line + 1, reader.line_num
-            if _is_blank(record):
+            if is_blank_record(record):
                 continue
             if width is None:
                 width = len(record)
@@ -319,7 +325,8 @@ def _first_csv_problem(text: str) -> str:
     return "unknown problem"  # unreachable: _read_csv found one
 
 
-def _csv_reader(text: str):
+def csv_reader(text: str):
+    """A `csv.reader` over `text` that allows fields as long as a batch may be."""
     # Process-wide, so set when parsing, never at import; every caller sets the same value (thread-safe).
     csv.field_size_limit(CSV_FIELD_LIMIT)
     # newline="": lines end at \n, \r or \r\n only, and line ends inside quoted fields are kept as is.
@@ -335,14 +342,14 @@ def _csv_error_reason(error: csv.Error) -> str:
     return message
 
 
-def _is_blank(record: list[str]) -> bool:
+def is_blank_record(record: list[str]) -> bool:
     """An empty or whitespace-only line (pandas skips these too), not a record."""
     return not record or (len(record) == 1 and not record[0].strip())
 
 
 def _read_jsonl(raw: bytes, key: str) -> pd.DataFrame:
     records = []
-    for number, line in enumerate(_decode(raw, key).splitlines(), start=1):
+    for number, line in enumerate(decode_text(raw, key).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -403,7 +410,9 @@ def _merge_title(frame: pd.DataFrame) -> pd.DataFrame:
 def _refuse_duplicate_columns(columns: list[str], key: str) -> None:
     repeated = sorted({column for column in columns if columns.count(column) > 1})
     if repeated:
-        raise BatchFormatError(f"{key}: duplicate column(s) {', '.join(repeated)} in the header")
+        raise BatchFormatError(
+            f"{key}: duplicate column(s) {column_names_for_messages(repeated)} in the header"
+        )
 
 
 def _repeated(renames: dict[str, str]) -> set[str]:

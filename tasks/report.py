@@ -23,10 +23,11 @@ def report_run(record: RunRecord) -> RunRecord:
     return record
 
 
-def report_validation(run_id: str, batches: list[ValidatedBatch]) -> None:
-    """Attach the validation report (markdown) and the per-batch table to the run."""
+def report_validation(run_id: str, batches: list[ValidatedBatch], text_previews: bool = False) -> None:
+    """Attach the validation report (markdown) and the per-batch table to the run: batches, rows, reason
+    kinds and counts, with masked previews of rejected rows' text only if `text_previews`."""
     create_markdown_artifact(
-        markdown=render_validation_markdown(run_id, batches),
+        markdown=render_validation_markdown(run_id, batches, text_previews),
         key=VALIDATION_ARTIFACT_KEY,
         description="Validation",
     )

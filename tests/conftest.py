@@ -112,6 +112,25 @@ def run_resources(s3_settings, store, tiny_model_dir, tmp_path, prefect_api) -> 
 
 
 @pytest.fixture
+def webhook(prefect_api):
+    """A real HTTP receiver behind a saved CustomWebhookNotificationBlock (`receiver.block` names it)."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock  # here: `make test-fast` skips it
+
+    from tests.http_receiver import Receiver
+
+    block_name = f"alerts-{uuid.uuid4().hex[:8]}"
+    with Receiver() as receiver:
+        CustomWebhookNotificationBlock(
+            name="retrainer",
+            url=receiver.url,
+            json_data={"subject": "{{subject}}", "text": "{{body}}"},
+            allow_private_urls=True,
+        ).save(block_name)
+        receiver.block = f"custom-webhook/{block_name}"
+        yield receiver
+
+
+@pytest.fixture
 def flow_store_env(retrain_env) -> ObjectStore:
     """The store of a flow test's bucket (the environment points the retrain flow at it)."""
     store = ObjectStore(retrain_env)

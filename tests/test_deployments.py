@@ -12,8 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
 
 
-# Values for parameters a caller must always pass (fine-tune is started by retrain with these).
-REQUIRED_AT_RUN = {"dataset_version": "ds-20260101T000000Z-0123456789", "output_prefix": "runs/r/challenger/"}
+# Values for parameters a caller must always pass (fine-tune is started by retrain with these; forget is
+# given the ids and who asked).
+REQUIRED_AT_RUN = {
+    "dataset_version": "ds-20260101T000000Z-0123456789",
+    "output_prefix": "runs/r/challenger/",
+    "ticket_ids": ["T-1", "T-2"],
+    "requested_by": "dpo@example.com",
+}
 
 
 def _deployments() -> list[dict]:
@@ -44,3 +50,13 @@ def test_nightly_retrain_runs_one_at_a_time_and_its_form_is_typed():
         and training["per_device_train_batch_size"]["minimum"] == 1
     )
     assert "force_reason" in schema["properties"]
+
+
+def test_forget_asks_for_ids_and_who_and_runs_one_request_at_a_time():
+    [deployment] = [d for d in _deployments() if d["name"] == "forget"]
+    flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
+
+    assert set(flow.parameters.required) == {"ticket_ids", "requested_by"}
+    assert flow.parameters.properties["ticket_ids"]["type"] == "array"
+    assert deployment["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+    assert "schedules" not in deployment

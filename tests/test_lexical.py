@@ -4,9 +4,11 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.numpy import save_file
 
 from retrainer.core import lexical
 from retrainer.core.labels import LABEL_TO_ID, LABELS
@@ -111,17 +113,99 @@ def test_a_label_without_training_texts_is_named():
         _fitted(no_questions)
 
 
-def test_a_handful_of_texts_still_fits_a_model_that_learns_them():
+def test_texts_that_share_no_ngram_often_enough_give_no_lexical_half():
     tickets = pd.DataFrame(
         {
-            "text": ["app crashes on save", "please add dark mode", "how do I reset my password"],
+            "text": ["app crashes", "add dark mode", "reset password"],
             "label": ["bug", "feature_request", "general_inquiry"],
         }
-    )  # no n-gram occurs twice: the usual minimum document frequency would leave no vocabulary
+    )  # no word or character n-gram is in 5 texts: all of it could be what one customer wrote
 
+    with pytest.raises(
+        MissingLabelsError, match="no word or character n-gram is in 5 or more of the 3 training texts"
+    ):
+        _fitted(tickets)
+
+
+def test_a_string_in_fewer_texts_than_the_minimum_document_frequency_has_no_weight():
+    tickets = generate_tickets(300, seed=1)
+    rare, common = "quentinzybrowski", "acmewidgetpro"
+    tickets.loc[:3, "text"] += f" {rare}"  # in 4 texts: one customer's signature
+    tickets.loc[:4, "text"] += f" {common}"  # in 5 texts: the minimum
     model = _fitted(tickets)
 
-    assert model.probabilities(tickets["text"].tolist()).argmax(dim=-1).tolist() == [0, 1, 2]
+    word_features = model.vectorizers["word"]
+
+    assert word_features.transform([rare]).nnz == 0
+    assert word_features.transform([common]).nnz == 1
+    assert lexical.MIN_DOCUMENT_FREQUENCY == 5
+
+
+def test_the_saved_files_name_no_ngram_so_no_customer_string_ships_with_a_model(tmp_path):
+    tickets = generate_tickets(300, seed=1)
+    tickets.loc[:9, "text"] += " Regards, Quentin Zybrowski, quentin.zybrowski@example.com"  # 10 tickets
+    _fitted(tickets).save(tmp_path)
+
+    saved = b"".join(path.read_bytes() for path in tmp_path.iterdir()).lower()
+
+    for fragment in (b"zybrowski", b"quentin", b"example.com", b"regards"):
+        assert fragment not in saved
+    assert "vocabularies" not in json.loads((tmp_path / SETTINGS_FILE).read_text())
+
+
+def test_masked_kinds_are_masked_alike_in_fitting_and_scoring(tmp_path):
+    tickets = generate_tickets(300, seed=1)
+    label_ids = [LABEL_TO_ID[label] for label in tickets["label"]]
+    fit_lexical_model(tickets["text"].tolist(), label_ids, list(LABELS), 0.6, mask=("email",)).save(tmp_path)
+    model = LexicalModel.load(tmp_path)
+    text = tickets["text"].iloc[0]
+
+    one, other = model.probabilities([f"{text} mail ann@corp.io", f"{text} mail bob.smith@other.de"])
+
+    assert model.mask == ("email",)
+    assert torch.equal(one, other)  # both read "[email]"
+
+
+def test_a_model_saved_before_hashing_still_scores_as_it_always_did(tmp_path):
+    from scipy.sparse import hstack
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    tickets = generate_tickets(300, seed=1)
+    vectorizers = {
+        "word": TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True),
+        "char": TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True),
+    }
+    matrix = hstack([v.fit_transform(tickets["text"]) for v in vectorizers.values()]).tocsr()
+    regression = LogisticRegression(max_iter=3000).fit(matrix, tickets["label"].map(LABEL_TO_ID))
+    (tmp_path / SETTINGS_FILE).write_text(
+        json.dumps(
+            {
+                "format": 1,
+                "labels": list(LABELS),
+                "blend_weight": 0.6,
+                "vocabularies": {
+                    n: {t: int(i) for t, i in v.vocabulary_.items()} for n, v in vectorizers.items()
+                },
+            }
+        )
+    )
+    tensors = {f"idf.{name}": v.idf_ for name, v in vectorizers.items()}
+    tensors |= {
+        "classifier.weight": regression.coef_.astype("float32"),
+        "classifier.bias": regression.intercept_,
+    }
+    save_file(
+        {key: np.ascontiguousarray(value) for key, value in tensors.items()},
+        str(tmp_path / "lexical.safetensors"),
+    )
+    texts = generate_tickets(20, seed=2)["text"].tolist()
+
+    loaded = LexicalModel.load(tmp_path)
+
+    expected = regression.predict_proba(hstack([v.transform(texts) for v in vectorizers.values()]).tocsr())
+    assert loaded.mask == ()  # it read unmasked text, so it still does
+    assert np.allclose(loaded.probabilities(texts).numpy(), expected, atol=1e-5)
 
 
 def test_a_lexical_model_of_an_unknown_format_is_refused(tmp_path):
@@ -137,15 +221,12 @@ def test_a_folder_without_a_lexical_model_has_none(tmp_path):
     assert LexicalModel.load(tmp_path) is None
 
 
-def test_the_vocabulary_is_capped_so_the_saved_model_stays_small_as_data_grows(monkeypatch):
+def test_the_features_are_capped_so_the_saved_model_stays_small_as_data_grows(monkeypatch):
     monkeypatch.setattr(lexical, "MAX_FEATURES", 50)
 
     model = _fitted(generate_tickets(300, seed=1))
 
-    assert {name: len(vectorizer.vocabulary_) for name, vectorizer in model.vectorizers.items()} == {
-        "word": 50,
-        "char": 50,
-    }
+    assert model.feature_counts() == {"word": 50, "char": 50}
 
 
 def test_a_lexical_half_for_another_label_set_is_refused_at_scoring(tmp_path):

@@ -28,6 +28,7 @@ from retrainer.core.masking import MASK_KINDS, is_card_number, luhn_valid, mask_
 from retrainer.core.scoring import predict_probabilities
 from retrainer.core.text import RECIPE_FILE, InputRecipe, clean_text, encode, prepare_texts
 from retrainer.core.training import tokenize
+from retrainer.report.model_card import masking_note
 from retrainer.settings import TRAINING_PRESETS, RetrainerSettings, TrainingConfig
 
 PEM_KEY = (
@@ -321,3 +322,11 @@ def test_scoring_masks_for_a_new_model_and_not_for_an_old_one(random_bert):
     # The control: the model tells an address from the placeholder (a random BERT barely does: ~1e-3).
     assert not torch.equal(old[0], old[1])
     assert torch.equal(masked[0], masked[1]) and torch.equal(masked[2], masked[1])  # all read "[email]"
+
+
+def test_the_model_card_names_the_masked_kinds_or_says_nothing_was_masked():
+    default = masking_note(TrainingConfig().model_dump())
+    unmasked = masking_note(TrainingConfig(**{f"mask_{kind}": False for kind in MASK_KINDS}).model_dump())
+
+    assert "`[secret]`, `[email]`, `[card]`, `[ip]`, `[phone]`" in default[1]
+    assert "not masked" in unmasked[1]

@@ -165,7 +165,8 @@ def test_the_compose_topology_trains_on_the_gpu_pool_alerts_survives_a_restart_a
         # 3. The server restarts: deployments, pools and automations are in PostgreSQL; workers reconnect.
         assert stack.stop("prefect-server") is not None
         stack.start_prefect_server()
-        assert {d["name"] for d in api.call("/deployments/filter")} == {"nightly-retrain", "fine-tune"}
+        deployed = {d["name"] for d in api.call("/deployments/filter")}
+        assert deployed == {"nightly-retrain", "fine-tune", "forget"}
         assert len(api.call("/automations/filter")) == 2
 
         # 4. The gpu worker is stopped while it trains: it finishes that run, takes no other, and exits.

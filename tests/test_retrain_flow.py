@@ -37,21 +37,6 @@ def flow_store(run_resources) -> ObjectStore:
     return run_resources.store
 
 
-@pytest.fixture
-def webhook():
-    """A real HTTP receiver behind a saved CustomWebhookNotificationBlock (`receiver.block` names it)."""
-    block_name = f"alerts-{uuid.uuid4().hex[:8]}"
-    with Receiver() as receiver:
-        CustomWebhookNotificationBlock(
-            name="retrainer",
-            url=receiver.url,
-            json_data={"subject": "{{subject}}", "text": "{{body}}"},
-            allow_private_urls=True,
-        ).save(block_name)
-        receiver.block = f"custom-webhook/{block_name}"
-        yield receiver
-
-
 def _notifying(resources: Resources, block: str) -> Resources:
     """`resources` whose settings send each run's summary through the notification block `block`."""
     return Resources(resources.settings.model_copy(update={"notification_block": block}), resources.store)

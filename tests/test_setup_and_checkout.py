@@ -130,6 +130,16 @@ def _bare_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+def _store_env(tmp_path: Path, s3_settings, **extra: str) -> dict[str, str]:
+    """`_bare_env` pointed at this test's bucket."""
+    return _bare_env(
+        tmp_path,
+        RETRAINER_S3__ENDPOINT_URL=s3_settings.endpoint_url,
+        RETRAINER_S3__BUCKET=s3_settings.bucket,
+        **extra,
+    )
+
+
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
@@ -158,11 +168,7 @@ def _no_temporary_server_was_started(env: dict[str, str]) -> bool:
 def test_without_prefect_api_url_setup_and_alerts_refuse_and_name_the_variables(
     command, s3_settings, tmp_path
 ):
-    env = _bare_env(
-        tmp_path,
-        RETRAINER_S3__ENDPOINT_URL=s3_settings.endpoint_url,
-        RETRAINER_S3__BUCKET=s3_settings.bucket,
-    )
+    env = _store_env(tmp_path, s3_settings)
 
     done = _cli(env, *command)
 
@@ -192,11 +198,7 @@ def test_make_deploy_without_prefect_api_url_refuses_and_names_the_variables(tmp
 
 
 def test_setup_bucket_only_needs_no_prefect_server(s3_settings, tmp_path):
-    env = _bare_env(
-        tmp_path,
-        RETRAINER_S3__ENDPOINT_URL=s3_settings.endpoint_url,
-        RETRAINER_S3__BUCKET=s3_settings.bucket,
-    )
+    env = _store_env(tmp_path, s3_settings)
 
     done = _cli(env, "setup", "--bucket-only")
 
@@ -204,6 +206,42 @@ def test_setup_bucket_only_needs_no_prefect_server(s3_settings, tmp_path):
     assert done.stdout.startswith(f"created bucket {s3_settings.bucket!r} at {s3_settings.endpoint_url}")
     ObjectStore(s3_settings).require_bucket()
     assert _no_temporary_server_was_started(env)
+
+
+def test_setup_retention_applies_the_rules_without_a_prefect_server_and_is_idempotent(
+    s3_settings, store, tmp_path
+):
+    env = _store_env(tmp_path, s3_settings, RETRAINER_S3__QUARANTINE_EXPIRE_DAYS="7")
+
+    first = _cli(env, "setup", "--retention")
+    second = _cli(env, "setup", "--retention")
+
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert "objects under quarantine/: 7 days" in first.stdout
+    rules = store._client.get_bucket_lifecycle_configuration(Bucket=store.bucket)["Rules"]
+    assert sorted(rule["ID"] for rule in rules) == [
+        "ticket-retrainer-expire-noncurrent-versions",
+        "ticket-retrainer-expire-quarantine",
+        "ticket-retrainer-expire-runs",
+        "ticket-retrainer-expire-superseded-datasets",
+    ]  # twice applied, once present
+    assert {rule["ID"]: rule for rule in rules}["ticket-retrainer-expire-quarantine"]["Expiration"] == {
+        "Days": 7
+    }
+    assert _no_temporary_server_was_started(env)
+
+
+def test_setup_retention_on_a_missing_bucket_fails_in_one_line(s3_settings, tmp_path):
+    env = _bare_env(
+        tmp_path,
+        RETRAINER_S3__ENDPOINT_URL=s3_settings.endpoint_url,
+        RETRAINER_S3__BUCKET="no-such-bucket-here",
+    )
+
+    done = _cli(env, "setup", "--retention")
+
+    assert done.returncode == 1
+    assert "no-such-bucket-here" in _one_error_line(done)
 
 
 # --- a real Prefect server with basic auth ----------------------------------------------------
@@ -362,7 +400,7 @@ def deployed(auth_server, tmp_path_factory) -> list[dict]:
 def test_prefect_deploy_stores_a_pull_step_that_reads_the_checkout_dir_at_run_time(
     auth_server, deployed, tmp_path
 ):
-    assert sorted(d["name"] for d in deployed) == ["fine-tune", "nightly-retrain"]
+    assert sorted(d["name"] for d in deployed) == ["fine-tune", "forget", "nightly-retrain"]
     for deployment in deployed:
         assert deployment["pull_steps"] == [{PULL_STEP: {}}], deployment["pull_steps"]
 

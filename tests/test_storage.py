@@ -4,7 +4,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from retrainer.storage import ObjectStore, PreconditionFailedError
+from retrainer.storage import ExpiryRule, ObjectStore, PreconditionFailedError
 
 
 def test_put_get_and_list_round_trip(store: ObjectStore):
@@ -103,8 +103,8 @@ def test_the_run_scratch_expiry_rule_is_set_once_and_keeps_the_buckets_other_rul
         Bucket=store.bucket, LifecycleConfiguration={"Rules": [other]}
     )
 
-    store.expire_prefix("runs/", 30)
-    store.expire_prefix("runs/", 14)  # a changed setting replaces the rule, it does not add one
+    store.apply_expiry_rules([ExpiryRule("expire-runs", "runs/", 30)])
+    store.apply_expiry_rules([ExpiryRule("expire-runs", "runs/", 14)])  # a changed setting replaces the rule
 
     rules = store._client.get_bucket_lifecycle_configuration(Bucket=store.bucket)["Rules"]
     by_id = {rule["ID"]: rule for rule in rules}

@@ -359,7 +359,7 @@ def test_a_batch_without_a_text_column_shows_no_nan_example():
     raw = b"ticket_id,label\nM-1,bug\n"
     batch = LoadedBatch("incoming/notext.csv", '"e"', raw, parse_batch(raw, "incoming/notext.csv"), None)
 
-    report = render_validation_markdown("run", [_validate(batch)])
+    report = render_validation_markdown("run", [_validate(batch)], text_previews=True)
 
     assert "`incoming/notext.csv` row 1: (no text)" in report
     assert "nan" not in report

@@ -13,6 +13,8 @@ warnings go to this module's standard logger (tasks/train.py forwards them into 
 import hashlib
 import json
 import logging
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -40,6 +42,7 @@ from retrainer.core.calibration import fit_temperature
 from retrainer.core.devices import cpu_supports_bf16
 from retrainer.core.labels import LABEL_TO_ID, LABELS
 from retrainer.core.lexical import MissingLabelsError, fit_lexical_model
+from retrainer.core.masking import MaskKind
 from retrainer.core.metrics import load_metric
 from retrainer.core.text import InputRecipe, encode
 from retrainer.core.weights import mean_weights
@@ -47,6 +50,8 @@ from retrainer.provenance import library_versions
 from retrainer.settings import PACKAGED_BASE_MODEL, TrainingConfig
 
 logger = logging.getLogger(__name__)
+CACHE_IDLE_S = 3600.0
+"""Another dataset version's tokenized data untouched this long is deleted (`prune_tokenized_caches`)."""
 
 TRAINING_RECORD = "training.json"
 """What `fine_tune` writes beside the weights about how they were trained."""
@@ -78,7 +83,8 @@ class RunOptions:
     """How a run is carried out, beside what it trains.
 
     `checkpoints`: every checkpoint is kept there and a run resumes from the latest one kept.
-    `tokenized_cache` (a folder per dataset version): tokenized splits are reused across runs.
+    `tokenized_cache` (a folder per dataset version): tokenized splits are reused across runs; the
+    folders of other versions beside it are deleted once idle (`prune_tokenized_caches`).
     `callbacks`: more Trainer callbacks (after the checkpoints' own), e.g. to report progress.
     """
 
@@ -126,6 +132,8 @@ def fine_tune(
     checkpoint_dir = output_dir / "checkpoints"
     resume_from = checkpoints.restore(checkpoint_dir) if checkpoints else None
     cache = options.tokenized_cache
+    if cache is not None:
+        prune_tokenized_caches(cache.parent, keep=cache.name)
     validation_cache = _cache_file(cache, "validation", source, spec.revision, recipe)
     validation_dataset = tokenize(validation_rows, tokenizer, recipe, validation_cache)
     trainer = Trainer(
@@ -154,7 +162,7 @@ def fine_tune(
     # The lexical half selects nothing on the validation split, so it learns from both.
     temperature = calibrated_temperature(trainer, validation_dataset) if config.lexical_weight else 1.0
     lexical = add_lexical_half(
-        pd.concat([train_rows, validation_rows]), config.lexical_weight, model_dir, temperature
+        pd.concat([train_rows, validation_rows]), config.lexical_weight, model_dir, temperature, recipe.mask
     )
     record = {
         "resumed_from_step": checkpoint_step(resume_from) if resume_from else None,
@@ -183,26 +191,28 @@ def add_lexical_half(
     blend_weight: float,
     model_dir: Path,
     transformer_temperature: float = 1.0,
+    mask: tuple[MaskKind, ...] = (),
 ) -> dict | None:
-    """Fit the TF-IDF + logistic-regression half of the model (`retrainer.core.lexical`) on `rows` and
-    save it beside the transformer, to blend with the transformer's logits divided by
-    `transformer_temperature`; what was done, for ``training.json`` (None: not asked for)."""
+    """Fit the TF-IDF + logistic-regression half of the model (`retrainer.core.lexical`) on `rows`,
+    masked as the transformer's input (`mask`), and save it beside the transformer, to blend with the
+    transformer's logits divided by `transformer_temperature`; what was done, for ``training.json``
+    (None: not asked for)."""
     if not blend_weight:
         return None
     label_ids = [LABEL_TO_ID[label] for label in rows["label"]]
     try:
-        lexical = fit_lexical_model(rows["text"].tolist(), label_ids, list(LABELS), blend_weight)
+        lexical = fit_lexical_model(rows["text"].tolist(), label_ids, list(LABELS), blend_weight, mask)
     except MissingLabelsError as error:  # the transformer alone is still a model; the gate judges it
         logger.warning("published without its lexical half: %s", error)
         return {"skipped": str(error)}
     lexical.transformer_temperature = transformer_temperature
     lexical.save(model_dir)
-    vocabulary = {name: len(vectorizer.vocabulary_) for name, vectorizer in lexical.vectorizers.items()}
     return {
         "blend_weight": blend_weight,
         "transformer_temperature": lexical.transformer_temperature,
         "texts": len(rows),
-        "vocabulary": vocabulary,
+        "hashed_features": lexical.feature_counts(),
+        "masked": list(mask),
     }
 
 
@@ -319,6 +329,23 @@ def tokenize(rows: pd.DataFrame, tokenizer, recipe: InputRecipe, cache_file: Pat
         cache_file_name=str(cache_file) if cache_file else None,
         load_from_cache_file=cache_file is not None,
     )
+
+
+def prune_tokenized_caches(root: Path, keep: str, idle_s: float = CACHE_IDLE_S) -> list[Path]:
+    """Delete the tokenized-data folders under `root` other than `keep` that no run touched for
+    `idle_s` seconds; the folders deleted.
+
+    Why: token ids read back into ticket text, and a dataset version no longer current may hold tickets
+    erased since (`retrainer forget`), so a worker keeps the current version's cache only. The idle time
+    spares a folder another run on this worker is still tokenizing into."""
+    if not root.is_dir():
+        return []
+    deleted = []
+    for folder in root.iterdir():
+        if folder.is_dir() and folder.name != keep and time.time() - folder.stat().st_mtime > idle_s:
+            shutil.rmtree(folder, ignore_errors=True)
+            deleted.append(folder)
+    return deleted
 
 
 def _cache_file(

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from retrainer.core.batches import PARSE_ERROR, ROW_NUMBER, LoadedBatch
+from retrainer.core.batches import PARSE_ERROR, ROW_NUMBER, LoadedBatch, column_names_for_messages
 from retrainer.core.curated_profile import CuratedProfile, RowKeys, merge_targets, relational_problems
 from retrainer.core.labels import LABELS
 from retrainer.core.row_rules import normalise_text, schema_problems
@@ -54,6 +54,7 @@ class ValidatedBatch:
     rejected: pd.DataFrame  # the file's values, lineage, ``reason`` and `REASON_KIND`
     batch_errors: list[str] = field(default_factory=list)  # non-empty: the whole batch was rejected
     merged: pd.DataFrame = field(default_factory=pd.DataFrame)  # the file's values, lineage, duplicate_of
+    erased: int = 0  # records of erased tickets withheld before validation: not in `rows`, nowhere stored
 
     @property
     def problems(self) -> list[str]:
@@ -94,7 +95,7 @@ def validate_batch(
         return _rejected_file(batch, batch.error.removeprefix(f"{batch.key}: "))
     missing = [name for name in REQUIRED_COLUMNS if name not in batch.frame.columns]
     if missing:
-        found = ", ".join(str(name) for name in batch.frame.columns if name != ROW_NUMBER)
+        found = column_names_for_messages(name for name in batch.frame.columns if name != ROW_NUMBER)
         return _rejected_file(batch, f"missing required column(s) {', '.join(missing)} (found: {found})")
     rows = _prepare(batch, label_aliases)
     texts = normalise_text(rows["text"])
@@ -122,6 +123,7 @@ def validate_batch(
         ),
         batch_errors=batch_errors,
         merged=_as_in_file(batch, merged, duplicate_of=duplicate_of[merged]),
+        erased=batch.erased,
     )
 
 
@@ -164,6 +166,7 @@ def _rejected_file(batch: LoadedBatch, error: str) -> ValidatedBatch:
         accepted=pd.DataFrame(columns=list(CURATED_COLUMNS)),
         rejected=rejected.drop(columns=[ROW_NUMBER], errors="ignore"),
         batch_errors=[error],
+        erased=batch.erased,
     )
 
 
@@ -172,7 +175,7 @@ def _prepare(batch: LoadedBatch, label_aliases: dict[str, str]) -> pd.DataFrame:
     for column in (*OPTIONAL_COLUMNS, PARSE_ERROR):
         if column not in rows.columns:
             rows[column] = None if column == PARSE_ERROR else ""
-    rows["ticket_id"] = _strip_or_map(rows["ticket_id"], _as_identifier)
+    rows["ticket_id"] = normalise_ticket_ids(rows["ticket_id"])
     labels = _strip_or_map(rows["label"], _stripped)
     labels = labels.str.lower() if isinstance(labels.dtype, pd.StringDtype) else labels.map(_lower)
     rows["label"] = labels.replace(label_aliases) if label_aliases else labels
@@ -180,6 +183,11 @@ def _prepare(batch: LoadedBatch, label_aliases: dict[str, str]) -> pd.DataFrame:
     rows["source_etag"] = batch.etag
     rows["source_row"] = rows[ROW_NUMBER].astype(int)
     return rows.drop(columns=[ROW_NUMBER])
+
+
+def normalise_ticket_ids(column: pd.Series) -> pd.Series:
+    """A ``ticket_id`` column as validation reads it: strings stripped, integers as text."""
+    return _strip_or_map(column, _as_identifier)
 
 
 def _as_in_file(batch: LoadedBatch, mask: np.ndarray, **columns) -> pd.DataFrame:

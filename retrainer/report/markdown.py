@@ -1,17 +1,23 @@
 """The markdown reports: a run's decision, and the validation of the batches it ingested.
 
-Every data-derived string is made inert (`escape`, `code_safe`): ticket text and file names never turn
-into links, tags or table cells of their own.
+Reports are Prefect artifacts, readable by everyone with access to the Prefect UI: they carry batch
+keys, row numbers, reason kinds and counts, never a ticket's text nor the offending values of a row
+(those stay in the quarantine files in S3). Text previews of rejected rows are shown, masked, only when
+asked for (`RetrainerSettings.report_text_previews`). Every data-derived string is made inert
+(`escape`, `code_safe`): ticket text and file names never turn into links, tags or table cells of their
+own.
 """
 
 import pandas as pd
 
 from retrainer.core.evaluation import EvalReport
 from retrainer.core.labels import LABELS
+from retrainer.core.masking import mask_text
 from retrainer.core.validation import REASON_KIND, ValidatedBatch
 from retrainer.records import RunRecord
 
 EXAMPLES_PER_REASON = 3
+PREVIEW_CHARS = 100
 
 
 def render_run_markdown(record: RunRecord) -> str:
@@ -21,7 +27,8 @@ def render_run_markdown(record: RunRecord) -> str:
         "",
         "## Data",
         f"- batches ingested: {record.batches_ingested} (rows accepted {record.rows_accepted}, "
-        f"merged {record.rows_merged}, quarantined {record.rows_quarantined})",
+        f"merged {record.rows_merged}, quarantined {record.rows_quarantined}"
+        + (f"; {record.rows_erased} record(s) of erased tickets withheld)" if record.rows_erased else ")"),
         f"- dataset version: `{record.dataset_version}`; eval tickets: {record.eval_examples}",
         f"- production model now: `{record.production_version}`",
     ]
@@ -37,8 +44,11 @@ def render_run_markdown(record: RunRecord) -> str:
     return "\n".join(lines)
 
 
-def render_validation_markdown(run_id: str, batches: list[ValidatedBatch]) -> str:
-    """The validation report: per-batch counts and verdicts, reason counts, escaped examples.
+def render_validation_markdown(
+    run_id: str, batches: list[ValidatedBatch], text_previews: bool = False
+) -> str:
+    """The validation report: per-batch counts and verdicts, reason counts, and example rows (batch and
+    row; with `text_previews`, a masked preview of each example's text too).
 
     *merged* rows repeat the text and label of an earlier ticket: not bad, not curated again (see
     `retrainer.core.validation`); they are quarantined as ``<file>.merged.csv`` for review.
@@ -61,9 +71,16 @@ def render_validation_markdown(run_id: str, batches: list[ValidatedBatch]) -> st
             "curated data, which stands for them (listed with `duplicate_of` in the quarantined "
             "`<file>.merged.csv`).",
         ]
+    erased = [f"`{code_safe(batch.key)}` {batch.erased}" for batch in batches if batch.erased]
+    if erased:
+        lines += [
+            "",
+            f"Records of tickets erased on request, withheld (neither curated nor quarantined): "
+            f"{', '.join(erased)}.",
+        ]
     rejected = [batch.rejected.assign(batch=batch.key) for batch in batches if not batch.rejected.empty]
     if rejected:
-        lines += ["", "## Reasons", *_reason_examples(rejected)]
+        lines += ["", "## Reasons", *_reason_examples(rejected, text_previews)]
     return "\n".join(lines)
 
 
@@ -76,6 +93,7 @@ def validation_table(batches: list[ValidatedBatch]) -> list[dict]:
             "accepted": len(batch.accepted),
             "merged": len(batch.merged),
             "quarantined": len(batch.rejected),
+            "erased": batch.erased,
             "rejected_whole": batch.rejected_whole,
             "reasons": "; ".join(batch.batch_errors),
         }
@@ -83,9 +101,10 @@ def validation_table(batches: list[ValidatedBatch]) -> list[dict]:
     ]
 
 
-def _reason_examples(rejected: list[pd.DataFrame]) -> list[str]:
+def _reason_examples(rejected: list[pd.DataFrame], text_previews: bool) -> list[str]:
     """Rows grouped by the kind of their reason (the reason without the offending values, which
-    validation keeps apart: cutting values out of a message would leave fragments of them behind)."""
+    validation keeps apart: cutting values out of a message would leave fragments of them behind);
+    a few examples of each by batch and row, with a masked preview of their text if `text_previews`."""
     rows = pd.concat(rejected, ignore_index=True)
     rows["kind"] = rows[REASON_KIND].astype(str).str.slice(0, 120)
     if "text" not in rows.columns:
@@ -96,19 +115,23 @@ def _reason_examples(rejected: list[pd.DataFrame]) -> list[str]:
         for batch, row, text in group.head(EXAMPLES_PER_REASON)[["batch", "source_row", "text"]].itertuples(
             index=False
         ):
-            lines.append(f"  - `{code_safe(str(batch))}` row {row}: {_preview_text(text)}")
+            example = f"  - `{code_safe(str(batch))}` row {row}"
+            lines.append(f"{example}: {_preview_text(text)}" if text_previews else example)
     return lines
 
 
 def _preview_text(value) -> str:
-    """A short, inert preview of ticket text for a report: an inline-code span, or ``(no text)``."""
+    """A short, inert, masked preview of ticket text for a report: an inline-code span, or ``(no text)``.
+
+    Masked before it is cut, so a cut never leaves part of an address or number unmasked."""
     if not isinstance(value, str) and pd.api.types.is_scalar(value) and pd.isna(value):
         return "(no text)"  # no text column, an unparseable line, a null: not the string "nan"
-    text = value if isinstance(value, str) else repr(value)
+    text = mask_text(value if isinstance(value, str) else repr(value))
     text = "".join(char if char.isprintable() else " " for char in text)
     if not text.strip():
         return "(blank)"  # an empty code span would show its backticks
-    return f"`{code_safe(text[:100] + ('…' if len(text) > 100 else ''))}`"
+    cut = text[:PREVIEW_CHARS] + ("…" if len(text) > PREVIEW_CHARS else "")
+    return f"`{code_safe(cut)}`"
 
 
 def comparison_table(record: RunRecord) -> list[str]:

@@ -3,6 +3,7 @@
 import yaml
 
 from retrainer.core.labels import LABELS
+from retrainer.core.masking import MASK_KINDS
 from retrainer.provenance import code_version, library_versions
 from retrainer.records import RunRecord
 from retrainer.report.markdown import comparison_table, escape
@@ -48,6 +49,7 @@ def render_model_card(record: RunRecord, metadata: dict) -> str:
         f"Fine-tuned from `{metadata['base_model']}` by ticket-retrainer run `{record.run_id}` on dataset "
         f"`{record.dataset_version}`. Labels: {', '.join(LABELS)}.",
         *lexical_note(metadata.get("lexical_half")),
+        *masking_note(metadata["training"]),
         "",
         *comparison_table(record),
         "",
@@ -70,6 +72,19 @@ def lexical_note(lexical_half: dict | None) -> list[str]:
         f"split) with {lexical_half['blend_weight']:g} of a TF-IDF + logistic-regression model saved "
         "beside it (`lexical.json`, `lexical.safetensors`), read by `retrainer predict`; a plain "
         "`transformers` pipeline reads the transformer alone.",
+    ]
+
+
+def masking_note(training: dict) -> list[str]:
+    """Which kinds of customer data the model never read (its input recipe masks them)."""
+    masked = [kind for kind in MASK_KINDS if training.get(f"mask_{kind}")]
+    if not masked:
+        return ["", "Its input is not masked: customer data in tickets reached the model as written."]
+    placeholders = ", ".join(f"`[{kind}]`" for kind in masked)
+    return [
+        "",
+        f"Customer data is masked before the model reads a ticket, in training and scoring: {placeholders}. "
+        "No ticket text is stored with the model.",
     ]
 
 

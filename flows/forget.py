@@ -1,0 +1,53 @@
+"""The ``forget`` flow: erase tickets, by id, on request, and record the request.
+
+It only wires tasks; the work lives in ``tasks/erasure.py``. The order matters: the models' exposure is
+read before the superseded dataset versions it reads are deleted, and the request is recorded last,
+naming everything the steps changed.
+"""
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from retrainer.logs import run_logger
+from retrainer.resources import Resources
+from tasks.erasure import (
+    ErasureRecord,
+    delete_superseded_datasets_task,
+    erase_curated_and_incoming_task,
+    erase_from_quarantine_task,
+    erasure_record,
+    new_request,
+    published_exposure_task,
+    record_erasure_task,
+)
+
+
+@flow(name="forget")
+def forget(
+    ticket_ids: list[str], requested_by: str, note: str = "", resources: Resources | None = None
+) -> ErasureRecord:
+    """Erase the tickets `ticket_ids` from the curated data, ``incoming/`` and the quarantine; report the
+    published model versions trained or evaluated on them; record the request in ``state/erasure/``.
+
+    Args:
+        ticket_ids: the ids to forget (ids only: no ticket text is needed or recorded).
+        requested_by: who asked (recorded).
+        note: why, or the request's reference (recorded).
+        resources: settings and store, passed by in-process callers (tests, notebooks); empty (a
+            deployment run, `retrainer forget`): read from the environment when the run starts.
+
+    The next nightly run trains on the new dataset version, without the tickets. Asking again is
+    harmless: the second request finds nothing and records that.
+    """
+    request = new_request(ticket_ids, requested_by, note, str(flow_run.id) if flow_run.id else None)
+    resources = resources or Resources.from_environment()
+    store, ids = resources.store, request["ticket_ids"]
+    store.require_bucket()
+    curated = erase_curated_and_incoming_task(store, ids, resources.settings.ingest)
+    quarantine = erase_from_quarantine_task(store, ids, resources.settings.ingest)
+    models = published_exposure_task(store, ids)  # before their superseded datasets are deleted
+    datasets = delete_superseded_datasets_task(store, ids, curated.dataset_version_after)
+    record = record_erasure_task(store, erasure_record(request, curated, quarantine, models, datasets))
+    for line in record.summary():
+        run_logger().info("%s", line)
+    return record

@@ -1,0 +1,655 @@
+"""Erasure on request: take tickets, by id, out of everything the project keeps of them.
+
+The `forget` flow (``flows/forget.py``) calls the steps below in order: the curated data and the
+``incoming/`` batch files (one manifest commit, compare-and-swap), the quarantine, the report of which
+published models were trained or evaluated on the tickets (read before the next step deletes their
+datasets), the superseded curated versions that hold them, and last the request itself, appended to
+``state/erasure/`` (If-None-Match: never overwritten). Ingestion withholds the records of erased tickets
+that a producer sends again (`withhold_erased`).
+
+Ticket ids are identifiers, not customer text: they are logged and recorded. No ticket text is.
+Published model weights are not changed: the record names the versions trained on the tickets, and the
+next nightly run trains on data without them (the dataset version changed).
+"""
+
+import csv
+import dataclasses
+import gzip
+import io
+import json
+import re
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Literal
+
+import pandas as pd
+import pyarrow
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+
+from retrainer.core.batches import LoadedBatch
+from retrainer.core.row_rules import FORMULA_PATTERN
+from retrainer.core.validation import normalise_ticket_ids
+from retrainer.logs import run_logger
+from retrainer.settings import IngestSettings
+from retrainer.storage import ObjectStore, PreconditionFailedError, StorageError
+from tasks.common import once_task, read_task
+from tasks.dataset import EVAL, TRAIN, VALIDATION, read_curated, write_curated
+from tasks.ingest import (
+    CSV_SUFFIXES,
+    JSONL_SUFFIXES,
+    PARQUET_SUFFIXES,
+    BatchFormatError,
+    Manifest,
+    commit_manifest,
+    csv_reader,
+    decode_text,
+    gunzip,
+    is_blank_record,
+    read_manifest,
+)
+from tasks.registry import list_versions, utc_stamp
+
+ERASURE_FOLDER = "erasure/"
+TICKET_ID = "ticket_id"
+ERRORS_SUFFIX, REJECTED_SUFFIX, MERGED_SUFFIX = ".errors.json", ".rejected.csv", ".merged.csv"
+MANIFEST_ATTEMPTS = 5  # a nightly run that commits meanwhile makes the compare-and-swap lose: redo
+BYTE_ORDER_MARK = "\ufeff"
+# What the record states whatever was found: what erasure does not do, and why a lineage may dangle.
+STATEMENTS = [
+    "published model weights are not retrained or deleted: `models` names the versions trained or "
+    "evaluated on these tickets; the next nightly run trains on the new dataset version without them",
+    "superseded curated dataset versions holding the tickets were deleted (they are not published "
+    "artefacts): a published model's lineage may name a deleted dataset version",
+    "with bucket versioning on, earlier object versions stay until a noncurrent-version expiry rule "
+    "removes them",
+]
+
+
+class ErasureRequestError(ValueError):
+    """An erasure request that cannot be carried out as asked (the message says why)."""
+
+
+class ModelExposure(BaseModel):
+    """Which requested tickets one published model version was trained and evaluated on."""
+
+    version: str
+    dataset_version: str | None
+    dataset: Literal["read", "unknown"] = Field(
+        description="unknown: its dataset version is gone (or never named), so exposure cannot be told"
+    )
+    trained_on: list[str] = Field(default_factory=list, description="ids in its train or validation split")
+    evaluated_on: list[str] = Field(default_factory=list, description="ids in its eval split")
+
+
+class CuratedErasure(BaseModel):
+    """What erasing from the curated data and the incoming batch files changed (one manifest commit);
+    `found`: the requested ids they held."""
+
+    dataset_version_before: str | None = None
+    dataset_version_after: str | None = None
+    rows_removed: int = 0
+    incoming_rewritten: list[str] = Field(default_factory=list)
+    incoming_deleted: list[str] = Field(default_factory=list)
+    unchecked: list[str] = Field(default_factory=list)
+    found: list[str] = Field(default_factory=list)
+
+
+class QuarantineErasure(BaseModel):
+    """What erasing from the quarantine changed; `found`: the requested ids it held."""
+
+    rewritten: list[str] = Field(default_factory=list)
+    deleted: list[str] = Field(default_factory=list)
+    unchecked: list[str] = Field(default_factory=list)
+    found: list[str] = Field(default_factory=list)
+
+
+class ErasureRecord(BaseModel):
+    """One erasure request and everything it changed: appended to ``state/erasure/`` and never rewritten."""
+
+    request_id: str
+    ticket_ids: list[str]
+    requested_at: datetime
+    requested_by: str
+    note: str = ""
+    curated: CuratedErasure = Field(description="the curated data and incoming/ (one manifest commit)")
+    quarantine: QuarantineErasure
+    datasets_deleted: list[str] = Field(default_factory=list, description="superseded dataset versions")
+    models: list[ModelExposure] = Field(default_factory=list)
+    not_found: list[str] = Field(default_factory=list, description="requested ids found nowhere")
+    statements: list[str] = Field(default_factory=lambda: list(STATEMENTS))
+    log_key: str | None = None
+
+    @property
+    def unchecked(self) -> list[str]:
+        """Objects that could not be searched, and why: someone must look at them."""
+        return self.curated.unchecked + self.quarantine.unchecked
+
+    @property
+    def trained_on_versions(self) -> list[str]:
+        """Published versions trained on at least one of the tickets."""
+        return [model.version for model in self.models if model.trained_on]
+
+    def summary(self) -> list[str]:
+        """A few lines for the console and the run log: versions, counts, keys (no ticket text)."""
+        evaluated = [model.version for model in self.models if model.evaluated_on]
+        unknown = [model.version for model in self.models if model.dataset == "unknown"]
+        curated, quarantine = self.curated, self.quarantine
+        lines = [
+            f"erasure {self.request_id}: {len(self.ticket_ids)} ticket id(s), by {self.requested_by}",
+            f"curated data: {curated.dataset_version_before} -> {curated.dataset_version_after} "
+            f"({curated.rows_removed} row(s) removed)",
+            f"incoming: {len(curated.incoming_rewritten)} rewritten, "
+            f"{len(curated.incoming_deleted)} deleted; "
+            f"quarantine: {len(quarantine.rewritten)} rewritten, {len(quarantine.deleted)} deleted; "
+            f"superseded dataset versions deleted: {len(self.datasets_deleted)}",
+            f"published models trained on them: {', '.join(self.trained_on_versions) or 'none'}; "
+            f"evaluated on them: {', '.join(evaluated) or 'none'}"
+            + (f"; unknown (dataset gone): {', '.join(unknown)}" if unknown else ""),
+        ]
+        if self.not_found:
+            lines.append(f"not found anywhere: {', '.join(self.not_found)}")
+        if self.unchecked:
+            lines.append(f"could not be searched (look at them): {'; '.join(self.unchecked)}")
+        if self.log_key:
+            lines.append(f"recorded in {self.log_key}")
+        return lines
+
+
+# --- pure: frames, bytes and problem lists, no S3 -------------------------------------------------
+
+
+def requested_ids(ticket_ids: Iterable[str]) -> list[str]:
+    """The requested ids, stripped, without blanks and repeats, in the order given."""
+    ids = list(dict.fromkeys(str(ticket_id).strip() for ticket_id in ticket_ids))
+    ids = [ticket_id for ticket_id in ids if ticket_id]
+    if not ids:
+        raise ErasureRequestError("no ticket id to forget: name at least one (blank ids are not ids)")
+    return ids
+
+
+def drop_tickets(frame: pd.DataFrame, ids: set[str]) -> tuple[pd.DataFrame, set[str]]:
+    """`frame` without the rows whose ``ticket_id`` is one of `ids`, and the ids it held."""
+    hit = frame[TICKET_ID].isin(ids)
+    return frame[~hit].reset_index(drop=True), set(frame.loc[hit, TICKET_ID])
+
+
+def withhold_erased(
+    batches: list[LoadedBatch], erased: set[str], ingest: IngestSettings
+) -> list[LoadedBatch]:
+    """The batches without the records of `erased` tickets (a producer sent them again), each counting
+    in ``erased`` the records it lost: those are neither curated nor quarantined (the quarantine would
+    store their text again). Ids match as validation reads them (stripped, integers as text); every other row
+    keeps its row number (``_row``). `raw` loses the same records, since a batch rejected whole is
+    quarantined as its bytes. A batch not parsed (unreadable: quarantined whole, as erasure treats
+    it) or without a ``ticket_id`` column is returned as it is.
+    """
+    return [_withheld(batch, erased, ingest) for batch in batches]
+
+
+def _withheld(batch: LoadedBatch, erased: set[str], ingest: IngestSettings) -> LoadedBatch:
+    if not erased or batch.frame is None or TICKET_ID not in batch.frame.columns:
+        return batch
+    hit = normalise_ticket_ids(batch.frame[TICKET_ID]).isin(erased).to_numpy(dtype=bool)
+    if not hit.any():
+        return batch
+    # It parsed, so it reads here too (same parser, aliases and limit).
+    raw, _ = without_tickets(
+        batch.raw, batch.key, erased, ingest.column_aliases, ingest.max_decompressed_bytes
+    )
+    frame = batch.frame[~hit].reset_index(drop=True)
+    return dataclasses.replace(batch, frame=frame, raw=raw, erased=int(hit.sum()))
+
+
+def ids_by_split(curated: pd.DataFrame, ids: set[str]) -> dict[str, list[str]]:
+    """Per split (train, validation, eval), which of `ids` a curated frame holds, sorted."""
+    held = curated[curated[TICKET_ID].isin(ids)]
+    return {split: sorted(held.loc[held["split"] == split, TICKET_ID]) for split in (TRAIN, VALIDATION, EVAL)}
+
+
+def without_tickets(
+    raw: bytes, key: str, ids: set[str], column_aliases: dict[str, str], max_decompressed_bytes: int
+) -> tuple[bytes, set[str]]:
+    """The batch file `raw` (named `key`) without the records of `ids`, in its format and compression,
+    and the ids it held. Every other record keeps its bytes (CSV, JSON Lines) or its values (Parquet).
+
+    Raises `BatchFormatError` when the file cannot be read (as ingestion would reject it).
+    """
+    name = key.lower()
+    compressed = name.endswith(".gz")
+    data = gunzip(raw, key, max_decompressed_bytes) if compressed else raw
+    name = name.removesuffix(".gz")
+    id_names = {TICKET_ID} | {column for column, target in column_aliases.items() if target == TICKET_ID}
+    if name.endswith(CSV_SUFFIXES):
+        kept, found = _csv_without(data, key, ids, id_names)
+    elif name.endswith(JSONL_SUFFIXES):
+        kept, found = _jsonl_without(data, key, ids, id_names)
+    elif name.endswith(PARQUET_SUFFIXES):
+        kept, found = _parquet_without(data, key, ids, id_names)
+    else:
+        raise BatchFormatError(f"{key}: unsupported file type")
+    if not found:
+        return raw, found
+    return (gzip.compress(kept) if compressed else kept), found
+
+
+def ids_in_bytes(raw: bytes, key: str, ids: set[str], max_decompressed_bytes: int) -> set[str] | None:
+    """Which of `ids` the bytes of an unreadable file contain as a whole token (decompressed first when
+    `key` ends in .gz); None when they cannot be searched (a .gz that does not decompress within the limit).
+    """
+    if key.lower().endswith(".gz"):
+        try:
+            raw = gunzip(raw, key, max_decompressed_bytes)
+        except BatchFormatError:
+            return None
+    text = raw.decode("utf-8", errors="replace")
+    return {ticket_id for ticket_id in ids if _token(ticket_id).search(text)}
+
+
+def problems_without_tickets(report: dict, rows: set[int], ids: set[str]) -> tuple[dict, int]:
+    """A quarantine ``.errors.json`` report without the problems of `rows` (the rows of `ids` in the file)
+    or naming one of `ids`; and how many problems were dropped."""
+    source = report.get("source_key", "")
+    row_prefixes = tuple(f"{source}: row {row}: " for row in rows)
+    patterns = [_token(ticket_id) for ticket_id in ids]
+
+    def names_a_ticket(problem: str) -> bool:
+        return problem.startswith(row_prefixes) or any(pattern.search(problem) for pattern in patterns)
+
+    problems = report.get("problems", [])
+    kept = [problem for problem in problems if not names_a_ticket(problem)]
+    return {**report, "problems": kept}, len(problems) - len(kept)
+
+
+def rows_of_tickets(rejected_csv: bytes, ids: set[str]) -> set[int]:
+    """The file rows (``source_row``) of `ids` in a quarantine ``.rejected.csv``."""
+    frame = pd.read_csv(io.BytesIO(rejected_csv), dtype=str, keep_default_na=False)
+    if TICKET_ID not in frame.columns or "source_row" not in frame.columns:
+        return set()
+    hit = frame[TICKET_ID].map(lambda value: _identifier(value) in ids)
+    return {int(row) for row in frame.loc[hit, "source_row"] if row.strip().isdigit()}
+
+
+def _csv_without(data: bytes, key: str, ids: set[str], id_names: set[str]) -> tuple[bytes, set[str]]:
+    """Drop the records of `ids`, keeping every other line byte for byte (quoted line ends included)."""
+    text = decode_text(data, key)
+    lines = io.StringIO(text, newline="").readlines()  # the lines the csv reader consumes, in order
+    reader = csv_reader(text)
+    kept, found, header, start = [], set(), None, 0
+    try:
+        for record in reader:
+            span, start = lines[start : reader.line_num], reader.line_num
+            if header is None and not is_blank_record(record):
+                header = record
+                positions = [index for index, name in enumerate(header) if name in id_names]
+            elif header is not None and not is_blank_record(record):
+                if len(record) != len(header):  # ingestion rejects such a file whole: so does erasure
+                    raise BatchFormatError(
+                        f"{key}: record at line {reader.line_num} has {len(record)} fields"
+                    )
+                hit = {_identifier(record[index]) for index in positions} & ids
+                if hit:
+                    found |= hit
+                    continue
+            kept.extend(span)
+    except csv.Error as error:
+        raise BatchFormatError(f"{key}: cannot parse CSV ({error})") from None
+    kept.extend(lines[start:])
+    bom = BYTE_ORDER_MARK if data.startswith(BYTE_ORDER_MARK.encode("utf-8")) else ""
+    return (bom + "".join(kept)).encode("utf-8"), found
+
+
+def _jsonl_without(data: bytes, key: str, ids: set[str], id_names: set[str]) -> tuple[bytes, set[str]]:
+    """Drop the lines whose object has one of `ids`; broken lines and every other line stay as they are."""
+    text = decode_text(data, key)
+    kept, found = [], set()
+    for line in text.splitlines(keepends=True):  # the lines ingestion reads
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            record = None
+        hit = (
+            {_identifier(record.get(name)) for name in id_names} & ids if isinstance(record, dict) else set()
+        )
+        if hit:
+            found |= hit
+        else:
+            kept.append(line)
+    bom = BYTE_ORDER_MARK if data.startswith(BYTE_ORDER_MARK.encode("utf-8")) else ""
+    return (bom + "".join(kept)).encode("utf-8"), found
+
+
+def _parquet_without(data: bytes, key: str, ids: set[str], id_names: set[str]) -> tuple[bytes, set[str]]:
+    """Drop the rows of `ids`, writing the same schema with the file's compression codec."""
+    try:
+        source = pq.ParquetFile(io.BytesIO(data))
+        table = source.read()
+    except (pyarrow.ArrowException, OSError) as error:
+        raise BatchFormatError(f"{key}: cannot read Parquet: {error}") from error
+    keep = [True] * table.num_rows
+    found: set[str] = set()
+    for name in id_names & set(table.column_names):
+        for index, value in enumerate(table.column(name).to_pylist()):
+            if _identifier(value) in ids:
+                keep[index] = False
+                found.add(_identifier(value))
+    buffer = io.BytesIO()
+    pq.write_table(table.filter(pyarrow.array(keep)), buffer, compression=_parquet_codec(source))
+    return buffer.getvalue(), found
+
+
+def _parquet_codec(source: pq.ParquetFile) -> str:
+    metadata = source.metadata
+    if metadata.num_row_groups == 0 or metadata.num_columns == 0:
+        return "snappy"  # pyarrow's default
+    codec = metadata.row_group(0).column(0).compression.lower()
+    return {"uncompressed": "none", "lz4_raw": "lz4"}.get(codec, codec)
+
+
+def _identifier(value) -> str | None:
+    """A ticket id as ingestion reads it: integers as text, strings stripped; a quarantine CSV's
+    spreadsheet-safety quote (``'=...``) is not part of it."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        value = value.strip()
+        quoted = value.startswith("'") and re.match(FORMULA_PATTERN, value[1:])
+        return value[1:] if quoted else value
+    return None
+
+
+def _token(ticket_id: str) -> re.Pattern[str]:
+    """A pattern finding `ticket_id` as a whole token: ``T-1`` does not match in ``T-10`` or ``AT-1``."""
+    return re.compile(rf"(?<![\w-]){re.escape(ticket_id)}(?![\w-])")
+
+
+# --- the steps, against the store -------------------------------------------------------------------
+
+
+def erase_curated_and_incoming(
+    store: ObjectStore, ticket_ids: list[str], ingest: IngestSettings, attempts: int = MANIFEST_ATTEMPTS
+) -> CuratedErasure:
+    """Write a curated version without the tickets, rewrite (or delete) the ``incoming/`` objects holding
+    them, and commit the manifest pointing at both (If-Match). A nightly run that commits meanwhile makes
+    the commit lose: it is redone on what that run wrote, up to `attempts` times.
+
+    The rewritten objects' manifest entries get their new ETag, so the next run does not ingest them
+    again; an object not ingested yet is rewritten and left to the next run.
+    """
+    ids = set(ticket_ids)
+    incoming = _IncomingErasure()  # kept across attempts: a rewritten object is found clean the second time
+    for attempt in range(1, attempts + 1):
+        manifest, manifest_etag = read_manifest(store)
+        curated = _erase_curated(store, manifest, ids)
+        incoming.erase(store, ids, ingest)
+        updated = _updated_manifest(manifest, curated.dataset_version_after, incoming.etags)
+        done = curated.model_copy(
+            update={
+                "incoming_rewritten": sorted(incoming.etags),
+                "incoming_deleted": sorted(incoming.deleted),
+                "unchecked": sorted(incoming.unchecked),
+                "found": sorted(set(curated.found) | incoming.found),
+            }
+        )
+        if updated == manifest:
+            return done
+        try:
+            commit_manifest(store, updated, manifest_etag)
+            return done
+        except PreconditionFailedError:
+            run_logger().warning(
+                "erasure: the manifest changed meanwhile (attempt %d of %d)", attempt, attempts
+            )
+    raise StorageError(
+        f"erasure: the manifest {store.uri(store.settings.state_prefix)} kept changing during {attempts} "
+        "attempts; nothing was recorded: run the request again"
+    )
+
+
+def _erase_curated(store: ObjectStore, manifest: Manifest, ids: set[str]) -> CuratedErasure:
+    before = manifest.dataset_version
+    curated = read_curated(store, before)
+    if curated is None:
+        return CuratedErasure(dataset_version_before=before, dataset_version_after=before)
+    kept, found = drop_tickets(curated, ids)
+    after = write_curated(store, kept) if found else before  # splits are kept: `split` is a column
+    return CuratedErasure(
+        dataset_version_before=before,
+        dataset_version_after=after,
+        rows_removed=len(curated) - len(kept),
+        found=sorted(found),
+    )
+
+
+class _IncomingErasure:
+    """What erasing from ``incoming/`` did so far: rewritten objects' ETags (before, after), deleted and
+    unsearchable objects, ids found."""
+
+    def __init__(self) -> None:
+        self.etags: dict[str, tuple[str, str]] = {}
+        self.deleted: set[str] = set()
+        self.unchecked: set[str] = set()
+        self.found: set[str] = set()
+
+    def erase(self, store: ObjectStore, ids: set[str], ingest: IngestSettings) -> None:
+        """Rewrite or delete every ``incoming/`` object holding one of `ids`."""
+        for info in store.list_objects(store.settings.incoming_prefix):
+            if info.key.endswith("/"):
+                continue
+            if info.size > ingest.max_object_bytes:
+                self.unchecked.add(f"{info.key}: {info.size} bytes, over max_object_bytes: not searched")
+                continue
+            raw, etag = store.get(info.key)
+            try:
+                kept, found = without_tickets(
+                    raw, info.key, ids, ingest.column_aliases, ingest.max_decompressed_bytes
+                )
+            except BatchFormatError:  # unreadable: ingestion quarantined it whole; delete it if it names one
+                self._delete_if_named(store, info.key, raw, ids, ingest)
+                continue
+            if found:
+                self.found |= found
+                before = self.etags.get(info.key, (etag, ""))[0]
+                self.etags[info.key] = (before, store.put(info.key, kept))
+
+    def _delete_if_named(
+        self, store: ObjectStore, key: str, raw: bytes, ids: set[str], ingest: IngestSettings
+    ) -> None:
+        found = ids_in_bytes(raw, key, ids, ingest.max_decompressed_bytes)
+        if found is None:
+            self.unchecked.add(f"{key}: unreadable and does not decompress within the limit: not searched")
+        elif found:
+            store.delete(key)
+            self.deleted.add(key)
+            self.found |= found
+
+
+def _updated_manifest(
+    manifest: Manifest, dataset_version: str | None, rewritten: dict[str, tuple[str, str]]
+) -> Manifest:
+    """The manifest at `dataset_version`, each rewritten object's entry carrying its new ETag when the entry
+    recorded the content before the rewrite (an entry of other content is a batch still to ingest)."""
+    objects = {
+        key: entry.model_copy(update={"etag": rewritten[key][1]})
+        if key in rewritten and entry.etag == rewritten[key][0]
+        else entry
+        for key, entry in manifest.objects.items()
+    }
+    return Manifest(dataset_version=dataset_version, objects=objects)
+
+
+def erase_from_quarantine(
+    store: ObjectStore, ticket_ids: list[str], ingest: IngestSettings
+) -> QuarantineErasure:
+    """Rewrite the quarantine's ``.rejected.csv``/``.merged.csv`` without the tickets' rows and its
+    ``.errors.json`` without their problems; delete a batch quarantined whole whose bytes name one.
+
+    Idempotent: run again, it finds nothing more to change.
+    """
+    ids = set(ticket_ids)
+    result = QuarantineErasure()
+    objects = store.list_objects(store.settings.quarantine_prefix)
+    # Problems are matched to rows through the .rejected.csv, so errors.json goes before it is rewritten.
+    for info in sorted(objects, key=lambda info: not info.key.endswith(ERRORS_SUFFIX)):
+        raw, _ = store.get(info.key)
+        if info.key.endswith(ERRORS_SUFFIX):
+            _erase_problems(store, info.key, raw, ids, result)
+        elif info.key.endswith((REJECTED_SUFFIX, MERGED_SUFFIX)):
+            try:
+                kept, found = without_tickets(raw, info.key, ids, {}, ingest.max_decompressed_bytes)
+            except BatchFormatError as error:  # not written by this project's validation, or damaged
+                result.unchecked.append(f"{info.key}: cannot be read ({error}): not searched")
+                continue
+            if found:
+                store.put(info.key, kept, content_type="text/csv")
+                result.rewritten.append(info.key)
+                result.found.extend(found)
+        else:  # a batch quarantined whole, byte for byte: it was unreadable, so it is not rewritten
+            found = ids_in_bytes(raw, info.key, ids, ingest.max_decompressed_bytes)
+            if found is None:
+                result.unchecked.append(f"{info.key}: does not decompress within the limit: not searched")
+            elif found:
+                store.delete(info.key)
+                result.deleted.append(info.key)
+                result.found.extend(found)
+    result.rewritten.sort()
+    result.found = sorted(set(result.found))
+    return result
+
+
+def _erase_problems(
+    store: ObjectStore, key: str, raw: bytes, ids: set[str], result: QuarantineErasure
+) -> None:
+    rejected = store.get_if_exists(key.removesuffix(ERRORS_SUFFIX) + REJECTED_SUFFIX)
+    rows = rows_of_tickets(rejected[0], ids) if rejected else set()
+    report, dropped = problems_without_tickets(json.loads(raw), rows, ids)
+    if dropped:
+        store.put(key, json.dumps(report, indent=2).encode(), content_type="application/json")
+        result.rewritten.append(key)
+
+
+def published_exposure(store: ObjectStore, ticket_ids: list[str]) -> list[ModelExposure]:
+    """For each published model version, which tickets its dataset version had in train or validation
+    ("trained on") and in eval ("evaluated on"); "unknown" when that dataset version is gone."""
+    ids, cache = set(ticket_ids), {}
+    exposures = []
+    for summary in list_versions(store):
+        dataset = summary.dataset_version
+        if dataset not in cache:
+            cache[dataset] = _splits_of(store, dataset, ids)
+        splits = cache[dataset]
+        if splits is None:
+            exposures.append(
+                ModelExposure(version=summary.version, dataset_version=dataset, dataset="unknown")
+            )
+            continue
+        exposures.append(
+            ModelExposure(
+                version=summary.version,
+                dataset_version=dataset,
+                dataset="read",
+                trained_on=sorted(splits[TRAIN] + splits[VALIDATION]),
+                evaluated_on=splits[EVAL],
+            )
+        )
+    return exposures
+
+
+def _splits_of(store: ObjectStore, dataset_version: str | None, ids: set[str]) -> dict[str, list[str]] | None:
+    try:
+        curated = read_curated(store, dataset_version)
+    except KeyError:
+        return None
+    return None if curated is None else ids_by_split(curated, ids)
+
+
+def delete_superseded_datasets(store: ObjectStore, ticket_ids: list[str], current: str | None) -> list[str]:
+    """Delete every curated dataset version but `current` that holds one of the tickets; their ids.
+
+    They are not published artefacts (a model's lineage then names a deleted version). Idempotent.
+    """
+    ids, deleted = set(ticket_ids), []
+    prefix = store.settings.datasets_prefix
+    for folder in store.list_folders(prefix):
+        version = folder[len(prefix) : -1]
+        if version == current:
+            continue
+        try:
+            curated = read_curated(store, version)
+        except KeyError:
+            continue  # a folder without curated data holds no ticket
+        if curated is not None and curated[TICKET_ID].isin(ids).any():
+            for info in store.list_objects(folder):
+                store.delete(info.key)
+            deleted.append(version)
+    return deleted
+
+
+def erasure_record(
+    request: dict,
+    curated: CuratedErasure,
+    quarantine: QuarantineErasure,
+    models: list[ModelExposure],
+    datasets_deleted: list[str],
+) -> ErasureRecord:
+    """The record of a request (`request`: request_id, ticket_ids, requested_at, requested_by, note) from
+    what each step returned; an id found in none of them is "not found"."""
+    exposed = {ticket_id for model in models for ticket_id in model.trained_on + model.evaluated_on}
+    found = set(curated.found) | set(quarantine.found) | exposed
+    return ErasureRecord(
+        **request,
+        curated=curated,
+        quarantine=quarantine,
+        datasets_deleted=datasets_deleted,
+        models=models,
+        # A deleted superseded version held them too, but then so did a step above or a model's dataset.
+        not_found=[ticket_id for ticket_id in request["ticket_ids"] if ticket_id not in found],
+    )
+
+
+def new_request(ticket_ids: Iterable[str], requested_by: str, note: str, request_id: str | None) -> dict:
+    """The request part of an `ErasureRecord`: ids checked, who (required), when (now)."""
+    if not requested_by.strip():
+        raise ErasureRequestError("an erasure request needs requested_by: who asked (recorded in the log)")
+    return {
+        "request_id": request_id or uuid.uuid4().hex,
+        "ticket_ids": requested_ids(ticket_ids),
+        "requested_at": datetime.now(UTC),
+        "requested_by": requested_by.strip(),
+        "note": note,
+    }
+
+
+def record_erasure(store: ObjectStore, record: ErasureRecord) -> ErasureRecord:
+    """Append the request to ``state/erasure/<UTC stamp>-<request id>.json`` (If-None-Match: never
+    overwritten); the record returned names that key."""
+    key = f"{store.settings.state_prefix}{ERASURE_FOLDER}{utc_stamp()}-{record.request_id}.json"
+    recorded = record.model_copy(update={"log_key": key})
+    store.put(
+        key, recorded.model_dump_json(indent=2).encode(), if_none_match=True, content_type="application/json"
+    )
+    return recorded
+
+
+def read_erasures(store: ObjectStore) -> list[ErasureRecord]:
+    """Every erasure request recorded, oldest first."""
+    keys = [info.key for info in store.list_objects(store.settings.state_prefix + ERASURE_FOLDER)]
+    return [ErasureRecord.model_validate_json(store.get(key)[0]) for key in keys]
+
+
+def erased_ticket_ids(store: ObjectStore) -> set[str]:
+    """Every ticket id an erasure request named: ingestion withholds their records (`withhold_erased`)."""
+    return {ticket_id for record in read_erasures(store) for ticket_id in record.ticket_ids}
+
+
+# Prefect wrappers. The curated step commits with a compare-and-swap and retries inside (on a lost race
+# only); the log is an If-None-Match write: both run once. The rest converge when rerun: retried.
+erase_curated_and_incoming_task = once_task(erase_curated_and_incoming, "erase-curated-and-incoming")
+erase_from_quarantine_task = read_task(erase_from_quarantine, "erase-from-quarantine")
+published_exposure_task = read_task(published_exposure, "published-exposure")
+delete_superseded_datasets_task = read_task(delete_superseded_datasets, "delete-superseded-datasets")
+record_erasure_task = once_task(record_erasure, "record-erasure")
+erased_ticket_ids_task = read_task(erased_ticket_ids, "read-erased-ticket-ids")
