@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from retrainer.core.batches import LoadedBatch
 from retrainer.core.row_rules import FORMULA_PATTERN
-from retrainer.core.validation import normalise_ticket_ids
+from retrainer.core.validation import as_identifier, normalise_ticket_ids
 from retrainer.logs import run_logger
 from retrainer.settings import IngestSettings
 from retrainer.storage import ObjectStore, PreconditionFailedError, StorageError
@@ -350,15 +350,11 @@ def _parquet_codec(source: pq.ParquetFile) -> str:
 def _identifier(value) -> str | None:
     """A ticket id as ingestion reads it: integers as text, strings stripped; a quarantine CSV's
     spreadsheet-safety quote (``'=...``) is not part of it."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        value = value.strip()
-        quoted = value.startswith("'") and re.match(FORMULA_PATTERN, value[1:])
-        return value[1:] if quoted else value
-    return None
+    value = as_identifier(value)
+    if not isinstance(value, str):
+        return None  # not an id validation would accept (a bool, a float, a null)
+    quoted = value.startswith("'") and re.match(FORMULA_PATTERN, value[1:])
+    return value[1:] if quoted else value
 
 
 def _token(ticket_id: str) -> re.Pattern[str]:

@@ -187,7 +187,7 @@ def _prepare(batch: LoadedBatch, label_aliases: dict[str, str]) -> pd.DataFrame:
 
 def normalise_ticket_ids(column: pd.Series) -> pd.Series:
     """A ``ticket_id`` column as validation reads it: strings stripped, integers as text."""
-    return _strip_or_map(column, _as_identifier)
+    return _strip_or_map(column, as_identifier)
 
 
 def _as_in_file(batch: LoadedBatch, mask: np.ndarray, **columns) -> pd.DataFrame:
@@ -215,7 +215,7 @@ def _lower(value):
     return value.lower() if isinstance(value, str) else value
 
 
-def _as_identifier(value):
+def as_identifier(value):
     """Ticket ids may arrive as JSON/Parquet integers; anything else keeps its type (and fails the schema)."""
     if isinstance(value, bool):
         return value
