@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/retrainer demo
 
 test: $(STAMP) lint
-	HF_HUB_OFFLINE=1 $(BIN)/pytest
+	HF_HUB_OFFLINE=1 $(BIN)/pytest --durations=25
 
 # The tests that need no SeaweedFS, Prefect server, browser, PostgreSQL or training and are not slow
 # (markers in pyproject.toml): the quick loop while editing. `make test` runs them all. With ephemeral

@@ -357,9 +357,9 @@ def _setup(args) -> int:
 
 def _store():
     """The configured store, after checking its bucket exists and the credentials may use it."""
-    from retrainer.storage import ObjectStore
+    from retrainer.storage import open_store
 
-    store = ObjectStore(RetrainerSettings().s3)
+    store = open_store(RetrainerSettings().s3)
     store.require_bucket()
     return store
 

@@ -25,7 +25,7 @@ from prefect.utilities.urls import validate_restricted_url
 from app.automations import apply_automations
 from retrainer.retention import retention_rules
 from retrainer.settings import S3Settings
-from retrainer.storage import LifecycleUnsupportedError, ObjectStore
+from retrainer.storage import LifecycleUnsupportedError, ObjectStore, open_store
 
 WORK_POOLS = {"cpu": "CPU work: the nightly retrain flow", "gpu": "GPU work: fine-tuning"}
 ALERTS_BLOCK = "ticket-retrainer-alerts"
@@ -160,7 +160,7 @@ def create_bucket(settings: S3Settings) -> str:
     Runs never create their bucket (a typo must fail, not start an empty registry), so this is the
     one place, besides the demo and the tests, that does.
     """
-    store = ObjectStore(settings)
+    store = open_store(settings)
     created = store.ensure_bucket()
     done = f"{'created' if created else 'found'} bucket {store.bucket!r} at {store.endpoint}"
     try:

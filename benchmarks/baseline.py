@@ -112,6 +112,24 @@ def seed_predict(model, tokenizer, texts: list[str], max_length: int) -> np.ndar
         return trainer.predict(seed_encode(tokenizer, texts, None, max_length)).predictions.argmax(axis=-1)
 
 
+def random_copy(base_model: str, target: Path, seed: int = 0) -> str:
+    """`base_model`'s architecture and tokenizer with random weights, saved (safetensors) to `target`.
+
+    Speed does not depend on the weights, so a host that cannot receive them (the GPU host takes at
+    most 64 MiB of files per run; MiniLM-L6's fp32 weights are 91 MB) measures with this copy; only the
+    config and tokenizer files travel.
+    """
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, set_seed
+
+    from retrainer.core.training import resolve_base_model
+
+    source = resolve_base_model(base_model)
+    set_seed(seed)
+    AutoModel.from_config(AutoConfig.from_pretrained(source)).save_pretrained(target)
+    AutoTokenizer.from_pretrained(source).save_pretrained(target)
+    return str(target)
+
+
 def config_with(overrides: str) -> TrainingConfig:
     """The tuned training defaults with ``key=value,...`` overrides (as the environment would give them)."""
     values = dict(item.split("=", 1) for item in overrides.split(",") if item)

@@ -48,9 +48,9 @@ def timed(scorer, model_dir: str, texts: list[str], max_length: int) -> tuple[np
     return labels, time.perf_counter() - started
 
 
-def measure(name: str, texts: list[str], model_dir: str, published_dir: str, max_length: int) -> None:
+def measure(name: str, texts: list[str], model_dir: str, published_dir: str, max_length: int) -> dict:
     """The seed's scorer and the project's on the transformer, and the project's on the published form
-    (`published_dir`: the same transformer with a lexical half)."""
+    (`published_dir`: the same transformer with a lexical half); prints and returns the seconds."""
     runs = [(seed_scoring, model_dir), (project_scoring, model_dir), (project_scoring, published_dir)]
     for scorer, folder in runs:  # warm-up: one-time start-up costs count for none
         scorer(folder, texts[:8], max_length)
@@ -71,6 +71,14 @@ def measure(name: str, texts: list[str], model_dir: str, published_dir: str, max
         f"  project, published form (+ lexical half): {published_seconds:6.2f}s "
         f"{len(texts) / published_seconds:7.1f}/s; ratio {seed_seconds / published_seconds:.2f}x"
     )
+    return {
+        "name": name,
+        "texts": len(texts),
+        "seed_s": seed_seconds,
+        "transformer_s": our_seconds,
+        "published_s": published_seconds,
+        "published_ratio": seed_seconds / published_seconds,
+    }
 
 
 def main() -> None:
@@ -83,18 +91,22 @@ def main() -> None:
     # Both scorers load the same folder; the classifier head is fresh but seeded identically per load.
     tickets = generate_tickets(args.count, seed=5)["text"].tolist()
     with tempfile.TemporaryDirectory(prefix="scoring-bench-model-") as scratch:
-        with_head = _with_head(model_dir, Path(scratch) / "transformer")
+        transformer = with_head(model_dir, Path(scratch) / "transformer")
         # The lexical half is fitted on other texts of the same kind: its vocabulary sets its cost.
-        published = _with_lexical_half(with_head, Path(scratch) / "generated", generate_tickets(600, seed=6))
-        measure("generated tickets", tickets, with_head, published, 128)
+        published = with_lexical_half(transformer, Path(scratch) / "generated", generate_tickets(600, seed=6))
+        measure("generated tickets", tickets, transformer, published, 128)
         if (issues := issues_if_present(args.data)) is not None:
-            published = _with_lexical_half(with_head, Path(scratch) / "issues", issues.iloc[args.count :])
+            published = with_lexical_half(transformer, Path(scratch) / "issues", issues.iloc[args.count :])
             measure(
-                "NLBSE'24 GitHub issues", issues.head(args.count)["text"].tolist(), with_head, published, 128
+                "NLBSE'24 GitHub issues",
+                issues.head(args.count)["text"].tolist(),
+                transformer,
+                published,
+                128,
             )
 
 
-def _with_head(model_dir: str, target: Path) -> str:
+def with_head(model_dir: str, target: Path) -> str:
     """Save the base model with a fixed (seeded) classification head, so both scorers use one model."""
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -108,7 +120,7 @@ def _with_head(model_dir: str, target: Path) -> str:
     return str(target)
 
 
-def _with_lexical_half(model_dir: str, target: Path, tickets: pd.DataFrame) -> str:
+def with_lexical_half(model_dir: str, target: Path, tickets: pd.DataFrame) -> str:
     """A copy of `model_dir` with a lexical half fitted on `tickets` (text, label), as published."""
     shutil.copytree(model_dir, target)
     add_lexical_half(tickets, TrainingConfig().lexical_weight, target)

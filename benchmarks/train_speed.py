@@ -40,13 +40,19 @@ def validation_slice(train: pd.DataFrame) -> pd.DataFrame:
     return train.iloc[: max(1, len(train) // 10)]
 
 
-def seed_recipe(train: pd.DataFrame, test: pd.DataFrame, epochs: float, workdir: Path):
+def seed_recipe(
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    epochs: float,
+    workdir: Path,
+    base_model: str = PACKAGED_BASE_MODEL,
+):
     """The seed's training and scoring; returns (train seconds, test accuracy, scoring seconds).
 
     Timed like the project's `fine_tune`: from loading the base model to the model it publishes.
     """
     started = time.perf_counter()
-    source = resolve_base_model(PACKAGED_BASE_MODEL)
+    source = resolve_base_model(base_model)
     tokenizer = AutoTokenizer.from_pretrained(source)
     set_seed(SEED)  # the new classification head, as the project's fine_tune seeds it
     model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=len(LABELS))
@@ -69,13 +75,18 @@ def seed_recipe(train: pd.DataFrame, test: pd.DataFrame, epochs: float, workdir:
 
 
 def project_trainer(
-    train: pd.DataFrame, test: pd.DataFrame, epochs: float, workdir: Path, config: TrainingConfig
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    epochs: float,
+    workdir: Path,
+    config: TrainingConfig,
+    base_model: str = PACKAGED_BASE_MODEL,
 ):
     """The project's fine_tune (validation = a slice of train, as the flow does) and scorer."""
     validation = validation_slice(train)
     config = config.model_copy(update={"num_train_epochs": epochs})
     started = time.perf_counter()
-    model_dir = fine_tune(train, validation, TrainingSpec(PACKAGED_BASE_MODEL, "main", config), workdir)
+    model_dir = fine_tune(train, validation, TrainingSpec(base_model, "main", config), workdir)
     seconds = time.perf_counter() - started
     started = time.perf_counter()
     predictions = predict_label_ids(model_dir, test["text"].tolist(), config.max_length)
@@ -87,12 +98,15 @@ def project_trainer(
     )
 
 
-def compare(name: str, tickets: pd.DataFrame, args) -> None:
+def compare(name: str, tickets: pd.DataFrame, args, base_model: str = PACKAGED_BASE_MODEL) -> dict:
+    """Train and score both ways on the same split; prints and returns their figures."""
     train, test = split(tickets, args.train, args.test)
     samples = len(train) * args.epochs
     with tempfile.TemporaryDirectory() as first, tempfile.TemporaryDirectory() as second:
-        seed_s, seed_acc, seed_eval = seed_recipe(train, test, args.epochs, Path(first))
-        ours_s, ours_acc, ours_eval = project_trainer(train, test, args.epochs, Path(second), args.config)
+        seed_s, seed_acc, seed_eval = seed_recipe(train, test, args.epochs, Path(first), base_model)
+        ours_s, ours_acc, ours_eval = project_trainer(
+            train, test, args.epochs, Path(second), args.config, base_model
+        )
     print(f"{name}: {len(train)} train / {len(test)} held out, {args.epochs:g} epoch(s)")
     for label, seconds, accuracy, scoring in (
         ("seed recipe", seed_s, seed_acc, seed_eval),
@@ -102,6 +116,14 @@ def compare(name: str, tickets: pd.DataFrame, args) -> None:
             f"  {label:11}: {samples / seconds:6.1f} samples/s  acc {accuracy:.3f}  scored in {scoring:.1f}s"
         )
     print(f"  training ratio {seed_s / ours_s:.2f}x, scoring ratio {seed_eval / ours_eval:.2f}x")
+    return {
+        "name": name,
+        "train": len(train),
+        "epochs": args.epochs,
+        "seed": {"seconds": seed_s, "samples_per_s": samples / seed_s, "accuracy": seed_acc},
+        "project": {"seconds": ours_s, "samples_per_s": samples / ours_s, "accuracy": ours_acc},
+        "training_ratio": seed_s / ours_s,
+    }
 
 
 def main() -> None:

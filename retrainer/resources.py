@@ -6,7 +6,7 @@ to write `os.environ` to steer a run (the resources pattern of Dagster's `projec
 """
 
 from retrainer.settings import RetrainerSettings
-from retrainer.storage import ObjectStore
+from retrainer.storage import ObjectStore, open_store
 
 
 class Resources:
@@ -21,7 +21,7 @@ class Resources:
 
     def __init__(self, settings: RetrainerSettings, store: ObjectStore | None = None) -> None:
         self.settings = settings
-        self.store = store or ObjectStore(settings.s3)
+        self.store = store or open_store(settings.s3)
 
     @classmethod
     def from_environment(cls) -> "Resources":

@@ -90,7 +90,11 @@ class ObjectInfo:
 
 
 class ObjectStore:
-    """A bucket on an S3-compatible store (AWS S3, MinIO, R2, SeaweedFS)."""
+    """A bucket on an S3-compatible store (AWS S3, MinIO, R2, SeaweedFS); the interface every task uses.
+
+    `open_store` builds the one the settings name; `retrainer.directory_store.DirectoryStore` keeps the
+    same contract on a local folder for a host without S3.
+    """
 
     def __init__(self, settings: S3Settings, client=None, credentials: tuple[str, str] | None = None) -> None:
         """`credentials` (access key id, secret key) override boto3's own chain (environment, profile,
@@ -226,6 +230,11 @@ class ObjectStore:
         `if_none_match=True` writes only if the key does not exist; `if_match=etag` only if the
         object still has that ETag. A losing condition raises `PreconditionFailedError`.
         """
+        return self._write(key, data, content_type, if_none_match, if_match)
+
+    def _write(
+        self, key: str, data: bytes, content_type: str, if_none_match: bool, if_match: str | None
+    ) -> str:
         conditions: dict[str, str] = {}
         if if_none_match:
             conditions["IfNoneMatch"] = "*"
@@ -256,8 +265,11 @@ class ObjectStore:
         for info in objects:
             target = local_dir / info.key[len(prefix) :]
             target.parent.mkdir(parents=True, exist_ok=True)
-            self._client.download_file(self.bucket, info.key, str(target))
+            self._download(info.key, target)
         return len(objects)
+
+    def _download(self, key: str, target: Path) -> None:
+        self._client.download_file(self.bucket, key, str(target))
 
     def delete_scratch(self, prefix: str) -> tuple[int, int]:
         """Delete every object under `prefix`, which must lie in the runs (scratch) prefix.
@@ -272,18 +284,23 @@ class ObjectStore:
                 f"{self.uri(scratch)} is ever deleted"
             )
         objects = self.list_objects(prefix)
-        for start in range(0, len(objects), _DELETE_BATCH):
-            batch = objects[start : start + _DELETE_BATCH]
+        self._delete_keys([info.key for info in objects])
+        return len(objects), sum(info.size for info in objects)
+
+    def _delete_keys(self, keys: list[str]) -> None:
+        """Delete `keys` in as few requests as S3 allows."""
+        for start in range(0, len(keys), _DELETE_BATCH):
+            batch = keys[start : start + _DELETE_BATCH]
             response = self._client.delete_objects(
-                Bucket=self.bucket, Delete={"Objects": [{"Key": info.key} for info in batch], "Quiet": True}
+                Bucket=self.bucket, Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True}
             )
             if response.get("Errors"):
                 first = response["Errors"][0]
+                example = f"{self.uri(first.get('Key', ''))}: {first.get('Code')} {first.get('Message', '')}"
+                failed = len(response["Errors"])
                 raise StorageError(
-                    f"could not delete {len(response['Errors'])} objects under {self.uri(prefix)}, e.g. "
-                    f"{first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".rstrip()
+                    f"could not delete {failed} of {len(batch)} objects, e.g. {example}".rstrip()
                 )
-        return len(objects), sum(info.size for info in objects)
 
     def delete(self, key: str) -> None:
         """Delete one object (no error when it is already gone).
@@ -297,6 +314,20 @@ class ObjectStore:
     def uri(self, key: str) -> str:
         """The s3:// address of `key`, for humans (logs, reports)."""
         return f"s3://{self.bucket}/{key}"
+
+
+LOCAL_SCHEME = "file://"
+"""An endpoint URL starting with this names a local folder (`retrainer.directory_store`), not S3."""
+
+
+def open_store(settings: S3Settings, credentials: tuple[str, str] | None = None) -> ObjectStore:
+    """The store `settings` point at: S3 (AWS, MinIO, SeaweedFS, ...) over HTTP, or, for an endpoint
+    ``file:///PATH``, the local-directory store of a host without S3 (`credentials` then unused)."""
+    if (settings.endpoint_url or "").startswith(LOCAL_SCHEME):
+        from retrainer.directory_store import DirectoryStore  # a module that imports this one
+
+        return DirectoryStore(settings)
+    return ObjectStore(settings, credentials=credentials)
 
 
 def _build_client(settings: S3Settings, credentials: tuple[str, str] | None = None):

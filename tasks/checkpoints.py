@@ -9,7 +9,10 @@ They exist only for resuming, so a run that has decided deletes them (`discard_s
 """
 
 import json
-from dataclasses import dataclass
+import os
+import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -30,6 +33,7 @@ class CheckpointSync:
 
     store: ObjectStore
     prefix: str
+    _uploaders: list["_UploadCheckpoints"] = field(default_factory=list, compare=False, repr=False)
 
     def restore(self, local_dir: Path) -> Path | None:
         """Download the saved checkpoints into `local_dir`; the latest one's folder, or None."""
@@ -49,25 +53,80 @@ class CheckpointSync:
         return local_dir / latest["latest"]
 
     def callback(self) -> TrainerCallback:
-        """A Trainer callback that uploads every checkpoint as soon as it is saved."""
-        return _UploadCheckpoints(self)
+        """A Trainer callback that uploads every checkpoint in the background as soon as it is saved."""
+        uploader = _UploadCheckpoints(self)
+        self._uploaders.append(uploader)
+        return uploader
+
+    def wait_for_uploads(self) -> None:
+        """Block until every checkpoint handed over so far is in S3 (raises a failed upload's error)."""
+        for uploader in self._uploaders:
+            uploader.wait()
 
 
 class _UploadCheckpoints(TrainerCallback):
+    """Uploads each checkpoint on one background thread, in the order saved, while training goes on
+    (on a GPU an epoch can take less time than uploading its checkpoint). ``latest.json`` names a
+    checkpoint only once it is complete in S3. A failed upload fails the training at its next save or
+    at its end, which also waits for the last upload."""
+
     def __init__(self, sync: CheckpointSync) -> None:
         self.sync = sync
+        self.uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-upload")
+        self.uploads: list[Future] = []
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
+        self._raise_failed_upload()
         output = Path(args.output_dir)
         name = f"checkpoint-{state.global_step}"
-        self.sync.store.upload_dir(output / name, f"{self.sync.prefix}{name}/", immutable=False)
         kept = sorted((path.name for path in output.glob("checkpoint-*")), key=checkpoint_step)
         marker = {"latest": name, "step": state.global_step, "checkpoints": kept}
-        self.sync.store.put(
-            self.sync.prefix + LATEST, json.dumps(marker).encode(), content_type="application/json"
-        )
+        staged = _link_copy(output / name, output / UPLOADING / name)
+        self.uploads.append(self.uploader.submit(self._upload, staged, name, marker))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        try:
+            self.wait()
+        finally:
+            self.uploader.shutdown(wait=True)
+
+    def wait(self) -> None:
+        for upload in self.uploads:
+            upload.result()
+
+    def _upload(self, staged: Path, name: str, marker: dict) -> None:
+        try:
+            self.sync.store.upload_dir(staged, f"{self.sync.prefix}{name}/", immutable=False)
+            self.sync.store.put(
+                self.sync.prefix + LATEST, json.dumps(marker).encode(), content_type="application/json"
+            )
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+    def _raise_failed_upload(self) -> None:
+        for upload in self.uploads:
+            if upload.done():
+                upload.result()  # raises the upload's error
+
+
+UPLOADING = ".uploading"
+"""Beside the checkpoints: hard-linked copies waiting for upload (the Trainer may delete a checkpoint
+folder, keeping only the last few, before its upload is done)."""
+
+
+def _link_copy(folder: Path, target: Path) -> Path:
+    """`target`, a copy of `folder` made of hard links (no bytes copied) where the file system allows."""
+    shutil.copytree(folder, target, copy_function=_link_or_copy, dirs_exist_ok=True)
+    return target
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
 
 
 def _relocate_best_checkpoint(state_file: Path, local_dir: Path) -> None:

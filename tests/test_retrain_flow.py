@@ -15,12 +15,13 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, Ar
 from flows.retrain import retrain, smoke_and_flip
 from retrainer.core.labels import LABELS
 from retrainer.core.scoring import predict_label_ids
+from retrainer.directory_store import DirectoryStore
 from retrainer.records import RunRecord
 from retrainer.resources import Resources
 from retrainer.run_steps import Production
 from retrainer.samples import generate_tickets, tickets_to_csv
-from retrainer.settings import GatePolicy, TrainingConfig
-from retrainer.storage import ObjectStore
+from retrainer.settings import GatePolicy, S3Settings, TrainingConfig
+from retrainer.storage import ObjectStore, open_store
 from tasks.ingest import read_manifest
 from tasks.registry import fetch_model, list_versions, publish_model, read_history, read_production_pointer
 from tasks.report import DECISION_ARTIFACT_KEY
@@ -161,6 +162,36 @@ def test_a_better_challenger_is_published_and_the_old_version_is_kept(flow_store
         weak.challenger_version,
     )
     assert _model_versions(flow_store) == {weak.challenger_version, outcome.challenger_version}
+
+
+def test_on_a_host_without_s3_the_local_directory_store_carries_two_nightly_cycles(
+    run_resources, tmp_path, prefect_api
+):
+    settings = run_resources.settings.model_copy(
+        update={"s3": S3Settings(endpoint_url=(tmp_path / "objects").as_uri(), bucket="ticket-retrainer")}
+    )
+    local = Resources(settings, open_store(settings.s3))
+    local.store.ensure_bucket()
+    _drop_batch(local.store, "batch-1.csv", 300, seed=1)
+    weak = retrain(resources=local, training=LEARNS_NOTHING)
+    _drop_batch(local.store, "batch-2.csv", 150, seed=2)
+
+    outcome = retrain(resources=local, training=LEARNS, gate=NO_RECALL_GUARD)
+
+    assert isinstance(local.store, DirectoryStore)
+    assert (weak.status, outcome.status) == ("promoted", "promoted")
+    pointer = read_production_pointer(local.store)[0]
+    assert (pointer.version, pointer.previous_version) == (
+        outcome.challenger_version,
+        weak.challenger_version,
+    )
+    assert _model_versions(local.store) == {weak.challenger_version, outcome.challenger_version}
+    model_dir = fetch_model(local.store, pointer.version, tmp_path / "cache")
+    assert len(predict_label_ids(model_dir, ["The app crashes on save"], 64)) == 1
+    assert not local.store.list_objects("runs/")  # checkpoints and challenger copies gone once decided
+    bucket = tmp_path / "objects" / "ticket-retrainer"
+    assert (bucket / "models" / "production.json.~object").is_file()
+    assert not [path for path in bucket.rglob("put-*")]  # no half-written object left behind
 
 
 def test_a_forced_promotion_needs_a_reason_and_is_audited(flow_store, run_resources):

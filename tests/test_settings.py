@@ -61,7 +61,26 @@ def test_the_reference_preset_is_the_seed_projects_recipe():
         "length_grouping": False,
         "average_share": 0.0,  # the best epoch by accuracy, as the seed kept
         "lexical_weight": 0.0,  # the transformer alone
+        "gpu_train_batch_size": None,  # the seed's batch on every device
     }
+    assert REFERENCE_RECIPE.for_device(cuda=True) == REFERENCE_RECIPE
+
+
+def test_on_a_gpu_the_tuned_recipe_takes_larger_batches_with_the_learning_rate_scaled_by_the_square_root():
+    tuned = TrainingConfig()
+
+    on_gpu = tuned.for_device(cuda=True)
+
+    assert tuned.for_device(cuda=False) == tuned
+    assert (on_gpu.per_device_train_batch_size, on_gpu.learning_rate) == (32, pytest.approx(1e-4 * 2**0.5))
+    assert on_gpu.model_dump(exclude={"per_device_train_batch_size", "learning_rate"}) == tuned.model_dump(
+        exclude={"per_device_train_batch_size", "learning_rate"}
+    )
+    quadrupled = TrainingConfig(per_device_train_batch_size=8, learning_rate=3e-5).for_device(cuda=True)
+    assert (quadrupled.per_device_train_batch_size, quadrupled.learning_rate) == (32, pytest.approx(6e-5))
+    assert TrainingConfig(gpu_train_batch_size=None).for_device(cuda=True) == TrainingConfig(
+        gpu_train_batch_size=None
+    )
 
 
 @pytest.mark.parametrize(

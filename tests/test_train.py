@@ -16,7 +16,8 @@ from retrainer.core.scoring import predict_probabilities
 from retrainer.core.text import RECIPE_FILE, InputRecipe
 from retrainer.core.training import RunOptions, TrainingSpec, fine_tune
 from retrainer.samples import generate_tickets
-from retrainer.settings import TrainingConfig
+from retrainer.settings import S3Settings, TrainingConfig
+from retrainer.storage import BucketNotFoundError, open_store
 from tasks.checkpoints import CheckpointSync
 from tasks.dataset import EVAL, TRAIN, VALIDATION, check_splits, merge_curated
 
@@ -26,7 +27,11 @@ class MachineLostError(RuntimeError):
 
 
 class _DieAfterFirstCheckpoint(TrainerCallback):
+    def __init__(self, sync: CheckpointSync) -> None:
+        self.sync = sync
+
     def on_save(self, args, state, control, **kwargs):
+        self.sync.wait_for_uploads()  # uploads run in the background: die once this one is in S3
         raise MachineLostError(f"killed after saving step {state.global_step}")
 
 
@@ -47,7 +52,7 @@ def _kill_after_first_checkpoint_then_rerun(
     same job on a second machine; the first machine's ``latest.json`` and the second's model folder."""
     sync = CheckpointSync(store, "runs/checkpoints/ds-test/abc/")
     arguments = (splits[TRAIN], splits[VALIDATION], _spec(tiny_model_dir, config))
-    dies = RunOptions(checkpoints=sync, callbacks=(_DieAfterFirstCheckpoint(),))
+    dies = RunOptions(checkpoints=sync, callbacks=(_DieAfterFirstCheckpoint(sync),))
     with pytest.raises(MachineLostError):
         fine_tune(*arguments, tmp_path / "first-machine", options=dies)
     saved = json.loads(store.get("runs/checkpoints/ds-test/abc/latest.json")[0])
@@ -68,6 +73,58 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_in_s3_and_finishes(
     assert record["global_step"] == record["max_steps"] > saved["step"]  # it finished the remaining epochs
     assert record["seed"] == 42 and "transformers" in record["library_versions"]
     assert (model_dir / "model.safetensors").is_file() and not (model_dir / "training_args.bin").exists()
+    # where the time went, phase by phase (benchmarks/profile_fine_tune.py prints it as a table)
+    phases = record["seconds"]
+    assert {
+        "load_model",
+        "restore_checkpoints",
+        "tokenize",
+        "train_steps",
+        "evaluate",
+        "checkpoint_save",
+    } <= set(phases)
+    assert {"train_end", "average", "save_model", "calibrate", "lexical_fit"} <= set(phases)
+    assert phases["train_steps"] > 0 and phases["evaluate"] > 0 and phases["checkpoint_save"] > 0
+    assert all(seconds >= 0 for seconds in phases.values())
+    # what ran on this machine (a CPU here: the CPU recipe's batch and learning rate, unchanged)
+    assert (record["train_batch_size"], record["learning_rate"]) == (16, 5e-3)
+    assert record["device"].startswith("CPU")
+    # every checkpoint reached S3 before training ended, and no staged copy was left behind
+    names = {
+        info.key.split("/")[4] for info in store.list_objects("runs/checkpoints/ds-test/abc/checkpoint-")
+    }
+    assert names == {
+        f"checkpoint-{step}" for step in range(saved["step"], record["max_steps"] + 1, saved["step"])
+    }
+    assert not list((tmp_path / "second-machine" / "checkpoints").glob(".uploading/*"))
+
+
+def test_a_checkpoint_that_cannot_be_uploaded_fails_the_training(tiny_model_dir, splits, tmp_path):
+    gone = open_store(S3Settings(endpoint_url=tmp_path.as_uri(), bucket="no-such-bucket"))
+    config = TrainingConfig(learning_rate=5e-3, num_train_epochs=1)
+    failing = RunOptions(checkpoints=CheckpointSync(gone, "runs/checkpoints/x/"))
+
+    with pytest.raises(BucketNotFoundError, match="no-such-bucket"):
+        fine_tune(
+            splits[TRAIN], splits[VALIDATION], _spec(tiny_model_dir, config), tmp_path / "w", options=failing
+        )
+
+
+def test_a_checkpoint_trained_with_another_batch_size_is_not_resumed(tmp_path, caplog):
+    checkpoint = tmp_path / "checkpoint-40"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 40, "train_batch_size": 32}))
+
+    assert (
+        training.resumable_checkpoint(checkpoint, TrainingConfig(per_device_train_batch_size=32))
+        == checkpoint
+    )
+    with caplog.at_level("WARNING", logger="retrainer.core.training"):
+        assert (
+            training.resumable_checkpoint(checkpoint, TrainingConfig(per_device_train_batch_size=16)) is None
+        )
+    assert "trained 32 tickets a step, this device trains 16" in caplog.text
+    assert training.resumable_checkpoint(None, TrainingConfig()) is None
 
 
 def test_averaging_publishes_the_mean_weights_of_the_last_epochs(store, tiny_model_dir, splits, tmp_path):

@@ -15,6 +15,9 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -39,9 +42,9 @@ from transformers import (
 )
 
 from retrainer.core.calibration import fit_temperature
-from retrainer.core.devices import cpu_supports_bf16
+from retrainer.core.devices import cpu_supports_bf16, describe_device
 from retrainer.core.labels import LABEL_TO_ID, LABELS
-from retrainer.core.lexical import MissingLabelsError, fit_lexical_model
+from retrainer.core.lexical import LexicalModel, MissingLabelsError, fit_lexical_model
 from retrainer.core.masking import MaskKind
 from retrainer.core.metrics import load_metric
 from retrainer.core.text import InputRecipe, encode
@@ -118,59 +121,91 @@ def fine_tune(
     lexical half and the library versions.
     """
     options = options or RunOptions()
-    config, checkpoints = spec.config, options.checkpoints
+    cuda = torch.cuda.is_available()
+    config, checkpoints, clock = spec.config.for_device(cuda), options.checkpoints, PhaseClock()
     source = resolve_base_model(spec.base_model)
-    tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision)
     recipe = config.input_recipe()
-    set_seed(config.seed)  # before the model exists: its new classification head is drawn from the seed
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source,
-        revision=spec.revision,
-        config=model_config(source, spec.revision, config),
-        use_safetensors=True,
-    )
-    checkpoint_dir = output_dir / "checkpoints"
-    resume_from = checkpoints.restore(checkpoint_dir) if checkpoints else None
-    cache = options.tokenized_cache
-    if cache is not None:
-        prune_tokenized_caches(cache.parent, keep=cache.name)
-    validation_cache = _cache_file(cache, "validation", source, spec.revision, recipe)
-    validation_dataset = tokenize(validation_rows, tokenizer, recipe, validation_cache)
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(config, checkpoint_dir, resumable=checkpoints is not None),
-        train_dataset=tokenize(
-            train_rows, tokenizer, recipe, _cache_file(cache, "train", source, spec.revision, recipe)
-        ),
-        eval_dataset=validation_dataset,
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),  # pad per batch, not to max_length
-        compute_metrics=compute_accuracy,
-        callbacks=[*([checkpoints.callback()] if checkpoints else []), *options.callbacks],
-    )
-    trainer.remove_callback(PrinterCallback)  # progress reaches whoever watches through options.callbacks
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    averaged_epochs = config.averaged_epochs()
-    averaged = (
-        average_last_checkpoints(trainer.model, checkpoint_dir, averaged_epochs) if averaged_epochs else None
-    )
-    model_dir = output_dir / "model"
-    trainer.save_model(str(model_dir))  # the averaged weights, or the best epoch (load_best_model_at_end)
-    # The Trainer also pickles its arguments; nothing pickled is published (config goes in metrics.json).
-    (model_dir / "training_args.bin").unlink(missing_ok=True)
-    recipe.save(model_dir)  # scoring reads the text the way training did
-    # The lexical half selects nothing on the validation split, so it learns from both.
-    temperature = calibrated_temperature(trainer, validation_dataset) if config.lexical_weight else 1.0
-    lexical = add_lexical_half(
-        pd.concat([train_rows, validation_rows]), config.lexical_weight, model_dir, temperature, recipe.mask
-    )
+    # The lexical half selects nothing on the validation split, so it learns from both. On a GPU it is
+    # fitted on the CPU while the GPU trains; on a CPU it would take cores from training, so it waits.
+    lexical_rows = pd.concat([train_rows, validation_rows])
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lexical-half") as background:
+        lexical_fit = background.submit(fit_lexical_half, lexical_rows, config.lexical_weight, recipe.mask)
+        if not cuda:
+            _wait(lexical_fit, clock, "lexical_fit")
+        with clock.phase("load_model"):
+            tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision)
+            set_seed(
+                config.seed
+            )  # before the model exists: its new classification head is drawn from the seed
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source,
+                revision=spec.revision,
+                config=model_config(source, spec.revision, config),
+                use_safetensors=True,
+            )
+        checkpoint_dir = output_dir / "checkpoints"
+        with clock.phase("restore_checkpoints"):
+            resume_from = resumable_checkpoint(
+                checkpoints.restore(checkpoint_dir) if checkpoints else None, config
+            )
+        with clock.phase("tokenize"):
+            train_dataset, validation_dataset = _tokenized_splits(
+                train_rows,
+                validation_rows,
+                tokenizer,
+                recipe,
+                options.tokenized_cache,
+                (source, spec.revision),
+            )
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(config, checkpoint_dir, resumable=checkpoints is not None),
+            train_dataset=train_dataset,
+            eval_dataset=validation_dataset,
+            processing_class=tokenizer,
+            data_collator=DataCollatorWithPadding(tokenizer),  # pad per batch, not to max_length
+            compute_metrics=compute_accuracy,
+            # the clock last: its save time then includes the checkpoints' own work on each save
+            callbacks=[
+                *([checkpoints.callback()] if checkpoints else []),
+                *options.callbacks,
+                clock.callback(),
+            ],
+        )
+        trainer.remove_callback(PrinterCallback)  # progress reaches whoever watches through options.callbacks
+        with clock.phase("train_loop"):
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        averaged_epochs = config.averaged_epochs()
+        with clock.phase("average"):
+            averaged = (
+                average_last_checkpoints(trainer.model, checkpoint_dir, averaged_epochs)
+                if averaged_epochs
+                else None
+            )
+        model_dir = output_dir / "model"
+        with clock.phase("save_model"):
+            trainer.save_model(
+                str(model_dir)
+            )  # the averaged weights, or the best epoch (load_best_model_at_end)
+        # The Trainer also pickles its arguments; nothing pickled is published (config goes in metrics.json).
+        (model_dir / "training_args.bin").unlink(missing_ok=True)
+        recipe.save(model_dir)  # scoring reads the text the way training did
+        with clock.phase("calibrate"):
+            temperature = (
+                calibrated_temperature(trainer, validation_dataset) if config.lexical_weight else 1.0
+            )
+        lexical = save_lexical_half(_wait(lexical_fit, clock, "lexical_fit"), model_dir, temperature)
     record = {
         "resumed_from_step": checkpoint_step(resume_from) if resume_from else None,
         "averaged_steps": averaged,
         "global_step": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
         "seed": config.seed,
+        "device": describe_device(),
+        "train_batch_size": config.per_device_train_batch_size,
+        "learning_rate": config.learning_rate,
         "lexical": lexical,
+        "seconds": clock.breakdown(),
         "base_model": spec.base_model,
         "base_model_revision": spec.revision,
         "base_model_commit": getattr(model.config, "_commit_hash", None),
@@ -178,6 +213,39 @@ def fine_tune(
     }
     (model_dir / TRAINING_RECORD).write_text(json.dumps(record, indent=2))
     return model_dir
+
+
+def _wait(fit: Future, clock: "PhaseClock", phase: str):
+    """The background fit's result; the time spent waiting for it is `phase`'s."""
+    with clock.phase(phase):
+        return fit.result()
+
+
+def _tokenized_splits(train_rows, validation_rows, tokenizer, recipe: InputRecipe, cache: Path | None, model):
+    """(train, validation) tokenized, through the dataset version's cache folder when there is one."""
+    if cache is not None:
+        prune_tokenized_caches(cache.parent, keep=cache.name)
+    return tuple(
+        tokenize(rows, tokenizer, recipe, _cache_file(cache, split, *model, recipe))
+        for split, rows in (("train", train_rows), ("validation", validation_rows))
+    )
+
+
+def resumable_checkpoint(checkpoint: Path | None, config: TrainingConfig) -> Path | None:
+    """`checkpoint`, unless it was trained with another batch size than `config` trains with now (a run
+    begun on a GPU, resumed on a CPU): its step count would mean other epochs, so the run starts over."""
+    if checkpoint is None:
+        return None
+    saved = json.loads((checkpoint / "trainer_state.json").read_text()).get("train_batch_size")
+    if saved not in (None, config.per_device_train_batch_size):
+        logger.warning(
+            "not resuming from %s: it trained %s tickets a step, this device trains %s; starting over",
+            checkpoint.name,
+            saved,
+            config.per_device_train_batch_size,
+        )
+        return None
+    return checkpoint
 
 
 def training_record(model_dir: Path) -> dict:
@@ -197,22 +265,52 @@ def add_lexical_half(
     masked as the transformer's input (`mask`), and save it beside the transformer, to blend with the
     transformer's logits divided by `transformer_temperature`; what was done, for ``training.json``
     (None: not asked for)."""
+    return save_lexical_half(fit_lexical_half(rows, blend_weight, mask), model_dir, transformer_temperature)
+
+
+@dataclass(frozen=True)
+class LexicalFit:
+    """A fitted lexical half (`model`), or why there is none (`skipped`), and how many texts it saw."""
+
+    model: LexicalModel | None
+    texts: int
+    skipped: str | None = None
+
+
+def fit_lexical_half(
+    rows: pd.DataFrame, blend_weight: float, mask: tuple[MaskKind, ...] = ()
+) -> LexicalFit | None:
+    """The lexical half fitted on `rows` (masked as `mask` says), or why it could not learn; None when
+    `blend_weight` asks for none."""
     if not blend_weight:
         return None
     label_ids = [LABEL_TO_ID[label] for label in rows["label"]]
     try:
-        lexical = fit_lexical_model(rows["text"].tolist(), label_ids, list(LABELS), blend_weight, mask)
+        model = fit_lexical_model(rows["text"].tolist(), label_ids, list(LABELS), blend_weight, mask)
     except MissingLabelsError as error:  # the transformer alone is still a model; the gate judges it
-        logger.warning("published without its lexical half: %s", error)
-        return {"skipped": str(error)}
+        return LexicalFit(None, len(rows), str(error))
+    return LexicalFit(model, len(rows))
+
+
+def save_lexical_half(
+    fit: LexicalFit | None, model_dir: Path, transformer_temperature: float = 1.0
+) -> dict | None:
+    """Save the lexical half of `fit` beside the transformer, blending with its logits divided by
+    `transformer_temperature`; what was done, for ``training.json`` (None: not asked for)."""
+    if fit is None:
+        return None
+    if fit.model is None:
+        logger.warning("published without its lexical half: %s", fit.skipped)
+        return {"skipped": fit.skipped}
+    lexical = fit.model
     lexical.transformer_temperature = transformer_temperature
     lexical.save(model_dir)
     return {
-        "blend_weight": blend_weight,
+        "blend_weight": lexical.blend_weight,
         "transformer_temperature": lexical.transformer_temperature,
-        "texts": len(rows),
+        "texts": fit.texts,
         "hashed_features": lexical.feature_counts(),
-        "masked": list(mask),
+        "masked": list(lexical.mask),
     }
 
 
@@ -297,8 +395,70 @@ def training_arguments(
         report_to="none",
         disable_tqdm=True,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Checking each step's loss for NaN makes the host wait for the GPU every step; the averaged
+        # loss is still logged each epoch.
+        logging_nan_inf_filter=not torch.cuda.is_available(),
         **precision_arguments(),
     )
+
+
+class PhaseClock:
+    """Seconds spent in each phase of one fine-tune, for ``training.json`` (``seconds``) and the profile
+    benchmark: phases timed around the code, and, inside the Trainer's loop, evaluation and checkpoint
+    saving read through a callback (the rest of the loop is the training steps)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - started)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    def callback(self) -> TrainerCallback:
+        """The Trainer callback that times evaluation, checkpoint saves and the end of the loop."""
+        return _LoopClock(self)
+
+    def breakdown(self) -> dict[str, float]:
+        """Seconds per phase, the Trainer's loop split into steps, evaluation, saves and its end."""
+        phases = dict(self.seconds)
+        inside = sum(phases.get(name, 0.0) for name in _LOOP_PHASES)
+        if "train_loop" in phases:
+            phases["train_steps"] = max(0.0, phases.pop("train_loop") - inside)
+        return {name: round(seconds, 3) for name, seconds in phases.items()}
+
+
+_LOOP_PHASES = ("evaluate", "checkpoint_save", "train_end")
+
+
+class _LoopClock(TrainerCallback):
+    """Evaluation: the Trainer's own ``eval_runtime``; a save: from the end of that evaluation to the
+    save callbacks (the checkpoints' upload hand-off included); the end: from the last save to the end
+    of training (waiting for checkpoint uploads included)."""
+
+    def __init__(self, clock: PhaseClock) -> None:
+        self.clock = clock
+        self.mark = time.perf_counter()
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.clock.add("evaluate", (metrics or {}).get("eval_runtime", 0.0))
+        self.mark = time.perf_counter()
+
+    def on_save(self, args, state, control, **kwargs):
+        self.clock.add("checkpoint_save", time.perf_counter() - self.mark)
+        self.mark = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.mark = time.perf_counter()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.clock.add("train_end", time.perf_counter() - self.mark)
 
 
 def precision_arguments() -> dict:
