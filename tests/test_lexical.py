@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from retrainer.core import lexical
+from retrainer.core import lexical, ngram_hashing
 from retrainer.core.labels import LABEL_TO_ID, LABELS
 from retrainer.core.lexical import SETTINGS_FILE, LexicalModel, MissingLabelsError, fit_lexical_model
 from retrainer.core.scoring import load_lexical_half
@@ -246,3 +247,13 @@ def test_the_model_card_says_how_the_model_blends_or_why_it_does_not():
     assert "with 0.6 of a TF-IDF" in blended[1]
     assert skipped[1] == r"Published without its lexical half: no training texts labelled general\_inquiry."
     assert lexical_note(None) == []  # lexical_weight 0: a transformer alone, nothing to say
+
+
+def test_hashing_in_worker_processes_gives_the_counts_of_one_process_row_for_row():
+    texts = [*generate_tickets(400, seed=9)["text"].tolist(), "", "x", "Stack trace: NullPointerException"]
+
+    alone = ngram_hashing.hashed_counts("char", texts, min_characters=sys.maxsize)
+    spread = ngram_hashing.hashed_counts("char", texts, min_characters=0, workers=2)
+
+    assert spread.shape == alone.shape == (len(texts), 2**ngram_hashing.HASH_BITS)
+    assert alone.nnz > 0 and (spread != alone).nnz == 0

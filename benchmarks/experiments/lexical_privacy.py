@@ -20,7 +20,7 @@ from sklearn.metrics import f1_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from quality import SPLIT_SEED, stratified_folds
 
-from retrainer.core import lexical
+from retrainer.core import lexical, ngram_hashing
 from retrainer.core.lexical import ANALYZERS, INVERSE_REGULARISATION
 from retrainer.core.masking import mask_text
 
@@ -39,7 +39,8 @@ def vocabulary_features(train, test, min_df):
 
 def hashed_features(train, test, min_df, bits):
     """The product's hashed groups (`retrainer.core.lexical.fit_hashed_ngrams`) at `bits` and `min_df`."""
-    lexical.MIN_DOCUMENT_FREQUENCY, lexical.HASH_BITS = min_df, bits
+    lexical.MIN_DOCUMENT_FREQUENCY, ngram_hashing.HASH_BITS = min_df, bits
+    ngram_hashing.PARALLEL_MIN_CHARACTERS = sys.maxsize  # worker processes would not see the patched bits
     blocks_train, blocks_test, sizes = [], [], []
     for name in ANALYZERS:
         group, train_features = lexical.fit_hashed_ngrams(name, train)

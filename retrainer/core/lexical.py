@@ -26,25 +26,19 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 from scipy.sparse import csr_matrix, hstack
-from sklearn.feature_extraction.text import HashingVectorizer, TfidfVectorizer
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import normalize
 
 from retrainer.core.calibration import soften
 from retrainer.core.masking import MaskKind, mask_text
+from retrainer.core.ngram_hashing import ANALYZERS, HASH_BITS, hashed_counts
 
 SETTINGS_FILE = "lexical.json"
 WEIGHTS_FILE = "lexical.safetensors"
 FORMAT_VERSION = 2
 VOCABULARY_FORMAT = 1
 """Models saved before hashing: plain-text vocabularies, unmasked text (loaded, never written)."""
-ANALYZERS = {"word": ("word", (1, 2)), "char": ("char_wb", (2, 5))}
-"""Feature groups: words and word pairs; character 2-5-grams within words (identifiers, error names)."""
-HASH_BITS = 24
-"""Buckets per feature group, 2**24: 1,350 GitHub issues hold ~1M distinct character n-grams, most in one
-text; in fewer buckets, rare n-grams collide into buckets that pass the document-frequency minimum
-(2**20: 165k kept against 143k distinct frequent n-grams, and 0.003 less macro-F1). Only kept buckets
-are saved, so the space costs nothing on disk."""
 INVERSE_REGULARISATION = 10.0
 """Logistic regression's C (measured: C=10 0.769, C=3 0.760 macro-F1 alone, 5 folds of 1,500 issues)."""
 MIN_DOCUMENT_FREQUENCY = 5
@@ -79,7 +73,7 @@ class HashedNgrams:
 
     def transform(self, texts: list[str]) -> csr_matrix:
         """Sub-linear TF times IDF over the kept buckets, each row of unit length (as TfidfVectorizer)."""
-        return self.weighted(hasher(self.name).transform(texts))
+        return self.weighted(hashed_counts(self.name, texts))
 
     def weighted(self, counts: csr_matrix) -> csr_matrix:
         """The TF-IDF rows of hashed n-gram `counts`."""
@@ -90,18 +84,10 @@ class HashedNgrams:
         return normalize(csr_matrix(kept.multiply(self.idf)), norm="l2", copy=False)
 
 
-def hasher(name: str) -> HashingVectorizer:
-    """The stateless hashing of feature group `name` (lower case, counts, no sign flipping)."""
-    analyzer, ngram_range = ANALYZERS[name]
-    return HashingVectorizer(
-        analyzer=analyzer, ngram_range=ngram_range, n_features=2**HASH_BITS, alternate_sign=False, norm=None
-    )
-
-
 def fit_hashed_ngrams(name: str, texts: list[str]) -> tuple[HashedNgrams, csr_matrix]:
     """Feature group `name` fitted on `texts` (the buckets in at least `MIN_DOCUMENT_FREQUENCY` of
     them, at most `MAX_FEATURES`), and the texts' features from the same hashing pass."""
-    counts = hasher(name).transform(texts)
+    counts = hashed_counts(name, texts)
     buckets, document_frequency = np.unique(counts.indices, return_counts=True)  # one entry per text
     frequent = document_frequency >= MIN_DOCUMENT_FREQUENCY
     buckets, document_frequency = buckets[frequent], document_frequency[frequent]
