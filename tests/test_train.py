@@ -59,10 +59,10 @@ def _kill_after_first_checkpoint_then_rerun(
     return saved, fine_tune(*arguments, tmp_path / "second-machine", options=RunOptions(checkpoints=sync))
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint_in_s3_and_finishes(
+def test_a_killed_run_resumes_from_its_last_checkpoint_in_s3_finishes_and_averages_all_epochs(
     store, tiny_model_dir, splits, tmp_path
 ):
-    config = TrainingConfig(learning_rate=5e-3, num_train_epochs=3)
+    config = TrainingConfig(learning_rate=5e-3, num_train_epochs=3, average_share=1.0)
 
     saved, model_dir = _kill_after_first_checkpoint_then_rerun(
         store, tiny_model_dir, splits, tmp_path, config
@@ -73,6 +73,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_in_s3_and_finishes(
     assert record["global_step"] == record["max_steps"] > saved["step"]  # it finished the remaining epochs
     assert record["seed"] == 42 and "transformers" in record["library_versions"]
     assert (model_dir / "model.safetensors").is_file() and not (model_dir / "training_args.bin").exists()
+    # the epochs saved before the kill are averaged too
+    assert record["averaged_steps"][0] == saved["step"] and len(record["averaged_steps"]) == 3
     # where the time went, phase by phase (benchmarks/profile_fine_tune.py prints it as a table)
     phases = record["seconds"]
     assert {
@@ -169,20 +171,6 @@ def test_averaging_takes_the_last_epochs_even_when_the_best_epoch_is_an_earlier_
     record = json.loads((model_dir / "training.json").read_text())
     steps_per_epoch = record["max_steps"] // 3
     assert record["averaged_steps"] == [2 * steps_per_epoch, 3 * steps_per_epoch]
-
-
-def test_a_resumed_run_averages_the_epochs_saved_before_it_was_killed(
-    store, tiny_model_dir, splits, tmp_path
-):
-    config = TrainingConfig(learning_rate=5e-3, num_train_epochs=3, average_share=1.0)
-
-    saved, model_dir = _kill_after_first_checkpoint_then_rerun(
-        store, tiny_model_dir, splits, tmp_path, config
-    )
-
-    record = json.loads((model_dir / "training.json").read_text())
-    assert record["resumed_from_step"] == saved["step"]
-    assert record["averaged_steps"][0] == saved["step"] and len(record["averaged_steps"]) == 3
 
 
 def test_a_run_without_checkpoints_starts_fresh_and_says_so(store, tiny_model_dir, splits, tmp_path):
