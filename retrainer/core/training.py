@@ -117,13 +117,14 @@ def fine_tune(
     weights of the last epochs) as safetensors with the tokenizer to ``output_dir/model``, and with
     `config.lexical_weight` the lexical half fitted on the train and validation rows.
 
-    ``model/training.json`` records the step it resumed from, the steps averaged, the seed, the
-    lexical half and the library versions.
+    The recipe trains as `TrainingConfig.for_device` says for this hardware (on CUDA: larger batches).
+    ``model/training.json`` records the step it resumed from, the steps averaged, the seed, the device
+    with the batch size and learning rate it trained with, the lexical half, the seconds of each phase
+    (`PhaseClock`) and the library versions.
     """
     options = options or RunOptions()
     cuda = torch.cuda.is_available()
-    config, checkpoints, clock = spec.config.for_device(cuda), options.checkpoints, PhaseClock()
-    source = resolve_base_model(spec.base_model)
+    config, clock = spec.config.for_device(cuda), PhaseClock()
     recipe = config.input_recipe()
     # The lexical half selects nothing on the validation split, so it learns from both. On a GPU it is
     # fitted on the CPU while the GPU trains; on a CPU it would take cores from training, so it waits.
@@ -132,67 +133,17 @@ def fine_tune(
         lexical_fit = background.submit(fit_lexical_half, lexical_rows, config.lexical_weight, recipe.mask)
         if not cuda:
             _wait(lexical_fit, clock, "lexical_fit")
-        with clock.phase("load_model"):
-            tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision)
-            set_seed(
-                config.seed
-            )  # before the model exists: its new classification head is drawn from the seed
-            model = AutoModelForSequenceClassification.from_pretrained(
-                source,
-                revision=spec.revision,
-                config=model_config(source, spec.revision, config),
-                use_safetensors=True,
-            )
-        checkpoint_dir = output_dir / "checkpoints"
-        with clock.phase("restore_checkpoints"):
-            resume_from = resumable_checkpoint(
-                checkpoints.restore(checkpoint_dir) if checkpoints else None, config
-            )
-        with clock.phase("tokenize"):
-            train_dataset, validation_dataset = _tokenized_splits(
-                train_rows,
-                validation_rows,
-                tokenizer,
-                recipe,
-                options.tokenized_cache,
-                (source, spec.revision),
-            )
-        trainer = Trainer(
-            model=model,
-            args=training_arguments(config, checkpoint_dir, resumable=checkpoints is not None),
-            train_dataset=train_dataset,
-            eval_dataset=validation_dataset,
-            processing_class=tokenizer,
-            data_collator=DataCollatorWithPadding(tokenizer),  # pad per batch, not to max_length
-            compute_metrics=compute_accuracy,
-            # the clock last: its save time then includes the checkpoints' own work on each save
-            callbacks=[
-                *([checkpoints.callback()] if checkpoints else []),
-                *options.callbacks,
-                clock.callback(),
-            ],
+        trainer, resume_from = _prepared_trainer(
+            (train_rows, validation_rows), spec, config, output_dir / "checkpoints", options, clock
         )
-        trainer.remove_callback(PrinterCallback)  # progress reaches whoever watches through options.callbacks
         with clock.phase("train_loop"):
             trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        averaged_epochs = config.averaged_epochs()
-        with clock.phase("average"):
-            averaged = (
-                average_last_checkpoints(trainer.model, checkpoint_dir, averaged_epochs)
-                if averaged_epochs
-                else None
-            )
-        model_dir = output_dir / "model"
-        with clock.phase("save_model"):
-            trainer.save_model(
-                str(model_dir)
-            )  # the averaged weights, or the best epoch (load_best_model_at_end)
-        # The Trainer also pickles its arguments; nothing pickled is published (config goes in metrics.json).
-        (model_dir / "training_args.bin").unlink(missing_ok=True)
-        recipe.save(model_dir)  # scoring reads the text the way training did
+        model_dir, averaged = _save_trained(
+            trainer, config, output_dir / "checkpoints", output_dir / "model", clock
+        )
         with clock.phase("calibrate"):
             temperature = (
-                calibrated_temperature(trainer, validation_dataset) if config.lexical_weight else 1.0
+                calibrated_temperature(trainer, trainer.eval_dataset) if config.lexical_weight else 1.0
             )
         lexical = save_lexical_half(_wait(lexical_fit, clock, "lexical_fit"), model_dir, temperature)
     record = {
@@ -208,11 +159,74 @@ def fine_tune(
         "seconds": clock.breakdown(),
         "base_model": spec.base_model,
         "base_model_revision": spec.revision,
-        "base_model_commit": getattr(model.config, "_commit_hash", None),
+        "base_model_commit": getattr(trainer.model.config, "_commit_hash", None),
         "library_versions": library_versions(),
     }
     (model_dir / TRAINING_RECORD).write_text(json.dumps(record, indent=2))
     return model_dir
+
+
+def _prepared_trainer(
+    splits: tuple[pd.DataFrame, pd.DataFrame],
+    spec: TrainingSpec,
+    config: TrainingConfig,
+    checkpoint_dir: Path,
+    options: RunOptions,
+    clock: "PhaseClock",
+) -> tuple[Trainer, Path | None]:
+    """The Trainer for `config` on the (train, validation) rows, and the checkpoint to resume from."""
+    source, checkpoints = resolve_base_model(spec.base_model), options.checkpoints
+    with clock.phase("load_model"):
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision)
+        set_seed(config.seed)  # before the model exists: its new classification head is drawn from the seed
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source,
+            revision=spec.revision,
+            config=model_config(source, spec.revision, config),
+            use_safetensors=True,
+        )
+    with clock.phase("restore_checkpoints"):
+        resume_from = resumable_checkpoint(
+            checkpoints.restore(checkpoint_dir) if checkpoints else None, config
+        )
+    with clock.phase("tokenize"):
+        cache_key = (source, spec.revision)
+        train, validation = _tokenized_splits(
+            *splits, tokenizer, config.input_recipe(), options.tokenized_cache, cache_key
+        )
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(config, checkpoint_dir, resumable=checkpoints is not None),
+        train_dataset=train,
+        eval_dataset=validation,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),  # pad per batch, not to max_length
+        compute_metrics=compute_accuracy,
+        # the clock last: its save time then includes the checkpoints' own work on each save
+        callbacks=[*([checkpoints.callback()] if checkpoints else []), *options.callbacks, clock.callback()],
+    )
+    trainer.remove_callback(PrinterCallback)  # progress reaches whoever watches through options.callbacks
+    return trainer, resume_from
+
+
+def _save_trained(
+    trainer: Trainer, config: TrainingConfig, checkpoint_dir: Path, model_dir: Path, clock: "PhaseClock"
+) -> tuple[Path, list[int] | None]:
+    """Save the averaged weights (or the best epoch's), tokenizer and input recipe to `model_dir`;
+    the folder and the steps averaged."""
+    averaged_epochs = config.averaged_epochs()
+    with clock.phase("average"):
+        averaged = (
+            average_last_checkpoints(trainer.model, checkpoint_dir, averaged_epochs)
+            if averaged_epochs
+            else None
+        )
+    with clock.phase("save_model"):
+        trainer.save_model(str(model_dir))  # the averaged weights, or the best epoch (load_best_model_at_end)
+    # The Trainer also pickles its arguments; nothing pickled is published (config goes in metrics.json).
+    (model_dir / "training_args.bin").unlink(missing_ok=True)
+    config.input_recipe().save(model_dir)  # scoring reads the text the way training did
+    return model_dir, averaged
 
 
 def _wait(fit: Future, clock: "PhaseClock", phase: str):
