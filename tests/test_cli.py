@@ -52,7 +52,7 @@ def test_models_list_rollback_predict_and_score(two_versions, tmp_path):
     assert read_history(store)[-1].reasons == [f"rolled back from {second} to {first}: canary complaints"]
 
 
-def test_score_names_a_missing_text_column(two_versions, tmp_path):
+def test_score_names_a_missing_text_column_before_it_needs_a_model_or_a_store(tmp_path):
     (tmp_path / "bad.csv").write_text("id,body\n1,crash\n")
 
     result = run_retrainer("score", "bad.csv", cwd=tmp_path)
