@@ -102,27 +102,27 @@ class DirectoryStore(ObjectStore):
         return json.loads(path.read_bytes()) if path.is_file() else {}
 
     def _iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
-        start = self._listing_root(prefix)
-        for folder, subfolders, files in os.walk(start):
+        for key, path in self._iter_keys(prefix):
+            info = _read_header(path)
+            if info is not None:  # deleted between the walk and the read
+                yield ObjectInfo(key=key, etag=info[0], size=info[1])
+
+    def _iter_keys(self, prefix: str) -> Iterator[tuple[str, Path]]:
+        """(key, object file) of every object under `prefix`, from the folder walk alone."""
+        for folder, subfolders, files in os.walk(self._listing_root(prefix)):
             if Path(folder) == self.bucket_dir:
                 subfolders[:] = [name for name in subfolders if name != _RESERVED]
             for name in files:
-                if not name.endswith(OBJECT_SUFFIX):
-                    continue
-                path = Path(folder) / name
-                key = path.relative_to(self.bucket_dir).as_posix()[: -len(OBJECT_SUFFIX)]
-                if key.startswith(prefix):
-                    info = _read_header(path)
-                    if info is not None:  # deleted between the walk and the read
-                        yield ObjectInfo(key=key, etag=info[0], size=info[1])
+                if name.endswith(OBJECT_SUFFIX):
+                    path = Path(folder) / name
+                    key = path.relative_to(self.bucket_dir).as_posix()[: -len(OBJECT_SUFFIX)]
+                    if key.startswith(prefix):
+                        yield key, path
 
     def list_folders(self, prefix: str) -> list[str]:
-        folders = {
-            prefix + info.key[len(prefix) :].split("/", 1)[0] + "/"
-            for info in self._iter_objects(prefix)
-            if "/" in info.key[len(prefix) :]
-        }
-        return sorted(folders)
+        # folder names come from the keys alone: no object file is opened
+        rests = (key[len(prefix) :] for key, _ in self._iter_keys(prefix))
+        return sorted({prefix + rest.split("/", 1)[0] + "/" for rest in rests if "/" in rest})
 
     def get(self, key: str) -> tuple[bytes, str]:
         try:
