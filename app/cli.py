@@ -107,6 +107,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     models_list.set_defaults(handler=_models_list)
 
+    datasets = commands.add_parser("datasets", help="the curated dataset versions and their parts")
+    datasets_commands = datasets.add_subparsers(required=True, metavar="COMMAND")
+    gc = datasets_commands.add_parser(
+        "gc", help="delete the parts of curated data that no dataset version lists any more"
+    )
+    gc.add_argument(
+        "--min-age-days",
+        type=_non_negative_days,
+        default=1.0,
+        help="keep parts younger than this, so a run that is writing its version keeps its part (default 1)",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    gc.set_defaults(handler=_datasets_gc)
+
     rollback = commands.add_parser("rollback", help="point production back at an earlier version")
     rollback.add_argument("--to", dest="to_version", help="version to restore (default: the previous one)")
     rollback.add_argument("--reason", default=None, help="why (recorded in the history)")
@@ -264,6 +278,27 @@ def _models_list(args) -> int:
         f"{len(rows)} version(s); * = production; servable = passed its smoke test (a rollback target); "
         "interrupted = its run died before the smoke test (never served)"
     )
+    return 0
+
+
+def _non_negative_days(value: str) -> float:
+    days = float(value)
+    if days < 0:
+        raise argparse.ArgumentTypeError(f"{value} days: an age is not negative")
+    return days
+
+
+def _datasets_gc(args) -> int:
+    from datetime import timedelta
+
+    from tasks.dataset import delete_unreferenced_parts
+
+    parts = delete_unreferenced_parts(_store(), timedelta(days=args.min_age_days), dry_run=args.dry_run)
+    for info in parts:
+        print(info.key)
+    verb = "would delete" if args.dry_run else "deleted"
+    size = sum(info.size for info in parts)
+    print(f"{verb} {len(parts)} part(s) no dataset version lists ({size:,} bytes)")
     return 0
 
 

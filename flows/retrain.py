@@ -13,10 +13,11 @@ import pandas as pd
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.fine_tune import checkpoint_prefix, fine_tune_flow
+from flows.fine_tune import dataset_checkpoints_prefix, fine_tune_flow
 from retrainer.core.batches import LoadedBatch
 from retrainer.core.gate import decide_promotion
 from retrainer.core.training import training_record
+from retrainer.core.training_plan import TrainingPlan, plan_training, unseen_mask
 from retrainer.core.validation import ValidatedBatch, ValidationFailedError, validation_failure
 from retrainer.logs import run_logger
 from retrainer.records import RunRecord
@@ -36,12 +37,14 @@ from tasks.alerts import alert_validation_failed_task, notify_task
 from tasks.checkpoints import discard_scratch_task
 from tasks.dataset import (
     EVAL,
+    TRAIN,
     check_splits,
+    latest_rows,
     lineage,
     mark_superseded_task,
-    merge_curated,
     read_curated_task,
     rows_from_sources,
+    with_splits,
     write_curated_task,
 )
 from tasks.erasure import erased_ticket_ids_task, withhold_erased
@@ -56,6 +59,7 @@ from tasks.ingest import (
     record_batches,
 )
 from tasks.registry import (
+    champion_lineage,
     fetch_model_task,
     flip_production_pointer_task,
     last_gate_decision_task,
@@ -64,6 +68,7 @@ from tasks.registry import (
     read_history_task,
     read_production_pointer_task,
     record_decision_task,
+    trained_on,
 )
 from tasks.report import report_run_task, report_validation_task
 from tasks.smoke import smoke_test_task
@@ -77,6 +82,7 @@ def retrain(
     gate: GatePolicy | None = None,
     force: bool = False,
     force_reason: str | None = None,
+    full_retrain: bool = False,
     resources: Resources | None = None,
 ) -> RunRecord:
     """Retrain the ticket classifier on newly landed tickets; publish it only if it beats the champion.
@@ -87,6 +93,8 @@ def retrain(
         gate: promotion policy for this run (default: the configured gate settings).
         force: promote the challenger whatever the gate says (the smoke test still applies).
         force_reason: why the promotion is forced; required with `force`, recorded in the history.
+        full_retrain: fine-tune the base model on every curated ticket even where the incremental
+            policy would warm-start from the champion; also retrains a dataset already decided on.
         resources: settings and store, passed by in-process callers (the demo, tests, notebooks); empty
             (a deployment run, `retrainer run`): read from the environment when the run starts.
 
@@ -99,7 +107,7 @@ def retrain(
             raise ValueError("a forced promotion needs a force_reason; it is recorded in the history")
         overrides = {"training": training, "base_model": base_model, "gate": gate}
         resources = (resources or Resources.from_environment()).with_overrides(**overrides)
-        progress.final = run_retrain(resources, progress, force)
+        progress.final = run_retrain(resources, progress, force, full_retrain)
         return finish(resources, progress.final)
     except Exception as error:
         _attach_failed_record(error, progress)
@@ -112,7 +120,9 @@ def failed_record(error: BaseException) -> RunRecord | None:
     return record if isinstance(record, RunRecord) else None
 
 
-def run_retrain(resources: Resources, progress: RunProgress, force: bool) -> RunRecord:
+def run_retrain(
+    resources: Resources, progress: RunProgress, force: bool, full_retrain: bool = False
+) -> RunRecord:
     """The body of the `retrain` flow, as the loop diagram: every step, in order."""
     store = resources.store
     store.require_bucket()  # production buckets are provisioned: a typo must fail, not create one
@@ -122,15 +132,17 @@ def run_retrain(resources: Resources, progress: RunProgress, force: bool) -> Run
     if ingestion.curated is None:
         return progress.record("no-data", ["no curated data yet: nothing to train on"])
     last = last_gate_decision_task(store)
-    if production.pointer and last and last.dataset_version == ingestion.dataset_version and not force:
+    decided = last and last.dataset_version == ingestion.dataset_version
+    if production.pointer and decided and not (force or full_retrain):
         version = ingestion.dataset_version
         return progress.record("no-new-data", [f"dataset {version} was already decided on; champion kept"])
-    eval_rows = check_splits(ingestion.curated)[EVAL]
+    splits = check_splits(ingestion.curated)
+    progress.plan = plan_challenger_training(resources, splits[TRAIN], production, full_retrain)
     with tempfile.TemporaryDirectory(prefix="run-", dir=resources.settings.scratch_dir()) as run_dir:
         challenger_dir = train_challenger(
-            resources, progress.run_id, ingestion.dataset_version, Path(run_dir)
+            resources, progress.run_id, ingestion.dataset_version, Path(run_dir), progress.plan
         )
-        progress.scores = score_both(resources, challenger_dir, eval_rows, ingestion, production, progress)
+        progress.scores = score_both(resources, challenger_dir, splits[EVAL], ingestion, production, progress)
         gated = progress.record("kept")
         progress.publication = publish_or_keep(resources, gated, challenger_dir, ingestion.curated, progress)
     decided = progress.record(progress.publication.status)
@@ -152,8 +164,9 @@ def ingest_new_batches(resources: Resources, run_id: str) -> Ingestion:
     accepted = [result.accepted for result in validated if not result.accepted.empty]
     if accepted:
         new_rows = pd.concat(accepted, ignore_index=True)
-        curated = merge_curated(curated, new_rows, settings.eval_fraction, settings.validation_fraction)
-        dataset_version = write_curated_task(store, curated)
+        new_rows = with_splits(curated, new_rows, settings.eval_fraction, settings.validation_fraction)
+        curated = latest_rows([curated, new_rows])
+        dataset_version = write_curated_task(store, new_rows, manifest.dataset_version)  # only new rows
     if validated:
         entries = {result.key: _manifest_entry(result, run_id) for result in validated}
         commit_manifest_task(store, record_batches(manifest, entries, dataset_version), manifest_etag)
@@ -206,15 +219,43 @@ def challenger_prefix(resources: Resources, run_id: str) -> str:
     return f"{resources.settings.s3.runs_prefix}{run_id}/challenger/"
 
 
-def train_challenger(resources: Resources, run_id: str, dataset_version: str, run_dir: Path) -> Path:
+def plan_challenger_training(
+    resources: Resources, train_rows: pd.DataFrame, production: Production, full_requested: bool
+) -> TrainingPlan:
+    """Full or incremental training (`retrainer.core.training_plan`), from what the champion was trained
+    on; logged, and kept in the run record and the published metadata."""
+    settings, champion, unseen = resources.settings, None, len(train_rows)
+    if production.pointer:
+        champion_dir = fetch_model_task(resources.store, production.version, settings.model_cache_dir)
+        champion = champion_lineage(champion_dir, production.version)
+        unseen = int(unseen_mask(train_rows, trained_on(champion_dir)).sum())
+    base_model = (settings.base_model, settings.base_model_revision)
+    plan = plan_training(settings.incremental, champion, base_model, unseen, len(train_rows), full_requested)
+    run_logger().info("training plan: %s", plan.summary())
+    return plan
+
+
+def train_challenger(
+    resources: Resources, run_id: str, dataset_version: str, run_dir: Path, plan: TrainingPlan
+) -> Path:
     """Run the fine-tune flow (as a deployment when configured, else in-process) and fetch its model."""
     settings = resources.settings
     prefix = challenger_prefix(resources, run_id)
-    parameters = {"dataset_version": dataset_version, "output_prefix": prefix, "training": settings.training}
+    parameters = {
+        "dataset_version": dataset_version,
+        "output_prefix": prefix,
+        "training": settings.training,
+        "plan": plan,
+    }
     if settings.fine_tune_deployment:
         hand_off_fine_tune_task(
             settings.fine_tune_deployment,
-            {**parameters, "training": settings.training.model_dump(), "base_model": settings.base_model},
+            {
+                **parameters,
+                "training": settings.training.model_dump(),
+                "base_model": settings.base_model,
+                "plan": plan.model_dump(),
+            },
             start_timeout_s=settings.fine_tune_start_timeout_s,
             timeout_s=settings.fine_tune_timeout_s,
         )
@@ -308,7 +349,7 @@ def discard_decided_scratch(resources: Resources, decided: RunRecord, published:
     """Delete what only a rerun of this decided run would need: its checkpoints, and its challenger copy
     once that was published under models/. A rejected challenger stays in runs/ for inspection until the
     bucket's lifecycle rule expires it. A failed delete is a warning, not a failed run: it decided."""
-    prefixes = [checkpoint_prefix(resources.settings, decided.dataset_version)]
+    prefixes = [dataset_checkpoints_prefix(resources.settings, decided.dataset_version)]
     if published:
         prefixes.append(challenger_prefix(resources, decided.run_id))
     state = discard_scratch_task(resources.store, prefixes, return_state=True)

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field
 
 from retrainer.core.evaluation import EvalReport
+from retrainer.core.training_plan import TrainingPlan
 
 RunStatus = Literal[
     "promoted",
@@ -89,6 +90,7 @@ class RunRecord(BaseModel):
     rows_erased: int = 0  # records of tickets erased on request, sent again: withheld, stored nowhere
     problems: list[str] = Field(default_factory=list)  # file, row and reason kind: no values, no ticket text
     dataset_version: str | None = None
+    training_plan: TrainingPlan | None = None  # full or incremental (from the champion), and why
     challenger_version: str | None = None
     champion_version: str | None = None
     challenger: EvalReport | None = None

@@ -5,7 +5,9 @@ versions and, until producers delete them, the batch files in ``incoming/``. Pub
 decision history are kept: they are what a rollback and an audit need (a model's files hold no ticket
 text: docs/design.md, "Data protection"). S3 lifecycle rules select by prefix and tag, and a curated
 version stays current for as long as no run replaces it, so the run that replaces one tags it
-(`SUPERSEDED_TAG`, `tasks.dataset.mark_superseded`) and the rule expires tagged versions only.
+(`SUPERSEDED_TAG`, `tasks.dataset.mark_superseded`) and the rule expires tagged versions only. The parts
+a version lists are shared with later versions and never tagged: `retrainer datasets gc` deletes those
+that no version lists any more.
 """
 
 from retrainer.settings import S3Settings

@@ -11,6 +11,7 @@ import pandas as pd
 
 from retrainer.core.evaluation import ModelEvaluation
 from retrainer.core.gate import Decision
+from retrainer.core.training_plan import TrainingPlan
 from retrainer.core.validation import ValidatedBatch
 from retrainer.records import ProductionPointer, RunRecord, RunStatus
 
@@ -97,6 +98,7 @@ class RunProgress:
     forced_reason: str | None
     ingestion: Ingestion | None = None
     production: Production | None = None
+    plan: TrainingPlan | None = None
     scores: Scores | None = None
     publication: Publication | None = None
     final: RunRecord | None = None
@@ -111,6 +113,7 @@ class RunProgress:
             forced_reason=self.forced_reason,
             production_version=published.production_version if published else production,
             report_uris=published.report_uris if published else [],
+            training_plan=self.plan,
             reasons=[
                 *(self.scores.decision.reasons if self.scores else []),
                 *(published.reasons if published else []),

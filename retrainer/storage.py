@@ -275,7 +275,8 @@ class ObjectStore:
         """Delete every object under `prefix`, which must lie in the runs (scratch) prefix.
 
         Returns how many objects and bytes were deleted. Anything outside `runs_prefix` (datasets,
-        models, history, quarantine) is refused here: only erasure on request deletes there (`delete`).
+        models, history, quarantine) is refused here: only erasure and the clean-up of unlisted dataset
+        parts delete there (`delete`).
         """
         scratch = self.settings.runs_prefix
         if not scratch or not prefix.startswith(scratch) or prefix == scratch:
@@ -306,8 +307,9 @@ class ObjectStore:
         """Delete one object (no error when it is already gone).
 
         Only erasure on request (`tasks.erasure`) deletes outside run scratch: it removes the objects
-        that hold a ticket someone asked to be forgotten. With bucket versioning on, the store keeps the
-        object's earlier versions until a noncurrent-version expiry rule removes them.
+        that hold a ticket someone asked to be forgotten; and `retrainer datasets gc` deletes the parts of
+        curated data that no dataset version lists (`tasks.dataset`). With bucket versioning on, the
+        store keeps the object's earlier versions until a noncurrent-version expiry rule removes them.
         """
         self._client.delete_object(Bucket=self.bucket, Key=key)
 

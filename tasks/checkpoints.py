@@ -102,6 +102,7 @@ class _UploadCheckpoints(TrainerCallback):
             self.sync.store.put(
                 self.sync.prefix + LATEST, json.dumps(marker).encode(), content_type="application/json"
             )
+            run_logger().info("%s kept in %s", name, self.sync.store.uri(f"{self.sync.prefix}{name}/"))
         finally:
             shutil.rmtree(staged, ignore_errors=True)
 

@@ -35,7 +35,19 @@ from retrainer.logs import run_logger
 from retrainer.settings import IngestSettings
 from retrainer.storage import ObjectStore, PreconditionFailedError, StorageError
 from tasks.common import once_task, read_task
-from tasks.dataset import EVAL, TRAIN, VALIDATION, read_curated, write_curated
+from tasks.dataset import (
+    EVAL,
+    TRAIN,
+    VALIDATION,
+    DatasetPart,
+    dataset_versions,
+    parts_prefix,
+    read_curated,
+    read_part,
+    version_parts,
+    write_part,
+    write_version,
+)
 from tasks.ingest import (
     CSV_SUFFIXES,
     JSONL_SUFFIXES,
@@ -60,8 +72,9 @@ BYTE_ORDER_MARK = "\ufeff"
 STATEMENTS = [
     "published model weights are not retrained or deleted: `models` names the versions trained or "
     "evaluated on these tickets; the next nightly run trains on the new dataset version without them",
-    "superseded curated dataset versions holding the tickets were deleted (they are not published "
-    "artefacts): a published model's lineage may name a deleted dataset version",
+    "superseded curated dataset versions holding the tickets were deleted, and the parts holding them that "
+    "the current version no longer lists (they are not published artefacts): a published model's lineage "
+    "may name a deleted dataset version",
     "with bucket versioning on, earlier object versions stay until a noncurrent-version expiry rule "
     "removes them",
 ]
@@ -96,6 +109,13 @@ class CuratedErasure(BaseModel):
     found: list[str] = Field(default_factory=list)
 
 
+class DatasetsErasure(BaseModel):
+    """What erasing from the superseded curated data deleted: versions, and parts no longer listed."""
+
+    versions: list[str] = Field(default_factory=list)
+    parts: list[str] = Field(default_factory=list)
+
+
 class QuarantineErasure(BaseModel):
     """What erasing from the quarantine changed; `found`: the requested ids it held."""
 
@@ -116,6 +136,9 @@ class ErasureRecord(BaseModel):
     curated: CuratedErasure = Field(description="the curated data and incoming/ (one manifest commit)")
     quarantine: QuarantineErasure
     datasets_deleted: list[str] = Field(default_factory=list, description="superseded dataset versions")
+    dataset_parts_deleted: list[str] = Field(
+        default_factory=list, description="parts holding the tickets that no version kept lists"
+    )
     models: list[ModelExposure] = Field(default_factory=list)
     not_found: list[str] = Field(default_factory=list, description="requested ids found nowhere")
     statements: list[str] = Field(default_factory=lambda: list(STATEMENTS))
@@ -143,7 +166,8 @@ class ErasureRecord(BaseModel):
             f"incoming: {len(curated.incoming_rewritten)} rewritten, "
             f"{len(curated.incoming_deleted)} deleted; "
             f"quarantine: {len(quarantine.rewritten)} rewritten, {len(quarantine.deleted)} deleted; "
-            f"superseded dataset versions deleted: {len(self.datasets_deleted)}",
+            f"superseded dataset versions deleted: {len(self.datasets_deleted)} "
+            f"(and {len(self.dataset_parts_deleted)} part(s))",
             f"published models trained on them: {', '.join(self.trained_on_versions) or 'none'}; "
             f"evaluated on them: {', '.join(evaluated) or 'none'}"
             + (f"; unknown (dataset gone): {', '.join(unknown)}" if unknown else ""),
@@ -407,17 +431,27 @@ def erase_curated_and_incoming(
 
 def _erase_curated(store: ObjectStore, manifest: Manifest, ids: set[str]) -> CuratedErasure:
     before = manifest.dataset_version
-    curated = read_curated(store, before)
-    if curated is None:
+    if before is None:
         return CuratedErasure(dataset_version_before=before, dataset_version_after=before)
-    kept, found = drop_tickets(curated, ids)
-    after = write_curated(store, kept) if found else before  # splits are kept: `split` is a column
+    after, found = version_without_tickets(store, before, ids)
     return CuratedErasure(
         dataset_version_before=before,
         dataset_version_after=after,
-        rows_removed=len(curated) - len(kept),
+        rows_removed=len(found),  # a version holds one row per ticket
         found=sorted(found),
     )
+
+
+def version_without_tickets(store: ObjectStore, dataset_version: str, ids: set[str]) -> tuple[str, set[str]]:
+    """A new version of `dataset_version` in which each part holding one of `ids` is rewritten without
+    those rows (every other row keeps its place and split; every other part is listed as it was), and the
+    ids found; `dataset_version` itself when no part held one."""
+    parts, found = [], set()
+    for part in version_parts(store, dataset_version):
+        kept, hit = drop_tickets(read_part(store, part), ids)
+        parts.append(write_part(store, kept) if hit else part)
+        found |= hit
+    return (write_version(store, parts, dataset_version) if found else dataset_version), found
 
 
 class _IncomingErasure:
@@ -562,26 +596,45 @@ def _splits_of(store: ObjectStore, dataset_version: str | None, ids: set[str]) -
     return None if curated is None else ids_by_split(curated, ids)
 
 
-def delete_superseded_datasets(store: ObjectStore, ticket_ids: list[str], current: str | None) -> list[str]:
-    """Delete every curated dataset version but `current` that holds one of the tickets; their ids.
+def delete_superseded_datasets(
+    store: ObjectStore, ticket_ids: list[str], current: str | None
+) -> DatasetsErasure:
+    """Delete every curated dataset version but `current` that lists a part holding one of the tickets,
+    then every part holding one that `current` does not list (versions first: none is left listing a
+    deleted part).
 
     They are not published artefacts (a model's lineage then names a deleted version). Idempotent.
     """
-    ids, deleted = set(ticket_ids), []
-    prefix = store.settings.datasets_prefix
-    for folder in store.list_folders(prefix):
-        version = folder[len(prefix) : -1]
-        if version == current:
-            continue
-        try:
-            curated = read_curated(store, version)
-        except KeyError:
-            continue  # a folder without curated data holds no ticket
-        if curated is not None and curated[TICKET_ID].isin(ids).any():
-            for info in store.list_objects(folder):
-                store.delete(info.key)
-            deleted.append(version)
-    return deleted
+    holds = _PartSearch(store, set(ticket_ids))
+    live = set() if current is None else {part.key for part in version_parts(store, current)}
+    versions = [
+        version
+        for version in dataset_versions(store)
+        if version != current and any(map(holds, version_parts(store, version)))
+    ]
+    for version in versions:
+        for info in store.list_objects(f"{store.settings.datasets_prefix}{version}/"):
+            store.delete(info.key)
+    listed = [DatasetPart(key=info.key, rows=0) for info in store.list_objects(parts_prefix(store))]
+    parts = [part.key for part in listed if part.key not in live and holds(part)]
+    for key in parts:
+        store.delete(key)
+    return DatasetsErasure(versions=versions, parts=parts)
+
+
+class _PartSearch:
+    """Whether a part holds one of the ids: each part read once (versions share them)."""
+
+    def __init__(self, store: ObjectStore, ids: set[str]) -> None:
+        self.store, self.ids, self.held = store, ids, {}
+
+    def __call__(self, part: DatasetPart) -> bool:
+        if part.key not in self.held:
+            try:
+                self.held[part.key] = bool(read_part(self.store, part)[TICKET_ID].isin(self.ids).any())
+            except KeyError:
+                self.held[part.key] = False  # gone (or a folder without curated data): holds no ticket
+        return self.held[part.key]
 
 
 def erasure_record(
@@ -589,7 +642,7 @@ def erasure_record(
     curated: CuratedErasure,
     quarantine: QuarantineErasure,
     models: list[ModelExposure],
-    datasets_deleted: list[str],
+    datasets: DatasetsErasure,
 ) -> ErasureRecord:
     """The record of a request (`request`: request_id, ticket_ids, requested_at, requested_by, note) from
     what each step returned; an id found in none of them is "not found"."""
@@ -599,7 +652,8 @@ def erasure_record(
         **request,
         curated=curated,
         quarantine=quarantine,
-        datasets_deleted=datasets_deleted,
+        datasets_deleted=datasets.versions,
+        dataset_parts_deleted=datasets.parts,
         models=models,
         # A deleted superseded version held them too, but then so did a step above or a model's dataset.
         not_found=[ticket_id for ticket_id in request["ticket_ids"] if ticket_id not in found],

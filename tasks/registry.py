@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from retrainer.core.training_plan import ChampionLineage
 from retrainer.records import SMOKE_PASSED, DecisionRecord, ProductionPointer
 from retrainer.storage import ObjectStore, PreconditionFailedError
 from tasks.common import once_task, read_task
@@ -119,6 +120,27 @@ def fetch_model(store: ObjectStore, version: str, cache_dir: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def published_metrics(model_dir: Path) -> dict:
+    """The ``metrics.json`` published beside a fetched model's weights (empty when it has none)."""
+    path = model_dir / METRICS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def trained_on(model_dir: Path) -> set[tuple[str, str]]:
+    """The (source key, ETag) of every batch in the curated data a published model was trained on."""
+    return {(entry["key"], entry["etag"]) for entry in published_metrics(model_dir).get("lineage") or []}
+
+
+def champion_lineage(model_dir: Path, version: str) -> ChampionLineage:
+    """What the training plan needs to know of a published model (`retrainer.core.training_plan`);
+    a model published before plans were recorded counts as fully retrained."""
+    metrics = published_metrics(model_dir)
+    plan = metrics.get("training_plan") or {}
+    return ChampionLineage(
+        version, metrics.get("base_model"), metrics.get("base_model_revision"), plan.get("generation", 0)
+    )
 
 
 def fetch_production_model(store: ObjectStore, cache_dir: Path) -> tuple[str, Path]:

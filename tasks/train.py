@@ -6,14 +6,17 @@ validation split, the mean of the last epochs published with the lexical half be
 """
 
 import functools
+import json
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext, TaskRunContext
 from transformers import TrainerCallback
 
-from retrainer.core.training import RunOptions, fine_tune
+from retrainer.core.training import TRAINING_RECORD, RunOptions, fine_tune
+from retrainer.core.training_plan import TrainingPlan
 from retrainer.logs import run_logger
 from retrainer.storage import ObjectStore
 from tasks.common import core_logs_in_run_log, once_task, read_task
@@ -58,6 +61,14 @@ def fine_tune_in_run(*args, options: RunOptions | None = None, **kwargs) -> Path
     callbacks = (RunLogCallback(), *options.callbacks)
     with core_logs_in_run_log():
         return fine_tune(*args, options=replace(options, callbacks=callbacks), **kwargs)
+
+
+def record_plan(model_dir: Path, plan: TrainingPlan, train_rows: pd.DataFrame, validation_rows: pd.DataFrame):
+    """Add the training plan and the rows trained and validated on to the model's ``training.json``."""
+    path = model_dir / TRAINING_RECORD
+    record = json.loads(path.read_text())
+    record.update(plan=plan.model_dump(), train_rows=len(train_rows), validation_rows=len(validation_rows))
+    path.write_text(json.dumps(record, indent=2))
 
 
 def upload_challenger(store: ObjectStore, model_dir: Path, prefix: str) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 from retrainer.resources import Resources
 from retrainer.seaweed import LocalS3
 from retrainer.settings import RetrainerSettings, S3Settings
-from retrainer.storage import ObjectStore
+from retrainer.storage import ObjectStore, open_store
 from tests.demo_run import DemoRun, run_short_demo
 
 TEST_ACCESS_KEY = "retrainer-test"
@@ -73,6 +73,19 @@ def store(s3_settings) -> ObjectStore:
     object_store = ObjectStore(s3_settings)
     object_store.ensure_bucket()
     return object_store
+
+
+@pytest.fixture(params=[pytest.param("seaweedfs", marks=pytest.mark.s3), "directory"])
+def any_store(request, tmp_path_factory) -> ObjectStore:
+    """A fresh, existing bucket on SeaweedFS over HTTP, or in a local folder (``file://``): a test taking
+    it runs on both stores."""
+    if request.param == "seaweedfs":
+        return request.getfixturevalue("store")
+    store = open_store(
+        S3Settings(endpoint_url=tmp_path_factory.mktemp("objects").as_uri(), bucket="contract")
+    )
+    store.ensure_bucket()
+    return store
 
 
 @pytest.fixture(scope="session")

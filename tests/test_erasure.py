@@ -15,12 +15,25 @@ from flows.forget import forget
 from flows.retrain import ingest_new_batches
 from retrainer.resources import Resources
 from retrainer.samples import generate_tickets, tickets_to_csv
-from retrainer.settings import RetrainerSettings
+from retrainer.settings import IngestSettings, RetrainerSettings
 from retrainer.storage import PreconditionFailedError
-from tasks.dataset import EVAL, TRAIN, VALIDATION, assign_split, curated_key, read_curated, write_curated
+from tasks.dataset import (
+    EVAL,
+    TRAIN,
+    VALIDATION,
+    assign_split,
+    legacy_key,
+    read_curated,
+    version_key,
+    version_parts,
+    with_splits,
+    write_curated,
+)
 from tasks.erasure import (
     ErasureRequestError,
+    delete_superseded_datasets,
     drop_tickets,
+    erase_curated_and_incoming,
     ids_by_split,
     ids_in_bytes,
     problems_without_tickets,
@@ -29,7 +42,7 @@ from tasks.erasure import (
     rows_of_tickets,
     without_tickets,
 )
-from tasks.ingest import BatchFormatError, parse_batch, read_manifest
+from tasks.ingest import BatchFormatError, Manifest, commit_manifest, parse_batch, read_manifest
 from tasks.registry import publish_model
 
 LIMIT = 2**20
@@ -239,7 +252,7 @@ def test_forget_erases_a_ticket_everywhere_records_it_and_names_the_model_traine
     # Superseded versions holding X are deleted; one without X is kept.
     assert sorted(record.datasets_deleted) == sorted([first_version, ingestion.dataset_version])
     assert store.list_objects(f"datasets/{first_version}/") == []
-    assert store.get_if_exists(curated_key(store, older)) is not None
+    assert store.get_if_exists(version_key(store, older)) is not None
 
     # The model published on the first version was trained on X.
     assert record.trained_on_versions == ["m-1"]
@@ -266,6 +279,56 @@ def test_forget_erases_a_ticket_everywhere_records_it_and_names_the_model_traine
     assert again.curated.incoming_rewritten == again.quarantine.rewritten == again.datasets_deleted == []
     assert [model.dataset for model in again.models] == ["unknown"]
     assert len(read_erasures(store)) == 2
+
+
+def _curated_rows(ids: list[str], curated: pd.DataFrame | None = None, label: str = "bug") -> pd.DataFrame:
+    rows = pd.DataFrame({"ticket_id": ids, "text": [f"crash {i}" for i in ids], "label": [label] * len(ids)})
+    return with_splits(curated, rows, 0.2, 0.1)
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def test_erasure_rewrites_each_part_holding_a_ticket_and_deletes_what_held_it_elsewhere(store):
+    first = _curated_rows([f"T-{index}" for index in range(100)])
+    v1 = write_curated(store, first)
+    resent = _curated_rows(["T-3"], first, label="feature_request")  # a second part holds T-3 too
+    v2 = write_curated(store, resent, v1)
+    without = write_curated(store, first[first["ticket_id"] != "T-3"])  # a version without T-3
+    store.put(legacy_key(store, "ds-legacy"), _parquet_bytes(first))  # written before parts, holding T-3
+    commit_manifest(store, Manifest(dataset_version=v2), None)
+    before, held = read_curated(store, v2), [part.key for part in version_parts(store, v2)]
+
+    erased = erase_curated_and_incoming(store, ["T-3"], IngestSettings())
+    deleted = delete_superseded_datasets(store, ["T-3"], erased.dataset_version_after)
+
+    after = erased.dataset_version_after
+    assert (
+        erased.found == ["T-3"]
+        and erased.rows_removed == 1
+        and read_manifest(store)[0].dataset_version == after
+    )
+    pd.testing.assert_frame_equal(
+        read_curated(store, after), before[before["ticket_id"] != "T-3"].reset_index(drop=True)
+    )
+    assert [part.rows for part in version_parts(store, after)] == [99, 0]  # the emptied part stays listed
+    assert sorted(deleted.versions) == sorted([v1, v2, "ds-legacy"])
+    assert sorted(deleted.parts) == sorted(held)
+    stored = [info.key for info in store.list_objects("datasets/") if info.key.endswith(".parquet")]
+    assert not [
+        key for key in stored if "T-3" in set(pd.read_parquet(io.BytesIO(store.get(key)[0]))["ticket_id"])
+    ]
+    listed = {part.key for version in (after, without) for part in version_parts(store, version)}
+    assert set(stored) == listed and store.get_if_exists(version_key(store, without)) is not None
+
+    # The next run's part absorbs the emptied one; asking again finds nothing.
+    later = write_curated(store, _curated_rows(["N-1"], read_curated(store, after)), after)
+    assert [part.rows for part in version_parts(store, later)] == [99, 1]
+    again = erase_curated_and_incoming(store, ["T-3"], IngestSettings())
+    assert again.found == [] and delete_superseded_datasets(store, ["T-3"], later).versions == []
 
 
 def test_a_request_for_ids_found_nowhere_is_still_recorded(run_resources):

@@ -279,6 +279,15 @@ def test_job_variables_override_placement(gpu_template):
     assert pod["containers"][0]["image"] == "reg/w:gpu"
 
 
+def test_the_pod_trains_on_one_process_per_gpu_it_requests(gpu_template):
+    """The pod sees exactly its gpu_count GPUs (the device plugin's doing), so `gpus` launches that many
+    training processes; a literal ``{{ gpu_count }}`` would render as a number, which Kubernetes
+    refuses as an environment value. The worker adds the `env` job variable in front of this list."""
+    container = render(gpu_template, {"gpu_count": 4})["containers"][0]
+    assert container["env"] == [{"name": "RETRAINER_TRAINING_PROCESSES", "value": "gpus"}]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+
+
 @pytest.mark.parametrize("gpu_count", [0, "four", 1.5])
 def test_invalid_gpu_count_is_rejected(gpu_template, gpu_count):
     with pytest.raises(ValidationError):

@@ -120,6 +120,10 @@ def test_a_second_run_without_new_objects_ingests_nothing(flow_store, run_resour
     assert second.batches_ingested == 0 and second.challenger_version is None
     assert read_manifest(flow_store)[1] == manifest_etag
     assert _model_versions(flow_store) == {first.challenger_version}
+    # Asked for (e.g. from the UI), a full retrain runs on the same data, from the base model.
+    third = retrain(resources=run_resources, training=LEARNS_NOTHING, full_retrain=True)
+    assert third.status == "kept" and third.dataset_version == first.dataset_version
+    assert third.training_plan.mode == "full" and "requested" in third.training_plan.reason
     # The injected resources are in Prefect's database by name only: no settings, no store client.
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(first.run_id).parameters["resources"] == "<Resources>"
@@ -164,6 +168,16 @@ def test_a_better_challenger_is_published_and_the_old_version_is_kept_also_witho
     assert isinstance(local.store, DirectoryStore)
     assert (weak.status, outcome.status) == ("promoted", "promoted")
     assert outcome.challenger_accuracy > outcome.champion_accuracy
+    # The second night starts from the champion's weights (the incremental policy, on by default).
+    assert weak.training_plan.mode == "full" and "no champion" in weak.training_plan.reason
+    assert (outcome.training_plan.mode, outcome.training_plan.warm_start_from) == (
+        "incremental",
+        weak.challenger_version,
+    )
+    published = json.loads(local.store.get(f"models/{outcome.challenger_version}/metrics.json")[0])
+    assert published["training_plan"] == outcome.training_plan.model_dump()
+    trained = json.loads(local.store.get(f"models/{outcome.challenger_version}/training.json")[0])
+    assert trained["plan"]["generation"] == 1 and trained["train_rows"] >= 1
     assert outcome.champion_version == weak.challenger_version
     pointer = read_production_pointer(local.store)[0]
     assert (pointer.version, pointer.previous_version) == (

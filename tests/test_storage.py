@@ -1,5 +1,5 @@
 """The storage seam's contract, against a real SeaweedFS over HTTP and against the local-directory store
-(`retrainer.directory_store`): the tests taking `any_store` run on both."""
+(`retrainer.directory_store`): the tests taking `any_store` (tests/conftest.py) run on both."""
 
 import uuid
 from concurrent.futures import ProcessPoolExecutor
@@ -17,18 +17,6 @@ from retrainer.storage import (
     PreconditionFailedError,
     open_store,
 )
-
-
-@pytest.fixture(params=[pytest.param("seaweedfs", marks=pytest.mark.s3), "directory"])
-def any_store(request, tmp_path_factory) -> ObjectStore:
-    """A fresh, existing bucket on SeaweedFS over HTTP, or in a local folder (``file://``)."""
-    if request.param == "seaweedfs":
-        return request.getfixturevalue("store")
-    store = open_store(
-        S3Settings(endpoint_url=tmp_path_factory.mktemp("objects").as_uri(), bucket="contract")
-    )
-    store.ensure_bucket()
-    return store
 
 
 def _put_if_absent(settings: S3Settings, key: str, body: bytes) -> bool:

@@ -137,6 +137,28 @@ def test_invisible_characters_do_not_make_a_text_different():
     assert list(result.merged["duplicate_of"]) == ["P-1"]
 
 
+def test_curated_data_read_from_several_parts_is_compared_too():
+    """Curated data read from several Parquet parts holds its texts in Arrow chunks (a regression: the
+    third night of a bucket failed to validate)."""
+    parts = []
+    for part in (
+        _curated([("C-1", "The app  crashes\u200b on save", "bug")]),
+        _curated([("C-2", "Add a dark mode", "feature_request")]),
+    ):
+        buffer = io.BytesIO()
+        part.to_parquet(buffer, index=False)
+        parts.append(pd.read_parquet(io.BytesIO(buffer.getvalue())))
+    curated = pd.concat(parts, ignore_index=True)
+
+    result = _validate(
+        _batch([("N-1", "the app crashes on save", "bug"), ("N-2", "Export to CSV", "feature_request")]),
+        curated=curated,
+    )
+
+    assert list(result.accepted["ticket_id"]) == ["N-2"]
+    assert list(result.merged["duplicate_of"]) == ["C-1"]
+
+
 # B. Checks against the curated data take time linear in the rows.
 
 

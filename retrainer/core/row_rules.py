@@ -12,6 +12,7 @@ import pandas as pd
 import pandera.pandas as pa
 import pyarrow.compute as pc
 from pandera.pandas import Check, Column, DataFrameSchema
+from pyarrow import ChunkedArray
 from pyarrow import array as pa_array
 
 from retrainer.core.labels import LABELS
@@ -190,7 +191,12 @@ def _valid_timestamps(series: pd.Series) -> pd.Series:
 
 
 def _arrow_strings(texts: pd.Series):
-    return pc.fill_null(pa_array(texts.astype(str)), "")
+    strings = pa_array(texts.astype(str))
+    # Arrow-backed text (e.g. curated data read from several parts) arrives in chunks, which a mask
+    # replacement refuses: one contiguous array.
+    if isinstance(strings, ChunkedArray):
+        strings = strings.combine_chunks()
+    return pc.fill_null(strings, "")
 
 
 def _replaced_where_found(array, found: str, replacements: list[tuple[str, str]]):

@@ -79,6 +79,9 @@ class TrainingSpec:
     base_model: str
     revision: str
     config: TrainingConfig
+    warm_start: Path | None = None
+    """A trained model of this product (the champion) to start from instead of `base_model`'s weights:
+    its classification head and tokenizer are kept (`retrainer.core.training_plan`)."""
 
 
 @dataclass(frozen=True)
@@ -112,25 +115,36 @@ def fine_tune(
     output_dir: Path,
     *,
     options: RunOptions | None = None,
+    lexical_rows: pd.DataFrame | None = None,
 ) -> Path:
-    """Fine-tune `spec.base_model`; save the best epoch (or, with `config.average_share`, the mean
-    weights of the last epochs) as safetensors with the tokenizer to ``output_dir/model``, and with
-    `config.lexical_weight` the lexical half fitted on the train and validation rows.
+    """Fine-tune `spec.base_model` (or `spec.warm_start`); save the best epoch (or, with
+    `config.average_share`, the mean weights of the last epochs) as safetensors with the tokenizer to
+    ``output_dir/model``, and with `config.lexical_weight` the lexical half fitted on `lexical_rows`
+    (default: the train and validation rows; an incremental run passes every curated ticket, as the
+    lexical half starts from nothing).
 
     The recipe trains as `TrainingConfig.for_device` says for this hardware (on CUDA: larger batches).
     ``model/training.json`` records the step it resumed from, the steps averaged, the seed, the device
-    with the batch size and learning rate it trained with, the lexical half, the seconds of each phase
-    (`PhaseClock`) and the library versions.
+    with the batch size and learning rate it trained with, the processes, the lexical half, the seconds
+    of each phase (`PhaseClock`) and the library versions.
+
+    Several processes (PyTorch DDP, one per GPU; tasks/train_ddp.py launches them with torchrun) each
+    run this same function once they joined their process group: the Trainer trains on every process,
+    each on its share of every batch, and only the first one fits the lexical half and writes
+    ``output_dir/model``.
     """
     options = options or RunOptions()
+    rank, _ = process_group()
     cuda = torch.cuda.is_available()
     config, clock = spec.config.for_device(cuda), PhaseClock()
     recipe = config.input_recipe()
     # The lexical half selects nothing on the validation split, so it learns from both. On a GPU it is
     # fitted on the CPU while the GPU trains; on a CPU it would take cores from training, so it waits.
-    lexical_rows = pd.concat([train_rows, validation_rows])
+    if lexical_rows is None:
+        lexical_rows = pd.concat([train_rows, validation_rows])
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lexical-half") as background:
-        lexical_fit = background.submit(fit_lexical_half, lexical_rows, config.lexical_weight, recipe.mask)
+        lexical_weight = config.lexical_weight if rank == 0 else 0.0  # other processes publish nothing
+        lexical_fit = background.submit(fit_lexical_half, lexical_rows, lexical_weight, recipe.mask)
         if not cuda:
             _wait(lexical_fit, clock, "lexical_fit")
         trainer, resume_from = _prepared_trainer(
@@ -155,6 +169,7 @@ def fine_tune(
         "device": describe_device(),
         "train_batch_size": config.per_device_train_batch_size,
         "learning_rate": config.learning_rate,
+        "processes": trainer.args.world_size,
         "lexical": lexical,
         "seconds": clock.breakdown(),
         "base_model": spec.base_model,
@@ -162,7 +177,8 @@ def fine_tune(
         "base_model_commit": getattr(trainer.model.config, "_commit_hash", None),
         "library_versions": library_versions(),
     }
-    (model_dir / TRAINING_RECORD).write_text(json.dumps(record, indent=2))
+    if trainer.is_world_process_zero():
+        (model_dir / TRAINING_RECORD).write_text(json.dumps(record, indent=2))
     return model_dir
 
 
@@ -175,7 +191,8 @@ def _prepared_trainer(
     clock: "PhaseClock",
 ) -> tuple[Trainer, Path | None]:
     """The Trainer for `config` on the (train, validation) rows, and the checkpoint to resume from."""
-    source, checkpoints = resolve_base_model(spec.base_model), options.checkpoints
+    source = str(spec.warm_start) if spec.warm_start else resolve_base_model(spec.base_model)
+    checkpoints = options.checkpoints
     with clock.phase("load_model"):
         tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision)
         set_seed(config.seed)  # before the model exists: its new classification head is drawn from the seed
@@ -203,7 +220,12 @@ def _prepared_trainer(
         data_collator=DataCollatorWithPadding(tokenizer),  # pad per batch, not to max_length
         compute_metrics=compute_accuracy,
         # the clock last: its save time then includes the checkpoints' own work on each save
-        callbacks=[*([checkpoints.callback()] if checkpoints else []), *options.callbacks, clock.callback()],
+        callbacks=[
+            _CheckpointWrittenByEveryProcess(),  # first: the checkpoints' callback keeps complete ones
+            *([checkpoints.callback()] if checkpoints else []),
+            *options.callbacks,
+            clock.callback(),
+        ],
     )
     trainer.remove_callback(PrinterCallback)  # progress reaches whoever watches through options.callbacks
     return trainer, resume_from
@@ -223,9 +245,10 @@ def _save_trained(
         )
     with clock.phase("save_model"):
         trainer.save_model(str(model_dir))  # the averaged weights, or the best epoch (load_best_model_at_end)
-    # The Trainer also pickles its arguments; nothing pickled is published (config goes in metrics.json).
-    (model_dir / "training_args.bin").unlink(missing_ok=True)
-    config.input_recipe().save(model_dir)  # scoring reads the text the way training did
+    if trainer.is_world_process_zero():  # under DDP the Trainer saved the model on the first process only
+        # The Trainer also pickles its arguments; nothing pickled is published (config goes in metrics.json).
+        (model_dir / "training_args.bin").unlink(missing_ok=True)
+        config.input_recipe().save(model_dir)  # scoring reads the text the way training did
     return model_dir, averaged
 
 
@@ -412,7 +435,7 @@ def training_arguments(
         # Checking each step's loss for NaN makes the host wait for the GPU every step; the averaged
         # loss is still logged each epoch.
         logging_nan_inf_filter=not torch.cuda.is_available(),
-        **precision_arguments(),
+        **(precision_arguments() | distributed_arguments()),
     )
 
 
@@ -477,8 +500,7 @@ class _LoopClock(TrainerCallback):
 
 def precision_arguments() -> dict:
     """Mixed precision for the hardware at hand: bf16 (+TF32) on recent GPUs, fp16 on older ones,
-    bf16 autocast on CPUs with native bf16 (measured 1.2-1.3x per step here), fp32 elsewhere.
-    Several GPUs are used by the Trainer's own data parallelism (launch with torchrun/accelerate)."""
+    bf16 autocast on CPUs with native bf16 (measured 1.2-1.3x per step here), fp32 elsewhere."""
     if torch.cuda.is_available():
         if torch.cuda.is_bf16_supported():
             return {"bf16": True, "tf32": torch.cuda.get_device_capability()[0] >= 8}
@@ -486,6 +508,32 @@ def precision_arguments() -> dict:
     if cpu_supports_bf16():
         return {"bf16": True, "use_cpu": True}
     return {}
+
+
+def process_group() -> tuple[int, int]:
+    """(rank, processes) of the PyTorch process group this process trains in (DDP); (0, 1) alone."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def distributed_arguments() -> dict:
+    """The Trainer's arguments for a process group: on CPUs (no CUDA) it trains distributed only with
+    `use_cpu`, over gloo (without it each process would train alone on all the rows); on GPUs it picks
+    NCCL itself. Alone: none."""
+    if torch.cuda.is_available() or process_group()[1] == 1:
+        return {}
+    return {"use_cpu": True, "ddp_backend": "gloo"}
+
+
+class _CheckpointWrittenByEveryProcess(TrainerCallback):
+    """Under DDP every process writes its own part of each checkpoint (its RNG state, which a resumed
+    run reads back on that process) while the first writes the rest: all of them wait here until the
+    checkpoint is complete, before the callbacks after this one (the checkpoints' upload) see it."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if process_group()[1] > 1:
+            torch.distributed.barrier()
 
 
 def tokenize(rows: pd.DataFrame, tokenizer, recipe: InputRecipe, cache_file: Path | None = None) -> Dataset:

@@ -119,6 +119,8 @@ def published_metadata(
         "base_model": settings.base_model,
         "base_model_revision": settings.base_model_revision,
         "training": settings.training.model_dump(),
+        "training_plan": record.training_plan.model_dump() if record.training_plan else None,
+        "incremental": settings.incremental.model_dump(),
         "lexical_half": lexical_half,
         "gate": settings.gate.model_dump(),
         "lineage": lineage,
