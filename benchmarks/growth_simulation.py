@@ -78,7 +78,26 @@ def send_batch(resources, night: int, rows: pd.DataFrame) -> None:
     resources.store.put(f"incoming/night-{night:02d}.csv", body)
 
 
-def run_night(resources, night: int, rows: pd.DataFrame) -> dict:
+def challenger_scores(resources, record, test: pd.DataFrame) -> dict:
+    """The challenger's own scores on the held-out issues, whatever the gate decided."""
+    from retrainer.core.scoring import predict_probabilities
+
+    if record is None or record.challenger_version is None:
+        return {}
+    store = resources.store
+    with tempfile.TemporaryDirectory() as folder:
+        for prefix in (
+            f"{store.settings.models_prefix}{record.challenger_version}/",
+            f"{store.settings.runs_prefix}{record.run_id}/challenger/",
+        ):
+            if store.download_prefix(prefix, Path(folder)):
+                break
+        texts, max_length = test["text"].tolist(), resources.settings.training.max_length
+        found = scores(test, predict_probabilities(Path(folder), texts, max_length).argmax(dim=-1).numpy())
+    return {"challenger_macro_f1": found["macro_f1"], "challenger_accuracy": found["accuracy"]}
+
+
+def run_night(resources, night: int, rows: pd.DataFrame, test: pd.DataFrame) -> dict:
     """Send the night's batch and run the retrain flow; what it decided and how long it took."""
     from flows.retrain import failed_record, retrain
 
@@ -98,6 +117,7 @@ def run_night(resources, night: int, rows: pd.DataFrame) -> dict:
         "fine_tune_s": round(sum(trained.get("seconds", {}).values()), 1),
         "run_s": round(seconds, 1),
         "reasons": record.reasons if record else [],
+        **challenger_scores(resources, record, test),
     }
 
 
@@ -202,7 +222,7 @@ def main() -> None:
         arms = ["night0"] if night == 0 else ARMS
         for arm in arms:
             resources = arm_resources(workdir / arm, arm if arm in ARMS else "full", overrides)
-            outcome = run_night(resources, night, batch)
+            outcome = run_night(resources, night, batch, test)
             for scored_arm in ARMS if night == 0 else [arm]:
                 if night == 0:
                     shutil.copytree(workdir / arm, workdir / scored_arm, dirs_exist_ok=True)
