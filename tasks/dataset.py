@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from retrainer.core.training_plan import unseen_mask
 from retrainer.retention import SUPERSEDED_TAG
 from retrainer.storage import ObjectInfo, ObjectStore, PreconditionFailedError, StorageError
 from tasks.common import once_task, read_task
@@ -295,7 +296,7 @@ def check_splits(curated: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def rows_from_sources(rows: pd.DataFrame, sources: set[tuple[str, str]]) -> list[bool]:
     """For each row, whether it came from one of `sources` (source key, ETag): e.g. this run's batches."""
-    return [(key, etag) in sources for key, etag in zip(rows["source_key"], rows["source_etag"], strict=True)]
+    return (~unseen_mask(rows, sources)).tolist()
 
 
 def lineage(curated: pd.DataFrame) -> list[dict[str, str | int]]:
