@@ -78,23 +78,34 @@ def send_batch(resources, night: int, rows: pd.DataFrame) -> None:
     resources.store.put(f"incoming/night-{night:02d}.csv", body)
 
 
-def challenger_scores(resources, record, test: pd.DataFrame) -> dict:
-    """The challenger's own scores on the held-out issues, whatever the gate decided."""
+def challenger_facts(resources, record, test: pd.DataFrame) -> dict:
+    """The challenger's tickets trained on and fine-tune seconds (its ``training.json``), and its own
+    scores on the held-out issues whatever the gate decided: it is published under models/, or kept in
+    the run's scratch."""
+    from flows.retrain import challenger_prefix
     from retrainer.core.scoring import predict_probabilities
+    from retrainer.core.training import training_record
+    from tasks.registry import version_prefix
 
     if record is None or record.challenger_version is None:
         return {}
     store = resources.store
     with tempfile.TemporaryDirectory() as folder:
         for prefix in (
-            f"{store.settings.models_prefix}{record.challenger_version}/",
-            f"{store.settings.runs_prefix}{record.run_id}/challenger/",
+            version_prefix(store, record.challenger_version),
+            challenger_prefix(resources, record.run_id),
         ):
             if store.download_prefix(prefix, Path(folder)):
                 break
+        trained = training_record(Path(folder))
         texts, max_length = test["text"].tolist(), resources.settings.training.max_length
         found = scores(test, predict_probabilities(Path(folder), texts, max_length).argmax(dim=-1).numpy())
-    return {"challenger_macro_f1": found["macro_f1"], "challenger_accuracy": found["accuracy"]}
+    return {
+        "train_rows": trained.get("train_rows"),
+        "fine_tune_s": round(sum(trained.get("seconds", {}).values()), 1),
+        "challenger_macro_f1": found["macro_f1"],
+        "challenger_accuracy": found["accuracy"],
+    }
 
 
 def run_night(resources, night: int, rows: pd.DataFrame, test: pd.DataFrame) -> dict:
@@ -108,31 +119,16 @@ def run_night(resources, night: int, rows: pd.DataFrame, test: pd.DataFrame) -> 
     except Exception as error:  # a failed night is a result too: the next night runs on
         record = failed_record(error)
     seconds = time.perf_counter() - started
-    trained = challenger_training(resources, record)
     return {
         "status": record.status if record else "failed",
         "plan": record.training_plan.summary() if record and record.training_plan else None,
         "mode": record.training_plan.mode if record and record.training_plan else None,
-        "train_rows": trained.get("train_rows"),
-        "fine_tune_s": round(sum(trained.get("seconds", {}).values()), 1),
+        "train_rows": None,
+        "fine_tune_s": 0,
         "run_s": round(seconds, 1),
         "reasons": record.reasons if record else [],
-        **challenger_scores(resources, record, test),
+        **challenger_facts(resources, record, test),
     }
-
-
-def challenger_training(resources, record) -> dict:
-    """The challenger's ``training.json``: published under models/, or kept in the run's scratch."""
-    if record is None or record.challenger_version is None:
-        return {}
-    store = resources.store
-    for key in (
-        f"{store.settings.models_prefix}{record.challenger_version}/training.json",
-        f"{store.settings.runs_prefix}{record.run_id}/challenger/training.json",
-    ):
-        if store.list_objects(key):
-            return json.loads(store.get(key)[0])
-    return {}
 
 
 def production_scores(resources, test: pd.DataFrame, cache: dict) -> dict:

@@ -15,7 +15,7 @@ import pandas as pd
 from prefect import flow
 
 from retrainer.core.training import RunOptions, TrainingSpec
-from retrainer.core.training_plan import TrainingPlan, incremental_config, incremental_splits
+from retrainer.core.training_plan import INCREMENTAL, TrainingPlan, incremental_config, incremental_splits
 from retrainer.resources import Resources
 from retrainer.settings import RetrainerSettings, TrainingConfig
 from tasks.checkpoints import CheckpointSync
@@ -107,4 +107,4 @@ def fine_tune_flow(
 
 
 def _warm(plan: TrainingPlan | None) -> bool:
-    return plan is not None and plan.mode == "incremental"
+    return plan is not None and plan.mode == INCREMENTAL
