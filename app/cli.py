@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         "--preset",
         type=_preset_name,
         choices=sorted(TRAINING_PRESETS),
-        help="training recipe (default: RETRAINER_TRAINING_PRESET)",
+        help="training recipe, and for `large` its base model (default: RETRAINER_TRAINING_PRESET)",
     )
     run.set_defaults(handler=_run)
 
@@ -213,11 +213,11 @@ def _run(args) -> int:
     from flows.retrain import retrain
     from retrainer.ephemeral_api import start_ephemeral_api_bound_to_this_process
 
-    # The preset, with any RETRAINER_TRAINING__* on top, as the run's training parameter.
-    training = RetrainerSettings(training_preset=args.preset).training if args.preset else None
+    if args.preset:  # the run reads its settings when it starts: the preset's recipe and base model
+        os.environ["RETRAINER_TRAINING_PRESET"] = args.preset
     start_ephemeral_api_bound_to_this_process()  # no-op with PREFECT_API_URL set
     with _console_without_known_error_tracebacks():
-        state = retrain(training=training, return_state=True)
+        state = retrain(return_state=True)
     if state.is_completed():
         print(state.result().model_dump_json(indent=2))
         return 0

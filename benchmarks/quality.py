@@ -16,6 +16,7 @@ each result as a JSON line to `--results` (so a sweep can run in the background 
     .venv/bin/python benchmarks/quality.py                       # reference recipe and the tuned defaults
     .venv/bin/python benchmarks/quality.py --config lr1e-4:learning_rate=1e-4,num_train_epochs=5
     .venv/bin/python benchmarks/quality.py --folds 5 --config tuned   # 5-fold cross-validation
+    .venv/bin/python benchmarks/quality.py --config large --base-model PATH/all-mpnet-base-v2  # a GPU's
 """
 
 import argparse
@@ -31,7 +32,13 @@ from retrainer.core.devices import describe_device
 from retrainer.core.labels import LABEL_TO_ID, LABELS
 from retrainer.core.scoring import evaluation_report, load_lexical_half, predict_probabilities
 from retrainer.core.training import TrainingSpec, fine_tune
-from retrainer.settings import PACKAGED_BASE_MODEL, TRAINING_PRESETS, TrainingConfig, renamed_preset_message
+from retrainer.settings import (
+    PACKAGED_BASE_MODEL,
+    PRESET_BASE_MODELS,
+    TRAINING_PRESETS,
+    TrainingConfig,
+    renamed_preset_message,
+)
 
 from baseline import NLBSE, config_with, load_issues
 
@@ -79,10 +86,12 @@ def scores(test: pd.DataFrame, predicted: np.ndarray) -> dict:
     }
 
 
-def measure(name: str, config: TrainingConfig, train, validation, test, workdir: Path) -> dict:
-    """Train one configuration and score it on the test split."""
+def measure(
+    name: str, config: TrainingConfig, train, validation, test, workdir: Path, base: tuple[str, str]
+) -> dict:
+    """Train one configuration from `base` (model, revision) and score it on the test split."""
     started = time.perf_counter()
-    model_dir = fine_tune(train, validation, TrainingSpec(PACKAGED_BASE_MODEL, "main", config), workdir)
+    model_dir = fine_tune(train, validation, TrainingSpec(*base, config), workdir)
     seconds = time.perf_counter() - started
     texts = test["text"].tolist()
     # The two halves apart (scored once each), then blended as predict_probabilities blends them.
@@ -103,17 +112,22 @@ def measure(name: str, config: TrainingConfig, train, validation, test, workdir:
         "train_seconds": seconds,
         "train_samples_per_s": len(train) * config.num_train_epochs / seconds,
         "config": config.model_dump(),
+        "base_model": list(base),
         "device": describe_device(),
     }
 
 
-def cross_validate(name: str, config: TrainingConfig, issues: pd.DataFrame, folds: int) -> dict:
+def cross_validate(
+    name: str, config: TrainingConfig, issues: pd.DataFrame, folds: int, base: tuple[str, str]
+) -> dict:
     """`measure` on every fold; the summary scores all out-of-fold predictions together."""
     per_fold = []
     for fold, (rest, test) in enumerate(stratified_folds(issues, folds, SPLIT_SEED)):
         train, validation = stratified_split(rest, VALIDATION_SHARE, SPLIT_SEED)
         with tempfile.TemporaryDirectory() as workdir:
-            per_fold.append(measure(f"{name}/fold{fold}", config, train, validation, test, Path(workdir)))
+            per_fold.append(
+                measure(f"{name}/fold{fold}", config, train, validation, test, Path(workdir), base)
+            )
         print_table(per_fold[-1:])
     predictions = {ticket: label for result in per_fold for ticket, label in result["predictions"].items()}
     scored = issues[issues["ticket_id"].isin(predictions)]
@@ -139,6 +153,7 @@ def cross_validate(name: str, config: TrainingConfig, issues: pd.DataFrame, fold
         "train_seconds": seconds / folds,
         "train_samples_per_s": sum(r["train_samples_per_s"] for r in per_fold) / folds,
         "config": config.model_dump(),
+        "base_model": list(base),
         "device": describe_device(),
     }
 
@@ -154,6 +169,14 @@ def parse_config(spec: str) -> tuple[str, TrainingConfig]:
             )
         return name, TRAINING_PRESETS[name]
     return name, config_with(overrides)
+
+
+def base_model_of(preset: str, given: str | None, revision: str) -> tuple[str, str]:
+    """(model, revision) a configuration trains: `--base-model`, its preset's own, or the packaged one."""
+    if given:
+        return given, revision
+    own = PRESET_BASE_MODELS.get(preset)
+    return (own.hub_id, own.revision) if own else (PACKAGED_BASE_MODEL, "main")
 
 
 def print_table(results: list[dict]) -> None:
@@ -179,6 +202,12 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path(".bench/quality.jsonl"))
     parser.add_argument("--data", type=Path, default=NLBSE, help="the NLBSE'24 issues_train.csv")
     parser.add_argument("--folds", type=int, default=0, help="K-fold cross-validation instead of one split")
+    parser.add_argument(
+        "--base-model",
+        help="hub id or local folder to fine-tune (default: the preset's own base model, else the packaged"
+        " one); e.g. a local copy of the `large` preset's MPNet where the hub is not reachable",
+    )
+    parser.add_argument("--revision", default="main", help="hub revision of --base-model")
     args = parser.parse_args()
     issues = load_issues(args.data)
     if args.folds:
@@ -190,11 +219,12 @@ def main() -> None:
     results = []
     for spec in args.config or ["reference", "tuned"]:
         name, config = parse_config(spec)
+        base = base_model_of(name, args.base_model, args.revision)
         if args.folds:
-            result = cross_validate(name, config, issues, args.folds)
+            result = cross_validate(name, config, issues, args.folds, base)
         else:
             with tempfile.TemporaryDirectory() as workdir:
-                result = measure(name, config, train, validation, test, Path(workdir))
+                result = measure(name, config, train, validation, test, Path(workdir), base)
         results.append(result)
         with args.results.open("a") as out:
             out.write(json.dumps(result) + "\n")

@@ -21,7 +21,12 @@ from retrainer.settings import RetrainerSettings, TrainingConfig
 from tasks.checkpoints import CheckpointSync
 from tasks.dataset import TRAIN, VALIDATION, check_splits, read_curated_task
 from tasks.registry import fetch_model_task, trained_on
-from tasks.train import fine_tune_task, record_plan, upload_challenger_task
+from tasks.train import (
+    fine_tune_task,
+    record_plan,
+    upload_challenger_task,
+    warn_when_a_gpu_model_trains_on_cpu,
+)
 from tasks.train_ddp import fine_tune_on_processes_task, training_process_count
 
 
@@ -53,6 +58,7 @@ def fine_tune_flow(
     base_model: str | None = None,
     resources: Resources | None = None,
     plan: TrainingPlan | None = None,
+    base_model_revision: str | None = None,
 ) -> str:
     """Fine-tune the base model on `dataset_version` and upload the trained model under `output_prefix`.
 
@@ -61,12 +67,14 @@ def fine_tune_flow(
         output_prefix: S3 prefix (in the configured bucket) that receives the trained model.
         training: hyper-parameters (default: the configured training settings).
         base_model: hub id or local folder (default: the configured base model).
+        base_model_revision: its hub revision (default: the configured one for the configured base
+            model, ``main`` for another).
         resources: settings and store of an in-process caller (the retrain flow); empty (a deployment
             run on the gpu pool): read from the worker's environment when the run starts.
         plan: how to train (`retrainer.core.training_plan`): incremental starts from the champion's
             weights on the tickets it has not seen plus a replayed sample; empty: full.
     """
-    overrides = {"training": training, "base_model": base_model}
+    overrides = {"training": training, "base_model": base_model, "base_model_revision": base_model_revision}
     resources = (resources or Resources.from_environment()).with_overrides(**overrides)
     settings, store = resources.settings, resources.store
     splits = check_splits(read_curated_task(store, dataset_version))
@@ -79,6 +87,7 @@ def fine_tune_flow(
         *rows, lexical_rows = incremental_splits(rows, trained_on(champion_dir), settings.incremental, seed)
         config = incremental_config(settings.training, settings.incremental)
         spec = replace(spec, config=config, warm_start=champion_dir)
+    warn_when_a_gpu_model_trains_on_cpu(settings, len(rows[0]), spec.config.num_train_epochs)
     processes = training_process_count(settings.training_processes)
     checkpoints = CheckpointSync(store, checkpoint_prefix(settings, dataset_version, plan, processes))
     tokenized_cache = settings.work_dir / "tokenized" / dataset_version  # versions never change

@@ -83,6 +83,7 @@ def retrain(
     force: bool = False,
     force_reason: str | None = None,
     full_retrain: bool = False,
+    base_model_revision: str | None = None,
     resources: Resources | None = None,
 ) -> RunRecord:
     """Retrain the ticket classifier on newly landed tickets; publish it only if it beats the champion.
@@ -90,6 +91,8 @@ def retrain(
     Args:
         training: hyper-parameters for this run (default: the configured training settings).
         base_model: hub id or local folder to fine-tune from (default: the configured base model).
+        base_model_revision: its hub revision (default: the configured one for the configured base
+            model, ``main`` for another).
         gate: promotion policy for this run (default: the configured gate settings).
         force: promote the challenger whatever the gate says (the smoke test still applies).
         force_reason: why the promotion is forced; required with `force`, recorded in the history.
@@ -106,6 +109,7 @@ def retrain(
         if force and not (force_reason or "").strip():
             raise ValueError("a forced promotion needs a force_reason; it is recorded in the history")
         overrides = {"training": training, "base_model": base_model, "gate": gate}
+        overrides |= {"base_model_revision": base_model_revision}
         resources = (resources or Resources.from_environment()).with_overrides(**overrides)
         progress.final = run_retrain(resources, progress, force, full_retrain)
         return finish(resources, progress.final)
@@ -246,6 +250,8 @@ def train_challenger(
         "output_prefix": prefix,
         "training": settings.training,
         "plan": plan,
+        "base_model": settings.base_model,
+        "base_model_revision": settings.base_model_revision,
     }
     if settings.fine_tune_deployment:
         hand_off_fine_tune_task(
@@ -253,7 +259,6 @@ def train_challenger(
             {
                 **parameters,
                 "training": settings.training.model_dump(),
-                "base_model": settings.base_model,
                 "plan": plan.model_dump(),
             },
             start_timeout_s=settings.fine_tune_start_timeout_s,
@@ -261,7 +266,7 @@ def train_challenger(
         )
     else:
         warn_if_a_worker_waits_unused()
-        fine_tune_flow(**parameters, base_model=settings.base_model, resources=resources)
+        fine_tune_flow(**parameters, resources=resources)
     resources.store.download_prefix(prefix, run_dir / "challenger")
     return run_dir / "challenger"
 

@@ -18,6 +18,7 @@ from pydantic.fields import FieldInfo
 
 from retrainer.settings import (
     CLI_ENVIRONMENT_DEFAULTS,
+    PRESET_BASE_MODELS,
     RENAMED_PRESETS,
     TRAINING_PRESETS,
     RetrainerSettings,
@@ -159,7 +160,7 @@ def _presets_section() -> str:
     ]
     titles = [f"`{name}`" + (" (default)" if name == preset_field.default else "") for name in names]
     header = "| Setting | " + " | ".join(titles) + " |"
-    lines = [header, "|" + " --- |" * (len(names) + 1)]
+    lines = [header, "|" + " --- |" * (len(names) + 1), _preset_base_models_row(names)]
     for field in changed:
         values = [_value_text(field, getattr(TRAINING_PRESETS[name], field)) for name in names]
         lines.append(f"| `{_env_name('training', field)}` | " + " | ".join(values) + " |")
@@ -171,6 +172,17 @@ def _presets_section() -> str:
         "The settings where the presets differ; every other training setting is the same in all of them "
         "(the defaults above):\n\n" + "\n".join(lines) + "\n"
     )
+
+
+def _preset_base_models_row(names: list[str]) -> str:
+    """The base model each preset trains: its own at a pinned commit, or the configured one."""
+    cells = [
+        f"`{own.hub_id}` at `{own.revision[:12]}`"
+        if (own := PRESET_BASE_MODELS.get(name))
+        else "the configured one"
+        for name in names
+    ]
+    return f"| `{_env_name('base_model')}` | " + " | ".join(cells) + " |"
 
 
 def _other_variables_section() -> str:

@@ -325,8 +325,55 @@ REFERENCE_RECIPE = TrainingConfig(
 defaults are measured against: lr 2e-5, batch 16 on every device, 3 epochs, no warm-up, 128 tokens, raw
 text, the best epoch by validation accuracy, the transformer alone. Customer data is masked here too:
 masking protects customers, it is not part of the recipe being compared."""
-TRAINING_PRESETS: dict[str, TrainingConfig] = {"reference": REFERENCE_RECIPE, "tuned": TrainingConfig()}
+LARGE_RECIPE = TrainingConfig(
+    learning_rate=3e-5,
+    num_train_epochs=5.0,
+    max_length=256,
+    lexical_weight=0.4,
+)
+"""The `large` preset's recipe, for MPNet-base (110M parameters) on a GPU: the tuned recipe with a
+learning rate for a 12-layer, 768-wide encoder (1e-4 is MiniLM-L6's), fewer epochs (a larger model fits
+faster; the last 3 of 5 are averaged) and twice the tokens (what MiniLM could not afford on a CPU)."""
+
+
+class PresetBaseModel(BaseModel):
+    """The base model a preset was measured with: a hub id at a pinned revision, and its cost."""
+
+    model_config = {"frozen": True}
+
+    hub_id: str
+    revision: str = Field(description="A commit: the weights the recipe was measured on, never a branch.")
+    gpu: bool = Field(description="Meant for a GPU: `retrainer run` warns when it trains on a CPU.")
+    cpu_seconds_per_ticket_epoch: float = Field(
+        description="Training cost on a 2-core CPU at the preset's token budget (benchmarks/README.md)."
+    )
+
+    def cpu_training_warning(self, base_model: str, tickets: int, epochs: float) -> str:
+        """What training `tickets` for `epochs` on a CPU is expected to cost: the warning's text."""
+        hours = self.cpu_seconds_per_ticket_epoch * tickets * epochs / 3600
+        return (
+            f"the base model {base_model} is meant for a GPU and no CUDA device is visible: training "
+            f"{tickets} tickets for {epochs:g} epochs on this CPU takes about {hours:.1f} h ({self.hub_id}: "
+            f"~{self.cpu_seconds_per_ticket_epoch:g} s per ticket and epoch on 2 cores). Train it on the "
+            "gpu pool (RETRAINER_FINE_TUNE_DEPLOYMENT) or use the CPU default preset 'tuned'"
+        )
+
+
+MPNET_BASE = PresetBaseModel(
+    hub_id="sentence-transformers/all-mpnet-base-v2",
+    revision="e8c3b32edf5434bc2275fc9bab85f82640a19130",
+    gpu=True,
+    cpu_seconds_per_ticket_epoch=4.0,
+)
+"""all-mpnet-base-v2 (MPNet, Apache-2.0): a sentence-embedding model, like the packaged MiniLM, 5x larger."""
+TRAINING_PRESETS: dict[str, TrainingConfig] = {
+    "reference": REFERENCE_RECIPE,
+    "tuned": TrainingConfig(),
+    "large": LARGE_RECIPE,
+}
 """Named recipes (``retrainer run --preset NAME``; benchmarks/quality.py measures them)."""
+PRESET_BASE_MODELS: dict[str, PresetBaseModel] = {"large": MPNET_BASE}
+"""Presets that bring their own base model (the others train the configured one)."""
 RENAMED_PRESETS: dict[str, str] = {"seed": "reference"}
 """Old preset name -> its name now; an old name is refused with the new one in the message, not aliased."""
 
@@ -467,11 +514,13 @@ class RetrainerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RETRAINER_", env_nested_delimiter="__", extra="ignore")
 
     s3: S3Settings = Field(default_factory=S3Settings)
-    training_preset: Literal["tuned", "reference"] = Field(
+    training_preset: Literal["tuned", "reference", "large"] = Field(
         "tuned",
         description="Named training recipe: `tuned` (the training defaults) or `reference` (the recipe this "
-        "project started from, the baseline `tuned` is measured against). Single `RETRAINER_TRAINING__*` "
-        "values override the preset's.",
+        "project started from, the baseline `tuned` is measured against), both on the configured base "
+        "model; `large`: MPNet-base (sentence-transformers/all-mpnet-base-v2 at a pinned commit) with its "
+        "own recipe, for the gpu pool (a set `RETRAINER_BASE_MODEL`, e.g. a local copy, replaces the "
+        "preset's). Single `RETRAINER_TRAINING__*` values override the preset's.",
     )
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     gate: GatePolicy = Field(default_factory=GatePolicy)
@@ -560,11 +609,11 @@ class RetrainerSettings(BaseSettings):
     @classmethod
     def _training_starts_from_its_preset(cls, data: dict) -> dict:
         """The preset's recipe, with the single fields given (e.g. a learning rate) on top."""
-        preset = TRAINING_PRESETS.get(data.get("training_preset", "tuned"))
-        given = data.get("training") or {}
+        name = data.get("training_preset", "tuned")
+        preset, given = TRAINING_PRESETS.get(name), data.get("training") or {}
         if preset is None or isinstance(given, TrainingConfig):
             return data  # an unknown preset is reported by the field's own validation
-        return {**data, "training": {**preset.model_dump(), **given}}
+        return {**data, **_preset_base_model(name, data), "training": {**preset.model_dump(), **given}}
 
     def scratch_dir(self) -> Path:
         """`work_dir`, created if missing: the parent of every run's temporary folders."""
@@ -581,10 +630,36 @@ class RetrainerSettings(BaseSettings):
         training: TrainingConfig | None = None,
         base_model: str | None = None,
         gate: GatePolicy | None = None,
+        base_model_revision: str | None = None,
     ) -> "RetrainerSettings":
-        """These settings with a run's overrides (e.g. from the Prefect UI) on top; None keeps a value."""
-        overrides = {"training": training, "base_model": base_model, "gate": gate}
+        """These settings with a run's overrides (e.g. from the Prefect UI) on top; None keeps a value.
+        Another base model without a revision is read at ``main``: the configured revision (a preset's
+        pinned commit) belongs to the configured model."""
+        if base_model not in (None, self.base_model) and base_model_revision is None:
+            base_model_revision = "main"
+        overrides = {
+            "training": training,
+            "base_model": base_model,
+            "base_model_revision": base_model_revision,
+            "gate": gate,
+        }
         return self.model_copy(update={name: value for name, value in overrides.items() if value is not None})
+
+    def gpu_base_model(self) -> PresetBaseModel | None:
+        """The preset base model meant for a GPU that this run trains: the training preset's own, or the
+        one the base model names (a fine-tune deployment gets the base model, not the preset); else None."""
+        own = PRESET_BASE_MODELS.get(self.training_preset)
+        named = [model for model in PRESET_BASE_MODELS.values() if model.hub_id == self.base_model]
+        found = own or next(iter(named), None)
+        return found if found and found.gpu else None
+
+
+def _preset_base_model(preset: str, data: dict) -> dict[str, str]:
+    """The preset's base model and revision, where the settings do not name a base model themselves."""
+    own = PRESET_BASE_MODELS.get(preset)
+    if own is None or data.get("base_model"):
+        return {}
+    return {"base_model": own.hub_id, "base_model_revision": data.get("base_model_revision") or own.revision}
 
 
 def load_settings(

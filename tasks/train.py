@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+import torch
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext, TaskRunContext
 from transformers import TrainerCallback
@@ -18,6 +19,7 @@ from transformers import TrainerCallback
 from retrainer.core.training import TRAINING_RECORD, RunOptions, fine_tune
 from retrainer.core.training_plan import TrainingPlan
 from retrainer.logs import run_logger
+from retrainer.settings import RetrainerSettings
 from retrainer.storage import ObjectStore
 from tasks.common import core_logs_in_run_log, once_task, read_task
 
@@ -61,6 +63,19 @@ def fine_tune_in_run(*args, options: RunOptions | None = None, **kwargs) -> Path
     callbacks = (RunLogCallback(), *options.callbacks)
     with core_logs_in_run_log():
         return fine_tune(*args, options=replace(options, callbacks=callbacks), **kwargs)
+
+
+def warn_when_a_gpu_model_trains_on_cpu(
+    settings: RetrainerSettings, tickets: int, epochs: float
+) -> str | None:
+    """Warn in the run log, with the expected time, when a base model meant for a GPU (the `large`
+    preset's) is about to train without CUDA; the warning, or None."""
+    model = settings.gpu_base_model()
+    if model is None or torch.cuda.is_available():
+        return None
+    message = model.cpu_training_warning(settings.base_model, tickets, epochs)
+    run_logger().warning(message)
+    return message
 
 
 def record_plan(model_dir: Path, plan: TrainingPlan, train_rows: pd.DataFrame, validation_rows: pd.DataFrame):

@@ -1,8 +1,15 @@
-"""A tiny random BERT with the packaged model's tokenizer: real Trainer code paths, in seconds."""
+"""Tiny random models (a BERT and an MPNet) with real tokenizers: real Trainer code paths, in seconds."""
 
 from pathlib import Path
 
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    MPNetConfig,
+    MPNetModel,
+    MPNetTokenizerFast,
+)
 
 from retrainer.core.labels import LABELS
 from retrainer.core.training import resolve_base_model
@@ -25,5 +32,37 @@ def save_tiny_bert(target: Path, seed: int = 0) -> Path:
         num_labels=len(LABELS),
     )
     BertForSequenceClassification(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+MPNET_SPECIALS = ("<s>", "<pad>", "</s>", "[UNK]")
+"""MPNet's special tokens, at the ids its tokenizer gives them (`<mask>` is appended last)."""
+
+
+def save_tiny_mpnet(target: Path, seed: int = 0) -> Path:
+    """Save a randomly initialised 2-layer MPNet (what the `large` preset trains) to `target`, with an
+        MPNet tokenizer: `<s>`/`</s>` around the text, `<pad>` at id 1, relative position buckets, no
+        token types and no pooler in its classification head (BERT's [CLS]/[SEP], token types and pooler
+        are what code written for BERT assumes). Like all-mpnet-base-v2 it has no classification head: each
+    run draws one. Its vocabulary is the packaged model's words."""
+    import torch
+
+    torch.manual_seed(seed)
+    words = Path(resolve_base_model(PACKAGED_BASE_MODEL), "vocab.txt").read_text().split("\n")
+    vocab = [*MPNET_SPECIALS, *(word for word in words if word and not word.startswith("[")), "<mask>"]
+    tokenizer = MPNetTokenizerFast(
+        vocab={word: index for index, word in enumerate(vocab)}, model_max_length=512
+    )
+    config = MPNetConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=514,
+        num_labels=len(LABELS),
+    )
+    MPNetModel(config).save_pretrained(target)  # a pooler the classifier never reads, no head
     tokenizer.save_pretrained(target)
     return target

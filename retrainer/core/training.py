@@ -195,12 +195,11 @@ def _prepared_trainer(
     checkpoints = options.checkpoints
     with clock.phase("load_model"):
         tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision)
+        architecture = model_config(source, spec.revision, config)
+        check_token_budget(config.max_length, tokenizer, architecture, source)
         set_seed(config.seed)  # before the model exists: its new classification head is drawn from the seed
         model = AutoModelForSequenceClassification.from_pretrained(
-            source,
-            revision=spec.revision,
-            config=model_config(source, spec.revision, config),
-            use_safetensors=True,
+            source, revision=spec.revision, config=architecture, use_safetensors=True
         )
     with clock.phase("restore_checkpoints"):
         resume_from = resumable_checkpoint(
@@ -379,7 +378,28 @@ def average_last_checkpoints(model: torch.nn.Module, checkpoint_dir: Path, count
 
 
 ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
-"""What architectures call the dropout on attention weights (BERT/RoBERTa, DistilBERT, GPT-2)."""
+"""What architectures call the dropout on attention weights (BERT/RoBERTa/MPNet, DistilBERT, GPT-2)."""
+UNSET_TOKENIZER_LIMIT = 10**6
+"""A tokenizer's `model_max_length` above this is transformers' "not set" placeholder (1e30)."""
+
+
+def token_limit(tokenizer, architecture: PretrainedConfig) -> int | None:
+    """The most tokens (special ones included) the model reads: its tokenizer's `model_max_length`,
+    else its position embeddings (None: neither says)."""
+    if tokenizer.model_max_length < UNSET_TOKENIZER_LIMIT:
+        return int(tokenizer.model_max_length)
+    return getattr(architecture, "max_position_embeddings", None)
+
+
+def check_token_budget(max_length: int, tokenizer, architecture: PretrainedConfig, source: str) -> None:
+    """Refuse a token budget the base model cannot read, before training starts; past it a model fails
+    mid-epoch with an index error deep in its position embeddings."""
+    limit = token_limit(tokenizer, architecture)
+    if limit is not None and max_length > limit:
+        raise ValueError(
+            f"max_length={max_length} is more than {source} ({architecture.model_type}) reads: at most "
+            f"{limit} tokens; set RETRAINER_TRAINING__MAX_LENGTH to {limit} or less"
+        )
 
 
 def model_config(source: str, revision: str, config: TrainingConfig) -> PretrainedConfig:

@@ -46,8 +46,9 @@ def render_model_card(record: RunRecord, metadata: dict) -> str:
     body = [
         f"# Ticket classifier `{record.challenger_version}`",
         "",
-        f"Fine-tuned from `{metadata['base_model']}` by ticket-retrainer run `{record.run_id}` on dataset "
-        f"`{record.dataset_version}`. Labels: {', '.join(LABELS)}.",
+        f"Fine-tuned from `{metadata['base_model']}` (revision `{metadata['base_model_revision']}`) by "
+        f"ticket-retrainer run `{record.run_id}` on dataset `{record.dataset_version}`. Labels: "
+        f"{', '.join(LABELS)}.",
         *lexical_note(metadata.get("lexical_half")),
         *masking_note(metadata["training"]),
         "",
