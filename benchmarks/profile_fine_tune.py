@@ -11,6 +11,7 @@ the transformer's forward passes, and the lexical half (masking, hashing, regres
 
     .venv/bin/python benchmarks/profile_fine_tune.py [--data PATH] [--train 1350 --epochs 8 --score 1500]
     .venv/bin/python benchmarks/profile_fine_tune.py --base-model DIR --random-init   # weights not needed
+    .venv/bin/python benchmarks/profile_fine_tune.py --preset large --base-model DIR  # MPNet, 256 tokens
 
 Without the NLBSE'24 issues (`--data`, see benchmarks/README.md) it uses generated tickets.
 """
@@ -28,7 +29,13 @@ from retrainer.core.scoring import load_classifier, load_lexical_half
 from retrainer.core.text import InputRecipe, encode, prepare_texts
 from retrainer.core.training import RunOptions, TrainingSpec, fine_tune, training_record
 from retrainer.samples import generate_tickets
-from retrainer.settings import PACKAGED_BASE_MODEL, S3Settings, TrainingConfig
+from retrainer.settings import (
+    PACKAGED_BASE_MODEL,
+    PRESET_BASE_MODELS,
+    TRAINING_PRESETS,
+    S3Settings,
+    TrainingConfig,
+)
 from retrainer.storage import open_store
 from tasks.checkpoints import CheckpointSync
 
@@ -101,7 +108,8 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=1350)
     parser.add_argument("--epochs", type=float, default=8.0)
     parser.add_argument("--score", type=int, default=1500, help="texts to score")
-    parser.add_argument("--base-model", default=PACKAGED_BASE_MODEL)
+    parser.add_argument("--preset", default="tuned", choices=sorted(TRAINING_PRESETS), help="training recipe")
+    parser.add_argument("--base-model", help="default: the preset's own base model, else the packaged one")
     parser.add_argument(
         "--random-init", action="store_true", help="random weights of the base model's config"
     )
@@ -114,10 +122,12 @@ def main() -> None:
     tickets = tickets.sample(frac=1.0, random_state=0).reset_index(drop=True)
     validation_size = max(1, args.train // 9)  # the flow's validation share of the curated data
     train, validation = tickets.iloc[: args.train], tickets.iloc[args.train : args.train + validation_size]
-    config = TrainingConfig(num_train_epochs=args.epochs)
+    config = TRAINING_PRESETS[args.preset].model_copy(update={"num_train_epochs": args.epochs})
+    own = PRESET_BASE_MODELS.get(args.preset)
+    args.base_model = args.base_model or (own.hub_id if own else PACKAGED_BASE_MODEL)
     device_config = config.for_device(torch.cuda.is_available())
     print(
-        f"{describe_device()}: {len(train)} {source} x {args.epochs:g} epochs, batch "
+        f"{describe_device()}: {args.preset} recipe, {len(train)} {source} x {args.epochs:g} epochs, batch "
         f"{device_config.per_device_train_batch_size}, lr {device_config.learning_rate:.2e}"
     )
     with tempfile.TemporaryDirectory(prefix="profile-") as scratch:

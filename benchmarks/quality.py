@@ -109,6 +109,9 @@ def measure(
             part: dict(zip(test["ticket_id"], np.round(p.numpy(), 4).tolist(), strict=True))
             for part, p in parts.items()
         },
+        # the temperature the blend softens the transformer's probabilities with: blends at other
+        # weights can be computed from the parts afterwards (lexical.blend_probabilities)
+        "transformer_temperature": lexical.transformer_temperature if lexical else None,
         "train_seconds": seconds,
         "train_samples_per_s": len(train) * config.num_train_epochs / seconds,
         "config": config.model_dump(),

@@ -138,7 +138,7 @@ def test_a_champion_of_one_base_model_is_gated_against_a_challenger_of_another(
 
     outcome = retrain(
         resources=large,
-        training=QUICK.model_copy(update={"num_train_epochs": 4}),
+        training=QUICK.model_copy(update={"num_train_epochs": 2, "lexical_weight": 0.6}),
         base_model=str(tiny_mpnet_dir),
         gate=GatePolicy(max_recall_drop=1.0),
     )

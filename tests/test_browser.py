@@ -97,6 +97,13 @@ def test_a_custom_run_from_the_ui_completes_and_publishes(chromium, flow_store_e
                 expect(page.get_by_text("Learning Rate (Optional)")).to_be_visible()
                 default_lr = format(Decimal(str(TrainingConfig().learning_rate)), "f")  # "0.0001"
                 expect(page.get_by_role("spinbutton").first).to_have_value(default_lr)  # the typed default
+                # A value typed into the form reaches the run (checked on the published model below); one
+                # epoch instead of the default eight also keeps this test short.
+                epochs = page.locator(  # the number input of the field that this label heads
+                    "xpath=//label[contains(normalize-space(), 'Num Train Epochs')]"
+                    "/ancestor::div[contains(concat(' ', @class, ' '), ' p-label ')][1]//input"
+                )
+                epochs.fill("1")
                 page.screenshot(path=SCREENSHOTS / "2-custom-run-form.png", full_page=True)
                 page.get_by_role("button", name="Submit").click()
                 deadline = time.monotonic() + 600
@@ -115,6 +122,8 @@ def test_a_custom_run_from_the_ui_completes_and_publishes(chromium, flow_store_e
     pointer, _ = read_production_pointer(flow_store_env)
     decisions = [record.model_dump(include={"action", "reasons"}) for record in read_history(flow_store_env)]
     assert pointer is not None, f"nothing published; the run decided: {decisions}"
+    published = json.loads(flow_store_env.get(f"models/{pointer.version}/metrics.json")[0])
+    assert published["training"]["num_train_epochs"] == 1  # as typed into the form
     assert shutil.disk_usage(SCREENSHOTS)  # screenshots saved for humans to look at
     assert sorted(path.name for path in SCREENSHOTS.iterdir()) >= [
         "1-deployment.png",

@@ -5,6 +5,7 @@ import json
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 
 import pytest
 import yaml
@@ -20,14 +21,16 @@ from retrainer.records import RunRecord
 from retrainer.resources import Resources
 from retrainer.run_steps import Production
 from retrainer.samples import generate_tickets, tickets_to_csv
-from retrainer.settings import GatePolicy, S3Settings, TrainingConfig
+from retrainer.settings import GatePolicy, RetrainerSettings, S3Settings, TrainingConfig
 from retrainer.storage import ObjectStore, open_store
 from tasks.ingest import read_manifest
 from tasks.registry import fetch_model, list_versions, publish_model, read_history, read_production_pointer
 from tasks.report import DECISION_ARTIFACT_KEY
 from tests.http_receiver import Receiver
 
-LEARNS = TrainingConfig(learning_rate=5e-3, num_train_epochs=4)
+# Two epochs: the published blend learns the tickets through its lexical half whatever the epochs, and
+# every assertion here compares it with a model that learns nothing (four took ~20 s more a run).
+LEARNS = TrainingConfig(learning_rate=5e-3, num_train_epochs=2)
 # The random head stays random, and no lexical half learns the tickets either.
 LEARNS_NOTHING = TrainingConfig(learning_rate=0.0, num_train_epochs=1, lexical_weight=0.0)
 NO_RECALL_GUARD = GatePolicy(max_recall_drop=1.0)  # a random champion can have recall 1.0 on one class
@@ -51,16 +54,54 @@ def _model_versions(store: ObjectStore) -> set[str]:
     return {row.version for row in list_versions(store)}
 
 
-def test_first_run_publishes_a_loadable_safetensors_model_with_card_and_reports(
-    flow_store, run_resources, tmp_path
-):
-    _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
+@dataclass(frozen=True)
+class FirstRun:
+    """A first run on an empty registry, and what the Prefect API and a receiver got from it."""
+
+    store: ObjectStore
+    outcome: RunRecord
+    report: str  # the decision artifact's markdown
+    progress: float  # the last value of the progress artifact
+    payloads: list[dict]  # what the notification block delivered
+
+
+@pytest.fixture(scope="module")
+def first_run(local_s3, tiny_model_dir, tmp_path_factory, prefect_api) -> FirstRun:
+    """One first run, read by the three tests below (each trained the same model on the same tickets):
+    300 good tickets and a batch with one bad row, its summary sent through a notification block to a
+    real receiver. The API's latest artifacts are read at once, before another test's run."""
+    settings = S3Settings(endpoint_url=local_s3.endpoint_url, bucket=f"t-{uuid.uuid4().hex[:16]}")
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    _drop_batch(store, "batch-1.csv", 300, seed=1)
     mostly_good = "ticket_id,text,label\n" + "".join(
         f"X-{n},Crash number {n} on save,bug\n" for n in range(9)
     )
-    flow_store.put("incoming/broken.csv", (mostly_good + "X-9,,bug\n").encode())  # 10% bad: under the limit
+    store.put("incoming/broken.csv", (mostly_good + "X-9,,bug\n").encode())  # 10% bad: under the limit
+    block_name = f"alerts-{uuid.uuid4().hex[:8]}"
+    work_dir = tmp_path_factory.mktemp("first-run") / "work"
+    resources = Resources(
+        RetrainerSettings(
+            s3=settings,
+            base_model=str(tiny_model_dir),
+            work_dir=work_dir,
+            notification_block=f"custom-webhook/{block_name}",
+        ),
+        store,
+    )
+    with Receiver() as receiver:
+        CustomWebhookNotificationBlock(
+            name="retrainer",
+            url=receiver.url,
+            json_data={"subject": "{{subject}}", "text": "{{body}}"},
+            allow_private_urls=True,
+        ).save(block_name)
+        outcome = retrain(resources=resources, training=LEARNS)
+    return FirstRun(store, outcome, _latest_report_markdown(), _latest_progress(), receiver.payloads)
 
-    outcome = retrain(resources=run_resources, training=LEARNS)
+
+def test_first_run_publishes_a_loadable_safetensors_model_with_card_and_reports(first_run, tmp_path):
+    flow_store, outcome = first_run.store, first_run.outcome
 
     assert outcome.status == "promoted"
     assert (outcome.batches_ingested, outcome.rows_accepted, outcome.rows_quarantined) == (2, 309, 1)
@@ -78,15 +119,14 @@ def test_first_run_publishes_a_loadable_safetensors_model_with_card_and_reports(
     manifest, _ = read_manifest(flow_store)
     assert manifest.objects["incoming/broken.csv"].quarantined == 1
     assert flow_store.list_objects(f"quarantine/{outcome.run_id}/broken.csv")
-    report = _latest_report_markdown()
+    report = first_run.report
     assert "**promoted**" in report and "McNemar" in report and "recall" in report
     assert flow_store.list_objects("runs/") == []  # checkpoints and the challenger copy went once published
-    assert _latest_progress() == 100.0  # the Trainer's progress reached the Prefect progress artifact
+    assert first_run.progress == 100.0  # the Trainer's progress reached the Prefect progress artifact
 
 
-def test_the_model_card_records_metrics_lineage_and_recipe(flow_store, run_resources):
-    _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
-    outcome = retrain(resources=run_resources, training=LEARNS)
+def test_the_model_card_records_metrics_lineage_and_recipe(first_run):
+    flow_store, outcome = first_run.store, first_run.outcome
 
     card = flow_store.get(f"models/{outcome.challenger_version}/README.md")[0].decode()
     header = yaml.safe_load(card.split("---\n")[1])
@@ -95,8 +135,11 @@ def test_the_model_card_records_metrics_lineage_and_recipe(flow_store, run_resou
     metrics = {m["type"]: m["value"] for m in header["model-index"][0]["results"][0]["metrics"]}
     assert metrics["accuracy"] == pytest.approx(outcome.challenger_accuracy, abs=1e-6)
     details = header["ticket_retrainer"]
-    etag = read_manifest(flow_store)[0].objects["incoming/batch-1.csv"].etag
-    assert details["lineage"] == [{"key": "incoming/batch-1.csv", "etag": etag, "rows": 300}]
+    etags = {key: entry.etag for key, entry in read_manifest(flow_store)[0].objects.items()}
+    assert details["lineage"] == [
+        {"key": "incoming/batch-1.csv", "etag": etags["incoming/batch-1.csv"], "rows": 300},
+        {"key": "incoming/broken.csv", "etag": etags["incoming/broken.csv"], "rows": 9},  # not its bad row
+    ]
     assert details["training"]["learning_rate"] == LEARNS.learning_rate
     lexical_half = json.loads(flow_store.get(f"models/{outcome.challenger_version}/metrics.json")[0])[
         "lexical_half"
@@ -107,6 +150,14 @@ def test_the_model_card_records_metrics_lineage_and_recipe(flow_store, run_resou
     assert "with 0.6 of a TF-IDF + logistic-regression model" in card
     assert details["dataset_version"] == outcome.dataset_version
     assert details["code_version"].startswith("0.1.0") and "torch" in details["library_versions"]
+
+
+def test_the_decision_summary_is_sent_through_the_configured_notification_block(first_run):
+    outcome = first_run.outcome
+
+    [payload] = first_run.payloads
+    assert payload["subject"] == f"ticket-retrainer: promoted (run {outcome.run_id})"
+    assert f"{outcome.challenger_accuracy:.4f}" in payload["text"] and "no champion yet" in payload["text"]
 
 
 def test_a_second_run_without_new_objects_ingests_nothing(flow_store, run_resources):
@@ -129,7 +180,11 @@ def test_a_second_run_without_new_objects_ingests_nothing(flow_store, run_resour
         assert client.read_flow_run(first.run_id).parameters["resources"] == "<Resources>"
 
 
-def test_a_worse_challenger_is_not_published_and_the_pointer_is_unchanged(flow_store, run_resources):
+def test_a_worse_challenger_is_not_published_unless_forced_with_a_reason_which_is_audited(
+    flow_store, run_resources
+):
+    """One champion for both halves (each trained its own): a worse challenger is kept out, then a worse
+    one on the next batch is promoted only when forced, with a reason."""
     _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
     champion = retrain(resources=run_resources, training=LEARNS)
     pointer_before = read_production_pointer(flow_store)
@@ -148,6 +203,27 @@ def test_a_worse_challenger_is_not_published_and_the_pointer_is_unchanged(flow_s
     assert read_history(flow_store)[-1].action == "kept"
     left = {info.key.split("/")[1] for info in flow_store.list_objects("runs/")}
     assert left == {outcome.run_id}  # the rejected challenger waits for the lifecycle rule; no checkpoints
+
+    # Forced: refused without a reason; with one, the worse challenger of the next batch is promoted.
+    _drop_batch(flow_store, "batch-3.csv", 150, seed=3)
+    with pytest.raises(ValueError, match="force_reason"):
+        retrain(resources=run_resources, training=LEARNS_NOTHING, force=True)
+
+    forced = retrain(
+        resources=run_resources,
+        training=LEARNS_NOTHING,
+        force=True,
+        force_reason="incident 7: roll the new label set out",
+    )
+
+    assert forced.status == "forced"
+    assert forced.challenger_accuracy < forced.champion_accuracy  # the rule alone would have kept it
+    pointer = read_production_pointer(flow_store)[0]
+    assert (pointer.version, pointer.action) == (forced.challenger_version, "forced")
+    assert pointer.previous_version == champion.challenger_version
+    record = read_history(flow_store)[-1]
+    assert (record.action, record.forced_reason) == ("forced", "incident 7: roll the new label set out")
+    assert "FORCED" in record.reasons[0]
 
 
 def test_a_better_challenger_is_published_and_the_old_version_is_kept_also_without_s3(
@@ -193,30 +269,6 @@ def test_a_better_challenger_is_published_and_the_old_version_is_kept_also_witho
     assert not [path for path in bucket.rglob("put-*")]  # no half-written object left behind
 
 
-def test_a_forced_promotion_needs_a_reason_and_is_audited(flow_store, run_resources):
-    _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
-    champion = retrain(resources=run_resources, training=LEARNS)
-    _drop_batch(flow_store, "batch-2.csv", 150, seed=2)
-    with pytest.raises(ValueError, match="force_reason"):
-        retrain(resources=run_resources, training=LEARNS_NOTHING, force=True)
-
-    outcome = retrain(
-        resources=run_resources,
-        training=LEARNS_NOTHING,
-        force=True,
-        force_reason="incident 7: roll the new label set out",
-    )
-
-    assert outcome.status == "forced"
-    assert outcome.challenger_accuracy < outcome.champion_accuracy  # the rule alone would have kept it
-    pointer = read_production_pointer(flow_store)[0]
-    assert (pointer.version, pointer.action) == (outcome.challenger_version, "forced")
-    assert pointer.previous_version == champion.challenger_version
-    record = read_history(flow_store)[-1]
-    assert (record.action, record.forced_reason) == ("forced", "incident 7: roll the new label set out")
-    assert "FORCED" in record.reasons[0]
-
-
 def test_a_smoke_test_failure_blocks_publication(flow_store, run_resources):
     _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
     impossible = GatePolicy(min_canary_accuracy=1.0)  # a random model cannot get all canaries right
@@ -228,7 +280,7 @@ def test_a_smoke_test_failure_blocks_publication(flow_store, run_resources):
     assert any("canary accuracy" in reason and "below the required" in reason for reason in outcome.reasons)
     assert read_history(flow_store)[-1].action == "smoke-failed"
     assert (
-        retrain(resources=run_resources, training=LEARNS).status == "promoted"
+        retrain(resources=run_resources, training=LEARNS_NOTHING).status == "promoted"
     )  # same data, no champion: the next run tries again
 
 
@@ -236,7 +288,7 @@ def test_a_crash_between_upload_and_flip_leaves_the_champion_and_the_next_run_wo
     flow_store, run_resources, tmp_path
 ):
     _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
-    champion = retrain(resources=run_resources, training=LEARNS)
+    champion = retrain(resources=run_resources, training=LEARNS_NOTHING)  # any model: it only serves
     # A run that died after uploading (one complete version, one half-uploaded) but before the flip:
     orphan = shutil.copytree(
         fetch_model(flow_store, champion.challenger_version, tmp_path / "c"), tmp_path / "o"
@@ -252,18 +304,6 @@ def test_a_crash_between_upload_and_flip_leaves_the_champion_and_the_next_run_wo
     assert outcome.status in {"promoted", "kept"}
     assert outcome.champion_version == champion.challenger_version
     assert "m-orphan-partial" not in _model_versions(flow_store)
-
-
-def test_the_decision_summary_is_sent_through_the_configured_notification_block(
-    flow_store, run_resources, webhook
-):
-    _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
-
-    outcome = retrain(resources=_notifying(run_resources, webhook.block), training=LEARNS)
-
-    [payload] = webhook.payloads
-    assert payload["subject"] == f"ticket-retrainer: promoted (run {outcome.run_id})"
-    assert f"{outcome.challenger_accuracy:.4f}" in payload["text"] and "no champion yet" in payload["text"]
 
 
 def test_a_notification_that_cannot_be_delivered_fails_the_run_loudly(flow_store, run_resources):
@@ -307,7 +347,7 @@ def test_a_run_that_loses_the_promotion_race_reports_it_and_changes_nothing(
     flow_store, run_resources, tmp_path
 ):
     _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
-    champion = retrain(resources=run_resources, training=LEARNS)
+    champion = retrain(resources=run_resources, training=LEARNS_NOTHING)  # any model: it only serves
     pointer, etag_read_by_both = read_production_pointer(flow_store)
     model_dir = fetch_model(flow_store, champion.challenger_version, tmp_path / "cache")
     for racer in ("m-winner", "m-loser"):

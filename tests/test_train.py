@@ -39,10 +39,23 @@ def _spec(tiny_model_dir: Path, config: TrainingConfig) -> TrainingSpec:
     return TrainingSpec(str(tiny_model_dir), "main", config)
 
 
+def _splits(count: int) -> dict:
+    tickets = generate_tickets(count, seed=1).assign(
+        source_key="incoming/a.csv", source_etag="e", source_row=1
+    )
+    return check_splits(merge_curated(None, tickets, 0.2, 0.1))
+
+
 @pytest.fixture
 def splits():
-    tickets = generate_tickets(300, seed=1).assign(source_key="incoming/a.csv", source_etag="e", source_row=1)
-    return check_splits(merge_curated(None, tickets, 0.2, 0.1))
+    return _splits(300)
+
+
+@pytest.fixture
+def few_splits():
+    """90 tickets (4 steps an epoch, not 14): for the tests whose assertions hold whatever the model
+    learns: what a run writes, resumes, caches or records, not how well it scores."""
+    return _splits(90)
 
 
 def _kill_after_first_checkpoint_then_rerun(
@@ -101,14 +114,18 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_in_s3_finishes_and_averag
     assert not list((tmp_path / "second-machine" / "checkpoints").glob(".uploading/*"))
 
 
-def test_a_checkpoint_that_cannot_be_uploaded_fails_the_training(tiny_model_dir, splits, tmp_path):
+def test_a_checkpoint_that_cannot_be_uploaded_fails_the_training(tiny_model_dir, few_splits, tmp_path):
     gone = open_store(S3Settings(endpoint_url=tmp_path.as_uri(), bucket="no-such-bucket"))
     config = TrainingConfig(learning_rate=5e-3, num_train_epochs=1)
     failing = RunOptions(checkpoints=CheckpointSync(gone, "runs/checkpoints/x/"))
 
     with pytest.raises(BucketNotFoundError, match="no-such-bucket"):
         fine_tune(
-            splits[TRAIN], splits[VALIDATION], _spec(tiny_model_dir, config), tmp_path / "w", options=failing
+            few_splits[TRAIN],
+            few_splits[VALIDATION],
+            _spec(tiny_model_dir, config),
+            tmp_path / "w",
+            options=failing,
         )
 
 
@@ -173,20 +190,20 @@ def test_averaging_takes_the_last_epochs_even_when_the_best_epoch_is_an_earlier_
     assert record["averaged_steps"] == [2 * steps_per_epoch, 3 * steps_per_epoch]
 
 
-def test_a_run_without_checkpoints_starts_fresh_and_says_so(store, tiny_model_dir, splits, tmp_path):
+def test_a_run_without_checkpoints_starts_fresh_and_says_so(store, tiny_model_dir, few_splits, tmp_path):
     config = TrainingConfig(learning_rate=5e-3, num_train_epochs=1)
 
-    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], _spec(tiny_model_dir, config), tmp_path)
+    model_dir = fine_tune(few_splits[TRAIN], few_splits[VALIDATION], _spec(tiny_model_dir, config), tmp_path)
 
     record = json.loads((model_dir / "training.json").read_text())
     assert record["resumed_from_step"] is None and record["global_step"] == record["max_steps"]
 
 
-def test_the_seed_makes_training_reproducible(store, tiny_model_dir, splits, tmp_path):
+def test_the_seed_makes_training_reproducible(store, tiny_model_dir, few_splits, tmp_path):
     def train(seed: int, folder: str) -> dict[str, torch.Tensor]:
         config = TrainingConfig(learning_rate=5e-3, num_train_epochs=1, seed=seed)
         model_dir = fine_tune(
-            splits[TRAIN], splits[VALIDATION], _spec(tiny_model_dir, config), tmp_path / folder
+            few_splits[TRAIN], few_splits[VALIDATION], _spec(tiny_model_dir, config), tmp_path / folder
         )
         return load_file(model_dir / "model.safetensors")
 
@@ -198,11 +215,11 @@ def test_the_seed_makes_training_reproducible(store, tiny_model_dir, splits, tmp
 
 @pytest.mark.parametrize(("attention_dropout", "saved"), [(0.0, 0.0), (0.05, 0.05), (None, 0.1)])
 def test_attention_dropout_is_the_runs_or_the_base_models_own(
-    store, tiny_model_dir, splits, tmp_path, attention_dropout, saved
+    store, tiny_model_dir, few_splits, tmp_path, attention_dropout, saved
 ):
     config = TrainingConfig(learning_rate=5e-3, num_train_epochs=1, attention_dropout=attention_dropout)
 
-    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], _spec(tiny_model_dir, config), tmp_path)
+    model_dir = fine_tune(few_splits[TRAIN], few_splits[VALIDATION], _spec(tiny_model_dir, config), tmp_path)
 
     trained = json.loads((model_dir / "config.json").read_text())
     assert trained["attention_probs_dropout_prob"] == saved  # None: BertConfig's 0.1 of the tiny base
@@ -221,10 +238,10 @@ def test_an_attention_dropout_the_architecture_lacks_is_reported_not_silently_ig
     assert "attention_dropout=0.0 ignored" in caplog.text and "(bert)" in caplog.text
 
 
-def test_tokenized_splits_are_cached_per_dataset_version(store, tiny_model_dir, splits, tmp_path):
+def test_tokenized_splits_are_cached_per_dataset_version(store, tiny_model_dir, few_splits, tmp_path):
     config = TrainingConfig(learning_rate=5e-3, num_train_epochs=1)
     cache = tmp_path / "tokenized" / "ds-1"
-    arguments = (splits[TRAIN], splits[VALIDATION], _spec(tiny_model_dir, config))
+    arguments = (few_splits[TRAIN], few_splits[VALIDATION], _spec(tiny_model_dir, config))
 
     fine_tune(*arguments, tmp_path / "first", options=RunOptions(tokenized_cache=cache))
     files = {path: path.stat().st_mtime_ns for path in cache.glob("*.arrow")}
@@ -235,22 +252,22 @@ def test_tokenized_splits_are_cached_per_dataset_version(store, tiny_model_dir, 
 
 
 def test_the_input_recipe_is_saved_with_the_model_and_scoring_follows_it(
-    store, tiny_model_dir, splits, tmp_path
+    store, tiny_model_dir, few_splits, tmp_path
 ):
     config = TrainingConfig(
         learning_rate=5e-3, num_train_epochs=1, max_length=8, truncation="tail", clean_text=True
     )
 
-    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], _spec(tiny_model_dir, config), tmp_path)
+    model_dir = fine_tune(few_splits[TRAIN], few_splits[VALIDATION], _spec(tiny_model_dir, config), tmp_path)
 
     assert InputRecipe.of_model(model_dir, default_max_length=512) == config.input_recipe()
 
 
-def test_scoring_encodes_text_with_the_models_own_recipe(store, tiny_model_dir, splits, tmp_path):
+def test_scoring_encodes_text_with_the_models_own_recipe(store, tiny_model_dir, few_splits, tmp_path):
     config = TrainingConfig(
         learning_rate=0.0, num_train_epochs=1, max_length=8, truncation="tail", lexical_weight=0.0
     )  # the transformer alone: the lexical half reads every word
-    model_dir = fine_tune(splits[TRAIN], splits[VALIDATION], _spec(tiny_model_dir, config), tmp_path)
+    model_dir = fine_tune(few_splits[TRAIN], few_splits[VALIDATION], _spec(tiny_model_dir, config), tmp_path)
     texts = ["crash report" + " the app closes when I press save twice"]
     texts.append("unrelated words" + texts[0].removeprefix("crash report"))
 
@@ -294,10 +311,10 @@ def test_the_published_model_blends_its_lexical_half_into_every_score(
 
 
 def test_without_texts_of_every_label_the_transformer_is_published_alone(
-    store, tiny_model_dir, splits, tmp_path, caplog
+    store, tiny_model_dir, few_splits, tmp_path, caplog
 ):
     train_rows, validation_rows = (
-        splits[name][splits[name]["label"] != "general_inquiry"] for name in (TRAIN, VALIDATION)
+        few_splits[name][few_splits[name]["label"] != "general_inquiry"] for name in (TRAIN, VALIDATION)
     )
     config = TrainingConfig(learning_rate=5e-3, num_train_epochs=1, lexical_weight=0.6)
 
@@ -307,7 +324,7 @@ def test_without_texts_of_every_label_the_transformer_is_published_alone(
     record = json.loads((model_dir / "training.json").read_text())["lexical"]
     assert record == {"skipped": "no training texts labelled general_inquiry"}
     assert "published without its lexical half: no training texts labelled general_inquiry" in caplog.text
-    texts = splits[EVAL]["text"].tolist()
+    texts = few_splits[EVAL]["text"].tolist()
     assert torch.equal(
         predict_probabilities(model_dir, texts, 128),
         predict_probabilities(model_dir, texts, 128, lexical=False),
