@@ -127,19 +127,9 @@ def run_resources(s3_settings, store, tiny_model_dir, tmp_path, prefect_api) -> 
 @pytest.fixture
 def webhook(prefect_api):
     """A real HTTP receiver behind a saved CustomWebhookNotificationBlock (`receiver.block` names it)."""
-    from prefect.blocks.notifications import CustomWebhookNotificationBlock  # here: `make test-fast` skips it
+    from tests.http_receiver import webhook_receiver  # here: `make test-fast` skips its imports
 
-    from tests.http_receiver import Receiver
-
-    block_name = f"alerts-{uuid.uuid4().hex[:8]}"
-    with Receiver() as receiver:
-        CustomWebhookNotificationBlock(
-            name="retrainer",
-            url=receiver.url,
-            json_data={"subject": "{{subject}}", "text": "{{body}}"},
-            allow_private_urls=True,
-        ).save(block_name)
-        receiver.block = f"custom-webhook/{block_name}"
+    with webhook_receiver() as receiver:
         yield receiver
 
 

@@ -2,6 +2,9 @@
 
 import json
 import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -32,3 +35,21 @@ class Receiver:
     def __exit__(self, *exc_info) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[Receiver]:
+    """A `Receiver` behind a saved CustomWebhookNotificationBlock, named by `receiver.block` (needs a
+    Prefect API)."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock  # `make test-fast` skips it
+
+    block_name = f"alerts-{uuid.uuid4().hex[:8]}"
+    with Receiver() as receiver:
+        CustomWebhookNotificationBlock(
+            name="retrainer",
+            url=receiver.url,
+            json_data={"subject": "{{subject}}", "text": "{{body}}"},
+            allow_private_urls=True,
+        ).save(block_name)
+        receiver.block = f"custom-webhook/{block_name}"
+        yield receiver

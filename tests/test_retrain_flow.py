@@ -26,7 +26,7 @@ from retrainer.storage import ObjectStore, open_store
 from tasks.ingest import read_manifest
 from tasks.registry import fetch_model, list_versions, publish_model, read_history, read_production_pointer
 from tasks.report import DECISION_ARTIFACT_KEY
-from tests.http_receiver import Receiver
+from tests.http_receiver import Receiver, webhook_receiver
 
 # Two epochs: the published blend learns the tickets through its lexical half whatever the epochs, and
 # every assertion here compares it with a model that learns nothing (four took ~20 s more a run).
@@ -70,33 +70,20 @@ def first_run(local_s3, tiny_model_dir, tmp_path_factory, prefect_api) -> FirstR
     """One first run, read by the three tests below (each trained the same model on the same tickets):
     300 good tickets and a batch with one bad row, its summary sent through a notification block to a
     real receiver. The API's latest artifacts are read at once, before another test's run."""
-    settings = S3Settings(endpoint_url=local_s3.endpoint_url, bucket=f"t-{uuid.uuid4().hex[:16]}")
-    store = ObjectStore(settings)
+    bucket = S3Settings(endpoint_url=local_s3.endpoint_url, bucket=f"t-{uuid.uuid4().hex[:16]}")
+    store = ObjectStore(bucket)
     store.ensure_bucket()
     _drop_batch(store, "batch-1.csv", 300, seed=1)
     mostly_good = "ticket_id,text,label\n" + "".join(
         f"X-{n},Crash number {n} on save,bug\n" for n in range(9)
     )
     store.put("incoming/broken.csv", (mostly_good + "X-9,,bug\n").encode())  # 10% bad: under the limit
-    block_name = f"alerts-{uuid.uuid4().hex[:8]}"
     work_dir = tmp_path_factory.mktemp("first-run") / "work"
-    resources = Resources(
-        RetrainerSettings(
-            s3=settings,
-            base_model=str(tiny_model_dir),
-            work_dir=work_dir,
-            notification_block=f"custom-webhook/{block_name}",
-        ),
-        store,
-    )
-    with Receiver() as receiver:
-        CustomWebhookNotificationBlock(
-            name="retrainer",
-            url=receiver.url,
-            json_data={"subject": "{{subject}}", "text": "{{body}}"},
-            allow_private_urls=True,
-        ).save(block_name)
-        outcome = retrain(resources=resources, training=LEARNS)
+    with webhook_receiver() as receiver:
+        settings = RetrainerSettings(
+            s3=bucket, base_model=str(tiny_model_dir), work_dir=work_dir, notification_block=receiver.block
+        )
+        outcome = retrain(resources=Resources(settings, store), training=LEARNS)
     return FirstRun(store, outcome, _latest_report_markdown(), _latest_progress(), receiver.payloads)
 
 

@@ -15,6 +15,15 @@ from retrainer.core.labels import LABELS
 from retrainer.core.training import resolve_base_model
 from retrainer.settings import PACKAGED_BASE_MODEL
 
+TINY = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "num_labels": len(LABELS),
+}
+"""The size of both tiny models: real code paths, trained in seconds."""
+
 
 def save_tiny_bert(target: Path, seed: int = 0) -> Path:
     """Save a randomly initialised 2-layer BERT (hidden size 32) and a real tokenizer to `target`."""
@@ -22,15 +31,7 @@ def save_tiny_bert(target: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(PACKAGED_BASE_MODEL))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        num_labels=len(LABELS),
-    )
+    config = BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=512, **TINY)
     BertForSequenceClassification(config).save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
@@ -42,10 +43,10 @@ MPNET_SPECIALS = ("<s>", "<pad>", "</s>", "[UNK]")
 
 def save_tiny_mpnet(target: Path, seed: int = 0) -> Path:
     """Save a randomly initialised 2-layer MPNet (what the `large` preset trains) to `target`, with an
-        MPNet tokenizer: `<s>`/`</s>` around the text, `<pad>` at id 1, relative position buckets, no
-        token types and no pooler in its classification head (BERT's [CLS]/[SEP], token types and pooler
-        are what code written for BERT assumes). Like all-mpnet-base-v2 it has no classification head: each
-    run draws one. Its vocabulary is the packaged model's words."""
+    MPNet tokenizer: `<s>`/`</s>` around the text, `<pad>` at id 1, relative position buckets, no token
+    types (BERT's [CLS]/[SEP] and token types are what code written for BERT assumes). Like
+    all-mpnet-base-v2 it has a pooler and no classification head: each run draws its head. Its
+    vocabulary is the packaged model's words."""
     import torch
 
     torch.manual_seed(seed)
@@ -54,15 +55,7 @@ def save_tiny_mpnet(target: Path, seed: int = 0) -> Path:
     tokenizer = MPNetTokenizerFast(
         vocab={word: index for index, word in enumerate(vocab)}, model_max_length=512
     )
-    config = MPNetConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=514,
-        num_labels=len(LABELS),
-    )
+    config = MPNetConfig(vocab_size=len(vocab), max_position_embeddings=514, **TINY)
     MPNetModel(config).save_pretrained(target)  # a pooler the classifier never reads, no head
     tokenizer.save_pretrained(target)
     return target
