@@ -108,8 +108,12 @@ def retrain(
     try:
         if force and not (force_reason or "").strip():
             raise ValueError("a forced promotion needs a force_reason; it is recorded in the history")
-        overrides = {"training": training, "base_model": base_model, "gate": gate}
-        overrides |= {"base_model_revision": base_model_revision}
+        overrides = {
+            "training": training,
+            "base_model": base_model,
+            "base_model_revision": base_model_revision,
+            "gate": gate,
+        }
         resources = (resources or Resources.from_environment()).with_overrides(**overrides)
         progress.final = run_retrain(resources, progress, force, full_retrain)
         return finish(resources, progress.final)

@@ -648,9 +648,8 @@ class RetrainerSettings(BaseSettings):
     def gpu_base_model(self) -> PresetBaseModel | None:
         """The preset base model meant for a GPU that this run trains: the training preset's own, or the
         one the base model names (a fine-tune deployment gets the base model, not the preset); else None."""
-        own = PRESET_BASE_MODELS.get(self.training_preset)
-        named = [model for model in PRESET_BASE_MODELS.values() if model.hub_id == self.base_model]
-        found = own or next(iter(named), None)
+        named = (model for model in PRESET_BASE_MODELS.values() if model.hub_id == self.base_model)
+        found = PRESET_BASE_MODELS.get(self.training_preset) or next(named, None)
         return found if found and found.gpu else None
 
 
