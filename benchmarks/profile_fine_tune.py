@@ -30,11 +30,10 @@ from retrainer.core.text import InputRecipe, encode, prepare_texts
 from retrainer.core.training import RunOptions, TrainingSpec, fine_tune, training_record
 from retrainer.samples import generate_tickets
 from retrainer.settings import (
-    PACKAGED_BASE_MODEL,
-    PRESET_BASE_MODELS,
     TRAINING_PRESETS,
     S3Settings,
     TrainingConfig,
+    preset_base_model,
 )
 from retrainer.storage import open_store
 from tasks.checkpoints import CheckpointSync
@@ -123,8 +122,7 @@ def main() -> None:
     validation_size = max(1, args.train // 9)  # the flow's validation share of the curated data
     train, validation = tickets.iloc[: args.train], tickets.iloc[args.train : args.train + validation_size]
     config = TRAINING_PRESETS[args.preset].model_copy(update={"num_train_epochs": args.epochs})
-    own = PRESET_BASE_MODELS.get(args.preset)
-    args.base_model = args.base_model or (own.hub_id if own else PACKAGED_BASE_MODEL)
+    args.base_model = args.base_model or preset_base_model(args.preset)[0]
     device_config = config.for_device(torch.cuda.is_available())
     print(
         f"{describe_device()}: {args.preset} recipe, {len(train)} {source} x {args.epochs:g} epochs, batch "

@@ -33,10 +33,9 @@ from retrainer.core.labels import LABEL_TO_ID, LABELS
 from retrainer.core.scoring import evaluation_report, load_lexical_half, predict_probabilities
 from retrainer.core.training import TrainingSpec, fine_tune
 from retrainer.settings import (
-    PACKAGED_BASE_MODEL,
-    PRESET_BASE_MODELS,
     TRAINING_PRESETS,
     TrainingConfig,
+    preset_base_model,
     renamed_preset_message,
 )
 
@@ -176,10 +175,7 @@ def parse_config(spec: str) -> tuple[str, TrainingConfig]:
 
 def base_model_of(preset: str, given: str | None, revision: str) -> tuple[str, str]:
     """(model, revision) a configuration trains: `--base-model`, its preset's own, or the packaged one."""
-    if given:
-        return given, revision
-    own = PRESET_BASE_MODELS.get(preset)
-    return (own.hub_id, own.revision) if own else (PACKAGED_BASE_MODEL, "main")
+    return (given, revision) if given else preset_base_model(preset)
 
 
 def print_table(results: list[dict]) -> None:

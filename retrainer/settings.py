@@ -374,6 +374,14 @@ TRAINING_PRESETS: dict[str, TrainingConfig] = {
 """Named recipes (``retrainer run --preset NAME``; benchmarks/quality.py measures them)."""
 PRESET_BASE_MODELS: dict[str, PresetBaseModel] = {"large": MPNET_BASE}
 """Presets that bring their own base model (the others train the configured one)."""
+
+
+def preset_base_model(preset: str) -> tuple[str, str]:
+    """(base model, revision) a preset trains where nothing else is configured: its own, or the packaged."""
+    own = PRESET_BASE_MODELS.get(preset)
+    return (own.hub_id, own.revision) if own else (PACKAGED_BASE_MODEL, "main")
+
+
 RENAMED_PRESETS: dict[str, str] = {"seed": "reference"}
 """Old preset name -> its name now; an old name is refused with the new one in the message, not aliased."""
 
