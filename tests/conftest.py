@@ -30,10 +30,16 @@ MARK_BY_FIXTURE = {
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test by the fixtures it uses (pytest's closure of them), so tiers select by need."""
+    """Mark each test by the fixtures it uses (pytest's closure of them), so tiers select by need, and
+    group it for pytest-xdist (`make test` runs two workers with ``--dist loadgroup``)."""
+    demo_modules = {item.module.__name__ for item in items if "demo_run" in item.fixturenames}
     for item in items:
         for fixture in MARK_BY_FIXTURE.keys() & set(item.fixturenames):
             item.add_marker(MARK_BY_FIXTURE[fixture])
+        # A module's tests share a worker, so its module fixtures (servers, trained models) start once;
+        # the modules that read the demo's run share one too, so the demo trains once per test session.
+        module = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group("demo-run" if module in demo_modules else module))
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,13 @@
 """A real `prefect server start` on 127.0.0.1 for tests of automations (and later deployments)."""
 
+import base64
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -13,6 +16,8 @@ from retrainer.seaweed import free_ports
 
 class PrefectServer:
     """Runs the Prefect API + UI in a subprocess with its own SQLite database; stopped by PID."""
+
+    auth: str | None = None  # "user:password" of a server started with basic auth
 
     def __init__(self, home: Path) -> None:
         self.home = home
@@ -28,6 +33,35 @@ class PrefectServer:
             "PREFECT_HOME": str(self.home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         }
+
+    def api(self, path: str, body: object | None = None, method: str = "POST") -> object:
+        """Call the server's REST API (`path` under /api); the decoded JSON answer, or None."""
+        headers = {"Content-Type": "application/json"}
+        if self.auth:
+            headers["Authorization"] = "Basic " + base64.b64encode(self.auth.encode()).decode()
+        data = None if method == "GET" else json.dumps(body if body is not None else {}).encode()
+        request = urllib.request.Request(self.api_url + path, data=data, method=method, headers=headers)
+        for attempt in range(20):
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    text = response.read()
+                return json.loads(text) if text else None
+            except urllib.error.HTTPError as error:
+                # 503: SQLite was busy (a loaded box); Prefect's own client retries it too.
+                if error.code != 503 or attempt == 19:
+                    raise
+                time.sleep(0.5)
+
+    def describe_flow_runs(self, log_lines: int = 40) -> str:
+        """Every flow run's name, state and parent, and the newest log lines: why a wait timed out."""
+        runs = self.api("/flow_runs/filter", {"sort": "EXPECTED_START_TIME_ASC"})
+        lines = [
+            f"{run['name']} ({run['id']}): {run['state_name']}, parent task run {run['parent_task_run_id']}"
+            for run in runs
+        ]
+        logs = self.api("/logs/filter", {"sort": "TIMESTAMP_DESC", "limit": log_lines})
+        lines += [f"{log['timestamp']} {log['name']}: {log['message']}" for log in reversed(logs)]
+        return "\n".join(lines)
 
     def __enter__(self) -> "PrefectServer":
         self.home.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from decimal import Decimal
 from pathlib import Path
 
@@ -44,14 +43,7 @@ def chromium() -> str:
 
 
 def _flow_run_state(server: PrefectServer) -> str | None:
-    request = urllib.request.Request(
-        f"{server.api_url}/flow_runs/filter",
-        data=b"{}",
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        runs = json.loads(response.read())
+    runs = server.api("/flow_runs/filter")
     # The UI's run, not its in-process fine-tune subflow, which completes while the run still publishes.
     started = [run for run in runs if run["state_type"] != "SCHEDULED" and run["parent_task_run_id"] is None]
     return started[0]["state_type"] if started else None
@@ -108,7 +100,12 @@ def test_a_custom_run_from_the_ui_completes_and_publishes(chromium, flow_store_e
                 page.get_by_role("button", name="Submit").click()
                 deadline = time.monotonic() + 600
                 while _flow_run_state(server) not in {"COMPLETED", "FAILED", "CRASHED"}:
-                    assert time.monotonic() < deadline, "the run did not finish in 10 minutes"
+                    assert time.monotonic() < deadline, (
+                        "the run did not finish in 10 minutes:\n"
+                        + server.describe_flow_runs()
+                        + "\nworker log:\n"
+                        + (tmp_path / "worker.log").read_text()[-3000:]
+                    )
                     assert worker.poll() is None, (
                         "the worker exited:\n" + (tmp_path / "worker.log").read_text()[-3000:]
                     )

@@ -6,14 +6,12 @@ basic auth (as in infra/docker-compose.yml), and with an alert webhook on a priv
 server must then really deliver to.
 """
 
-import base64
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -250,6 +248,8 @@ def test_setup_retention_on_a_missing_bucket_fails_in_one_line(s3_settings, tmp_
 class _AuthPrefectServer(PrefectServer):
     """`prefect server start` with basic auth on, as infra/docker-compose.yml runs it."""
 
+    auth = AUTH
+
     def environment(self) -> dict[str, str]:
         return {**super().environment(), "PREFECT_SERVER_API_AUTH_STRING": AUTH}
 
@@ -270,25 +270,10 @@ def _client_env(
     return env
 
 
-def _api(server: PrefectServer, path: str, body: object | None = None, method: str = "POST") -> object:
-    request = urllib.request.Request(
-        server.api_url + path,
-        data=None if method == "GET" else json.dumps(body if body is not None else {}).encode(),
-        method=method,
-        headers={
-            "Content-Type": "application/json",
-            "Authorization": "Basic " + base64.b64encode(AUTH.encode()).decode(),
-        },
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        text = response.read()
-    return json.loads(text) if text else None
-
-
 def _server_state(server: PrefectServer) -> dict[str, list]:
     """What setup writes to the server: work pools, block documents, automations (with timestamps)."""
     return {
-        path: sorted((item["name"], item.get("updated")) for item in _api(server, path))
+        path: sorted((item["name"], item.get("updated")) for item in server.api(path))
         for path in ("/work_pools/filter", "/block_documents/filter", "/automations/filter")
     }
 
@@ -336,7 +321,7 @@ def _emit_validation_failed(server: PrefectServer, batch: str) -> None:
             "quarantined": 3,
         },
     }
-    _api(server, "/events", [event])
+    server.api("/events", [event])
 
 
 @pytest.mark.prefect
@@ -393,7 +378,7 @@ def deployed(auth_server, tmp_path_factory) -> list[dict]:
         check=False,
     )
     assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
-    return _api(auth_server, "/deployments/filter")
+    return auth_server.api("/deployments/filter")
 
 
 @pytest.mark.prefect
@@ -428,7 +413,7 @@ def test_a_worker_without_the_checkout_says_why_in_the_run_log(auth_server, depl
     """Before: the UI showed only "Process exited with status code: 1"; the reason was in the worker's
     own output."""
     [nightly] = [d for d in deployed if d["name"] == "nightly-retrain"]
-    flow_run = _api(auth_server, f"/deployments/{nightly['id']}/create_flow_run", {"parameters": {}})
+    flow_run = auth_server.api(f"/deployments/{nightly['id']}/create_flow_run", {"parameters": {}})
     worker = subprocess.run(
         [
             sys.executable,
@@ -450,9 +435,9 @@ def test_a_worker_without_the_checkout_says_why_in_the_run_log(auth_server, depl
         check=False,
     )
 
-    state = _api(auth_server, f"/flow_runs/{flow_run['id']}", method="GET")["state"]
+    state = auth_server.api(f"/flow_runs/{flow_run['id']}", method="GET")["state"]
     assert state["type"] == "CRASHED", worker.stdout[-3000:] + worker.stderr[-3000:]
-    logs = _api(auth_server, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run["id"]]}}})
+    logs = auth_server.api("/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run["id"]]}}})
     errors = [log["message"] for log in logs if log["level"] >= 40]
     assert any("RETRAINER_CHECKOUT_DIR=/nonexistent-on-worker: no such directory" in m for m in errors), [
         log["message"][:300] for log in logs

@@ -5,7 +5,6 @@ deployment runs tests/worker_stop_flow.py, which marks when it starts and when i
 """
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -33,24 +32,6 @@ def server(tmp_path_factory):
         yield prefect_server
 
 
-def _api(server: PrefectServer, method: str, path: str, body: dict | None = None):
-    request = urllib.request.Request(
-        server.api_url + path,
-        data=None if body is None else json.dumps(body).encode(),
-        method=method,
-        headers={"Content-Type": "application/json"},
-    )
-    for attempt in range(20):
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            # 503: SQLite was busy (a loaded box); Prefect's own client retries it too.
-            if error.code != 503 or attempt == 19:
-                raise
-            time.sleep(0.5)
-
-
 class Pool:
     """A fresh process work pool with a deployment of `sleep_then_mark`, and its worker subprocess."""
 
@@ -61,11 +42,9 @@ class Pool:
         self.worker: subprocess.Popen | None = None
         self.log = tmp_path / "worker.log"
         self.health_port = free_ports(("health",))["health"]
-        _api(server, "POST", "/work_pools/", {"name": self.name, "type": "process"})
-        flow = _api(server, "POST", "/flows/", {"name": "sleep-then-mark"})
-        self.deployment = _api(
-            server,
-            "POST",
+        server.api("/work_pools/", {"name": self.name, "type": "process"})
+        flow = server.api("/flows/", {"name": "sleep-then-mark"})
+        self.deployment = server.api(
             "/deployments/",
             {
                 "name": self.name,
@@ -100,20 +79,18 @@ class Pool:
     def create_run(self, seconds: float, ignore_sigterm: bool = False) -> tuple[str, Path]:
         marker = self.tmp_path / f"run-{uuid.uuid4().hex[:8]}"
         parameters = {"seconds": seconds, "marker": str(marker), "ignore_sigterm": ignore_sigterm}
-        run = _api(
-            self.server,
-            "POST",
+        run = self.server.api(
             f"/deployments/{self.deployment['id']}/create_flow_run",
             {"parameters": parameters},
         )
         return run["id"], marker
 
     def run_state(self, run_id: str) -> dict:
-        return _api(self.server, "GET", f"/flow_runs/{run_id}")["state"]
+        return self.server.api(f"/flow_runs/{run_id}", method="GET")["state"]
 
     def process_alive(self, run_id: str) -> bool:
         """Whether the flow run's process group (the worker records its PID on the run) still exists."""
-        pid = int(_api(self.server, "GET", f"/flow_runs/{run_id}")["infrastructure_pid"])
+        pid = int(self.server.api(f"/flow_runs/{run_id}", method="GET")["infrastructure_pid"])
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:
@@ -143,7 +120,7 @@ class Pool:
         """Stop the worker and any flow-run process left behind by a failed test."""
         if self.worker is not None:
             stop_worker(self.worker)
-        runs = _api(self.server, "POST", "/flow_runs/filter", {"work_pools": {"name": {"any_": [self.name]}}})
+        runs = self.server.api("/flow_runs/filter", {"work_pools": {"name": {"any_": [self.name]}}})
         for run in runs:
             if run["state_type"] not in FINAL and run.get("infrastructure_pid"):
                 with contextlib.suppress(ProcessLookupError, ValueError):
