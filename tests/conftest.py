@@ -12,6 +12,7 @@ from retrainer.seaweed import LocalS3
 from retrainer.settings import RetrainerSettings, S3Settings
 from retrainer.storage import ObjectStore, open_store
 from tests.demo_run import DemoRun, run_short_demo
+from tests.scheduling import check_demo_run_modules, module_scheduling, order_longest_first
 
 TEST_ACCESS_KEY = "retrainer-test"
 TEST_SECRET_KEY = "retrainer-test-secret"
@@ -30,16 +31,21 @@ MARK_BY_FIXTURE = {
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test by the fixtures it uses (pytest's closure of them), so tiers select by need, and
-    group it for pytest-xdist (`make test` runs two workers with ``--dist loadgroup``)."""
-    demo_modules = {item.module.__name__ for item in items if "demo_run" in item.fixturenames}
+    """Mark each test by the fixtures it uses (pytest's closure of them), so tiers select by need; put
+    the longest modules first for `make test`'s two workers (tests/scheduling.py)."""
     for item in items:
         for fixture in MARK_BY_FIXTURE.keys() & set(item.fixturenames):
             item.add_marker(MARK_BY_FIXTURE[fixture])
-        # A module's tests share a worker, so its module fixtures (servers, trained models) start once;
-        # the modules that read the demo's run share one too, so the demo trains once per test session.
-        module = item.module.__name__
-        item.add_marker(pytest.mark.xdist_group("demo-run" if module in demo_modules else module))
+    check_demo_run_modules(items)
+    order_longest_first(items)
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: this file also loads where xdist is absent
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """With ``--dist loadfile``: one worker per module, the demo's readers on one (tests/scheduling.py)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    return module_scheduling(config, log)
 
 
 @pytest.fixture(scope="session")
