@@ -25,12 +25,12 @@ demo: $(STAMP)
 	$(BIN)/retrainer demo
 
 # Two workers (pytest-xdist): most tests wait on servers, workers and subprocesses, so two share even a
-# 2-core machine well (38 min serial, 20 min on two, measured on one). A module runs whole on one
-# worker (tests/scheduling.py). TEST_WORKERS=0 runs serially.
+# 2-core machine well (39 min serial, 20-31 min on two, measured on one). A module runs whole on one
+# worker, in the order tests/scheduling.py sets. TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
 
 test: $(STAMP) lint
-	HF_HUB_OFFLINE=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 # The tests that need no SeaweedFS, Prefect server, browser, PostgreSQL or training and are not slow
 # (markers in pyproject.toml): the quick loop while editing. `make test` runs them all. With ephemeral

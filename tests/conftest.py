@@ -12,7 +12,7 @@ from retrainer.seaweed import LocalS3
 from retrainer.settings import RetrainerSettings, S3Settings
 from retrainer.storage import ObjectStore, open_store
 from tests.demo_run import DemoRun, run_short_demo
-from tests.scheduling import check_demo_run_modules, module_scheduling
+from tests.scheduling import check_demo_run_modules, module_scheduling, order_for_workers
 
 TEST_ACCESS_KEY = "retrainer-test"
 TEST_SECRET_KEY = "retrainer-test-secret"
@@ -31,11 +31,13 @@ MARK_BY_FIXTURE = {
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test by the fixtures it uses (pytest's closure of them), so tiers select by need."""
+    """Mark each test by the fixtures it uses (pytest's closure of them), so tiers select by need, and
+    order the modules for `make test`'s workers (tests/scheduling.py)."""
     for item in items:
         for fixture in MARK_BY_FIXTURE.keys() & set(item.fixturenames):
             item.add_marker(MARK_BY_FIXTURE[fixture])
     check_demo_run_modules(items)
+    order_for_workers(items)
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: this file also loads where xdist is absent

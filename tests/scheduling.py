@@ -6,16 +6,20 @@ for minutes) share one worker, so the demo trains once per test session, not onc
 (``--dist loadgroup`` with ``xdist_group`` marks would say this, but pytest 9.2 drops the group from the
 test ids: pytest-dev/pytest-xdist#1386.)
 
-xdist hands out the modules with the most tests first. That also pairs well here: the few long modules
-(the demo, the production topology, the browser run, DDP) have few tests, so they start late and mostly
-beside short ones. Measured on 2 cores, the suite took 1,226 s in that order and 1,556 s with the
-longest modules first, where two of them trained at once.
+Order: the production-topology test first, then the modules with the most tests first (xdist's own
+order, which `make test` turns off with ``--no-loadscope-reorder`` to apply this one). Most long
+modules have few tests, so they start late beside short ones; the topology test (one test, 3-7 minutes)
+came last that way and ran alone for 7 minutes at the end (1,864 s in all on 2 cores). Starting all the
+long modules first took 1,556 s: two long trainings ran at once.
 """
+
+from collections import Counter
 
 import pytest
 
 DEMO_RUN_MODULES = ("tests/test_cli.py", "tests/test_model_behaviour.py")
 DEMO_RUN_SCOPE = "demo-run"
+FIRST_MODULE = "tests/test_production_topology.py"
 
 
 def scope_of(module_path: str) -> str:
@@ -23,10 +27,26 @@ def scope_of(module_path: str) -> str:
     return DEMO_RUN_SCOPE if module_path in DEMO_RUN_MODULES else module_path
 
 
+def module_of(item: pytest.Item) -> str:
+    """The test's module, as pytest-xdist names its scope (the node id up to the first ``::``)."""
+    return item.nodeid.split("::", 1)[0]
+
+
+def order_for_workers(items: list[pytest.Item]) -> None:
+    """Sort `items` in place into the order the workers take their modules (see the module's docstring)."""
+    tests_per_scope = Counter(scope_of(module_of(item)) for item in items)
+
+    def rank(item: pytest.Item) -> tuple[bool, int, str]:
+        scope = scope_of(module_of(item))
+        return scope != FIRST_MODULE, -tests_per_scope[scope], scope
+
+    items.sort(key=rank)  # stable: a module's tests keep their order
+
+
 def check_demo_run_modules(items: list[pytest.Item]) -> None:
     """Refuse to run when a module reads ``demo_run`` but is missing from DEMO_RUN_MODULES (its worker
     would train the demo a second time)."""
-    readers = {item.nodeid.split("::", 1)[0] for item in items if "demo_run" in item.fixturenames}
+    readers = {module_of(item) for item in items if "demo_run" in item.fixturenames}
     if missing := readers - set(DEMO_RUN_MODULES):
         raise pytest.UsageError(f"add {sorted(missing)} to DEMO_RUN_MODULES in tests/scheduling.py")
 
