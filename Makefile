@@ -25,8 +25,8 @@ demo: $(STAMP)
 	$(BIN)/retrainer demo
 
 # Two workers (pytest-xdist): most tests wait on servers, workers and subprocesses, so two share even a
-# 2-core machine well (39 min serial, 20-31 min on two, measured on one). A module runs whole on one
-# worker, in the order tests/scheduling.py sets. TEST_WORKERS=0 runs serially.
+# 2-core machine well (39 min serial, 21-31 min on two, measured on one). A module runs whole on one
+# worker, the longest first (tests/scheduling.py). TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
 
 test: $(STAMP) lint

@@ -12,7 +12,7 @@ from retrainer.seaweed import LocalS3
 from retrainer.settings import RetrainerSettings, S3Settings
 from retrainer.storage import ObjectStore, open_store
 from tests.demo_run import DemoRun, run_short_demo
-from tests.scheduling import check_demo_run_modules, module_scheduling, order_for_workers
+from tests.scheduling import check_demo_run_modules, module_scheduling, order_longest_first
 
 TEST_ACCESS_KEY = "retrainer-test"
 TEST_SECRET_KEY = "retrainer-test-secret"
@@ -31,13 +31,13 @@ MARK_BY_FIXTURE = {
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test by the fixtures it uses (pytest's closure of them), so tiers select by need, and
-    order the modules for `make test`'s workers (tests/scheduling.py)."""
+    """Mark each test by the fixtures it uses (pytest's closure of them), so tiers select by need; put
+    the longest modules first for `make test`'s two workers (tests/scheduling.py)."""
     for item in items:
         for fixture in MARK_BY_FIXTURE.keys() & set(item.fixturenames):
             item.add_marker(MARK_BY_FIXTURE[fixture])
     check_demo_run_modules(items)
-    order_for_workers(items)
+    order_longest_first(items)
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: this file also loads where xdist is absent
