@@ -11,7 +11,7 @@ changes to pytest-xdist's own file scheduling:
 
 Measured with `.ci/run` on fresh clones (2 cores, all passing): 1,556 s of tests in this order;
 1,864 s in xdist's own order (most tests first), where the one-test production-topology module came
-last and ran alone for 7 minutes; more than 1,800 s with only that module first, where the one-test
+last and ran alone for 7 minutes; 1,947 s with only that module first, where the one-test
 browser module came last instead. Two long modules training at once slow each other down, but a long
 one alone at the end costs more.
 """
