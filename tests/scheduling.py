@@ -38,6 +38,11 @@ LONGEST_MODULES = (
 )
 
 
+def module_of(item: pytest.Item) -> str:
+    """The test's module, as pytest-xdist's file scheduling names it (the node id up to ``::``)."""
+    return item.nodeid.split("::", 1)[0]
+
+
 def scope_of(module_path: str) -> str:
     """The unit of work a module belongs to: its path, or the demo's scope for the demo's readers."""
     return DEMO_RUN_SCOPE if module_path in DEMO_RUN_MODULES else module_path
@@ -47,13 +52,13 @@ def order_longest_first(items: list[pytest.Item]) -> None:
     """Sort `items` (in place, stably) so the longest scopes come first; xdist hands out scopes in this
     order (with ``--no-loadscope-reorder``, which `make test` passes)."""
     rank = {scope: position for position, scope in enumerate(LONGEST_MODULES)}
-    items.sort(key=lambda item: rank.get(scope_of(item.nodeid.split("::", 1)[0]), len(rank)))
+    items.sort(key=lambda item: rank.get(scope_of(module_of(item)), len(rank)))
 
 
 def check_demo_run_modules(items: list[pytest.Item]) -> None:
     """Refuse to run when a module reads ``demo_run`` but is missing from DEMO_RUN_MODULES (its worker
     would train the demo a second time)."""
-    readers = {item.nodeid.split("::", 1)[0] for item in items if "demo_run" in item.fixturenames}
+    readers = {module_of(item) for item in items if "demo_run" in item.fixturenames}
     if missing := readers - set(DEMO_RUN_MODULES):
         raise pytest.UsageError(f"add {sorted(missing)} to DEMO_RUN_MODULES in tests/scheduling.py")
 
