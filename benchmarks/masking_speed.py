@@ -28,7 +28,14 @@ from retrainer.settings import TrainingConfig
 
 CUSTOMER_DATA = {
     "email": ["Please reply to {name}@example.com.", "My login is {name}.{n}@mail.example.org"],
-    "phone": ["Call me on +1 (555) {n3}-{n4}.", "Phone: 030 {n4}{n3}", "Reach me at 212-555-{n4}"],
+    "phone": [
+        "Call me on +1 (555) {n3}-{n4}.",
+        "Phone: 030 {n4}{n3}",
+        "Reach me at 212-555-{n4}",
+        "Ruf mich an: (030) {n4}{n3}",
+        "Mobil 0171 {n4}{n3}",
+    ],
+    "iban": ["Refund to DE89 3704 0044 0532 0130 00 please.", "IBAN GB82WEST12345698765432"],
     "card": ["The card 4111 1111 1111 1111 was charged twice.", "Paid with 5555555555554444 yesterday"],
     "ip": ["Our server 203.0.113.{octet} gets a 403.", "Blocked from 2001:db8:{n4}::{n3}"],
     "secret": [
@@ -44,6 +51,8 @@ LOOK_ALIKES = [
     'File "app/export.py", line {n3}, in save',
     "Build 4b825dc642cb6eb9a060e54bf8d69288fbee{n4} is affected.",
     "Chrome/120.0.0.{octet} on Windows.",
+    "Logged at 2026-03-{day} 09-52-{day} by job 0{n4}{n3}.",
+    "Part AB{day} {n4} {n4} is out of stock.",
 ]
 NAMES = ["jane.doe", "r.kowalski", "li.wei", "a.okafor", "m.garcia"]
 MASKING_OFF = {f"mask_{kind}": False for kind in MASK_KINDS}

@@ -49,6 +49,13 @@ MASKED = [
     ("phone", "US 212-555-0100, (212) 555-0100 or 212.555.0100", "US [phone], [phone] or [phone]"),
     ("phone", "Phone: 030 1234567", "Phone: [phone]"),
     ("phone", "Tel. 0151/12345678", "Tel. [phone]"),
+    # National numbers of countries that dial a trunk 0, without a label (issue 35: German ones passed).
+    ("phone", "Ruf an: (030) 1234567 oder 0171 2345678.", "Ruf an: [phone] oder [phone]."),
+    ("phone", "appelez le 01 42 68 53 00", "appelez le [phone]"),
+    ("phone", "ring 020 7946 0958 or 0049 30 12345678", "ring [phone] or [phone]"),
+    ("iban", "IBAN DE89 3704 0044 0532 0130 00, danke", "IBAN [iban], danke"),
+    ("iban", "refund to GB82WEST12345698765432.", "refund to [iban]."),
+    ("iban", "compte fr14 2004 1010 0505 0001 3m02 606", "compte [iban]"),
     ("card", "card 4111 1111 1111 1111 exp 12/25", "card [card] exp 12/25"),
     ("card", "card 4111-1111-1111-1111", "card [card]"),
     ("card", "paid with 5555555555554444.", "paid with [card]."),
@@ -146,6 +153,10 @@ KEPT = [
     ("Bearer followed by words", "Bearer tokens expire"),
     ("host names from links", "example.com, api.github.com, status.aws.amazon.com"),
     ("a product serial that is not Luhn-valid", "serial 4111-1111-1111-1112"),
+    ("an IBAN-shaped code with wrong check digits", "part DE89 3704 0044 0532 0130 01, ref AB12 3456 7890"),
+    ("dotted log time stamps and zero-led numbers", "at 07.064824 and 09.516035, ids 0584207 0208216"),
+    ("dates with dashes or slashes", "01-15, 05/01/2024, 2024/01/15 and 0-1 2"),
+    ("a trunk-0 number that no country has", "code 0000 0000"),
     # Found masked in the NLBSE'24 GitHub issues by a first version, and decided to stay:
     ("versions with a suffix", "Linux x64 5.15.90.1-microsoft, V8: 11.4.183.29-electron.0"),
     ("a version in quotes or after =>", 'found version "1.10.0.1", OpenCV => 4.5.5.64'),
@@ -192,11 +203,12 @@ def tokenizer():
 
 
 EVERY_KIND = (
-    "Refund for jane@example.com\nCard 4111 1111 1111 1111, call +1 (555) 123-4567, "
-    "from 192.168.1.10 with password=hunter22"
+    "Refund for jane@example.com to DE89 3704 0044 0532 0130 00\nCard 4111 1111 1111 1111, "
+    "call +1 (555) 123-4567, from 192.168.1.10 with password=hunter22"
 )
 RAW_VALUE = {
     "email": "jane@example.com",
+    "iban": "DE89 3704 0044 0532 0130 00",
     "card": "4111 1111 1111 1111",
     "phone": "+1 (555) 123-4567",
     "ip": "192.168.1.10",
@@ -223,7 +235,7 @@ def test_each_kind_has_a_switch_that_turns_only_it_off(kind, tokenizer):
 def test_a_switch_is_an_environment_variable(monkeypatch):
     monkeypatch.setenv("RETRAINER_TRAINING__MASK_PHONE", "false")
 
-    assert RetrainerSettings().training.input_recipe().mask == ("secret", "email", "card", "ip")
+    assert RetrainerSettings().training.input_recipe().mask == ("secret", "email", "iban", "card", "ip")
 
 
 def test_the_recipe_spells_a_set_of_kinds_one_way():
@@ -328,5 +340,5 @@ def test_the_model_card_names_the_masked_kinds_or_says_nothing_was_masked():
     default = masking_note(TrainingConfig().model_dump())
     unmasked = masking_note(TrainingConfig(**{f"mask_{kind}": False for kind in MASK_KINDS}).model_dump())
 
-    assert "`[secret]`, `[email]`, `[card]`, `[ip]`, `[phone]`" in default[1]
+    assert "`[secret]`, `[email]`, `[iban]`, `[card]`, `[ip]`, `[phone]`" in default[1]
     assert "not masked" in unmasked[1]

@@ -22,10 +22,16 @@ each kind is a pattern plus a check, and the ambiguous cases are decided as foll
   cannot be told from an address, so a version after a bare name (``cuDNN 8.6.0.163``, as ``pip
   list`` prints them) is masked too. IPv6 as Python's ``ipaddress`` reads it, with at least three
   groups written (``a[1::2]`` and ``fe80::1`` are kept).
-- ``phone``: an international number (``+`` and 8-15 digits), a North American one written with
-  separators (``(555) 123-4567``, ``555-123-4567``, ``555.123.4567``), or any 7-15 digits right after
+- ``iban``: an International Bank Account Number (a country's two letters, two check digits, the
+  account, maybe grouped by spaces) that `python-stdnum` accepts: the country's length and format and
+  the mod-97 check digits, so a part number that only looks like one stays.
+- ``phone``: decided by Google's numbering plans (`phonenumbers`) on a number written as phone numbers
+  are: with a ``+`` country code (a length that country's numbers can have); North American with
+  separators (``(555) 123-4567``, ``555-123-4567``, ``555.123.4567``); national with a trunk ``0`` and
+  a space, slash or dash after the area code (``(030) 1234567``, ``0171 2345678``, ``0151/12345678``)
+  that is a valid number in one of the countries dialling that way; or any 7-15 digits right after
   ``phone``/``tel``/``mobile``/``cell``/``fax``. Bare digit runs are never phones: they are order
-  numbers, timestamps and ids far more often.
+  numbers, timestamps and ids far more often; nor are dotted ones (``07.064824``: log timestamps).
 
 Placeholders match no pattern, so masking twice changes nothing.
 """
@@ -33,13 +39,18 @@ Placeholders match no pattern, so masking twice changes nothing.
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
+from functools import cache, lru_cache
 from typing import Literal, get_args
 
-MaskKind = Literal["secret", "email", "card", "ip", "phone"]
+import phonenumbers
+from stdnum import iban
+
+MaskKind = Literal["secret", "email", "iban", "card", "ip", "phone"]
 """A kind of customer data that masking replaces with ``[kind]``."""
 MASK_KINDS: tuple[MaskKind, ...] = get_args(MaskKind)
 """Every kind, in the order they are masked: secrets first (a key block holds digit runs and more),
-cards before phones and IPs before phones (a number is claimed by its most specific kind)."""
+IBANs before cards (an IBAN's digits can pass a card's Luhn check), cards and IPs before phones (a
+number is claimed by its most specific kind)."""
 
 _Replacement = str | Callable[[re.Match], str]
 _Hint = re.Pattern | tuple[str, ...]
@@ -222,22 +233,94 @@ _IP_RULES = [
 ]
 
 
+_IBAN_RULES = [
+    _rule(
+        r"[A-Za-z]{2}\d\d",
+        r"(?<![\w-])[A-Za-z]{2}\d\d(?:[ ]?[A-Za-z0-9]{4}){2,7}(?:[ ]?[A-Za-z0-9]{1,3})?(?![\w-])",
+        lambda match: "[iban]" if iban.is_valid(match.group().upper()) else match.group(),
+    ),
+]
+
+
 def _phone_digits(number: str) -> bool:
     """Whether `number` holds as many digits as a phone number does (7-15; 8-15 with a country code)."""
     count = sum(character.isdigit() for character in number)
     return (8 if number.startswith("+") else 7) <= count <= 15
 
 
+def _possible_phone(number: str, region: str | None) -> bool:
+    """Whether `number` has a length the numbering plan allows (`region` None: it starts with ``+``)."""
+    try:
+        return phonenumbers.is_possible_number(phonenumbers.parse(number, region))
+    except phonenumbers.NumberParseException:
+        return False
+
+
+@cache
+def trunk_zero_regions() -> tuple[str, ...]:
+    """The regions whose national numbers are dialled with a leading ``0`` (Germany, the UK, France, ...)."""
+    return tuple(
+        region
+        for region in sorted(phonenumbers.SUPPORTED_REGIONS)
+        if getattr(phonenumbers.PhoneMetadata.metadata_for_region(region), "national_prefix", None) == "0"
+    )
+
+
+def _written_like_a_national_phone(number: str) -> bool:
+    """Whether `number` is grouped as national phone numbers are, not as dates, times and hex dumps.
+
+    8 digits or more; a dash only before groups of three digits or more (``023-08-14`` is a date and
+    ``09-52-40`` a time); pairs alone only as five of them (the French ``01 42 68 53 00``, not the
+    ``01 00 00 00`` of a hex dump); and not zeros after the area code.
+    """
+    groups = re.findall(r"\d+", number)
+    after_area_code = groups[1:]
+    if sum(map(len, groups)) < 8 or not "".join(after_area_code).strip("0"):
+        return False
+    if "-" in number and any(len(group) < 3 for group in after_area_code):
+        return False
+    return not (all(len(group) == 2 for group in groups) and len(groups) != 5)
+
+
+@lru_cache(maxsize=4096)
+def _national_phone(number: str) -> bool:
+    """Whether `number`, dialled with ``00`` and a country code or with a trunk ``0``, is grouped like a
+    phone number and a valid one: in that country, or in a country that dials a trunk ``0``.
+
+    Cached: logs repeat their numbers, and a number no country has costs a parse per such country.
+    """
+    if not _written_like_a_national_phone(number):
+        return False
+    international = re.sub(r"^\(?00", "+", number)
+    if international != number:
+        return _valid_phone(international.replace(")", "", 1), None)
+    return any(_valid_phone(number, region) for region in trunk_zero_regions())
+
+
+def _valid_phone(number: str, region: str | None) -> bool:
+    try:
+        return phonenumbers.is_valid_number(phonenumbers.parse(number, region))
+    except phonenumbers.NumberParseException:
+        return False
+
+
 _PHONE_RULES = [
     _rule(
         r"\+\d",
         r"(?<![\w+])\+\d++(?:[ .-]?\(\d++\)|[ .-]\d++|(?<=\))\d++){0,6}(?!\w)",
-        lambda match: "[phone]" if _phone_digits(match.group()) else match.group(),
+        lambda match: "[phone]" if _possible_phone(match.group(), None) else match.group(),
     ),
     _rule(
         r"\d{3}(?:[-.]\d{3}[-.]\d|\))",
         r"(?<![\w+.-])(?:\([2-9]\d\d\)[ ]?[2-9]\d\d[-. ]|[2-9]\d\d([-.])[2-9]\d\d\1)\d{4}(?![\w]|[.-]\d)",
-        "[phone]",
+        lambda match: "[phone]" if _possible_phone(match.group(), "US") else match.group(),
+    ),
+    _rule(
+        r"(?<![\w.])\(?0\d{1,5}\)?[ /-]\d\d",
+        # a trunk 0 and the area code, or 00 and a country code: "00" alone is a hex dump's byte
+        r"(?<![\w.+/:-])(?:\(00?[1-9]\d{0,4}\)[ ]?|00?[1-9]\d{0,4}[ /-])\d{2,}(?:[ -]\d{2,}){0,3}"
+        r"(?![\w]|[.:/-]\d)",
+        lambda match: "[phone]" if _national_phone(match.group()) else match.group(),
     ),
     _rule(
         ("phone", "tel", "mob", "cell", "fax", "whatsapp"),
@@ -250,6 +333,7 @@ _PHONE_RULES = [
 _RULES: dict[MaskKind, list[_Rule]] = {
     "secret": _SECRET_RULES,
     "email": _EMAIL_RULES,
+    "iban": _IBAN_RULES,
     "card": _CARD_RULES,
     "ip": _IP_RULES,
     "phone": _PHONE_RULES,
