@@ -8,7 +8,9 @@ contract the product relies on from S3 (tests/test_storage.py runs the same test
   file, written beside it and renamed into place, so a reader sees the old object or the new one;
 - `if_none_match` and `if_match` are decided under an exclusive `flock`, so of two processes racing to
   create a key or to move a pointer from one ETag, exactly one wins;
-- listings are sorted by key; a prefix is a string prefix, not a folder.
+- listings are sorted by key; a prefix is a string prefix, not a folder;
+- nothing is read, written or listed through a symbolic link below the bucket folder (a link could lead
+  anywhere on the host): such a key raises `InvalidKeyError`, and listings skip it with a warning.
 
 Limits: one host (or a file system with working POSIX locks); no bucket versioning and no lifecycle
 rules (`apply_expiry_rules` says which to apply by other means); object tags live in a file beside the
@@ -18,6 +20,7 @@ object. Production with several hosts uses S3.
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -32,6 +35,7 @@ from retrainer.storage import (
     BucketAccessDeniedError,
     BucketNotFoundError,
     ExpiryRule,
+    InvalidKeyError,
     LifecycleUnsupportedError,
     ObjectInfo,
     ObjectStore,
@@ -44,6 +48,7 @@ and a folder of one name cannot)."""
 TAGS_SUFFIX = ".~tags"
 _RESERVED = ".~store"  # temporary files and locks, beside the objects on the same file system
 _LOCK_STRIPES = 64  # one lock file per stripe of keys: writers of different keys rarely wait for each other
+_log = logging.getLogger(__name__)
 
 
 def directory_of(endpoint_url: str) -> Path:
@@ -109,15 +114,30 @@ class DirectoryStore(ObjectStore):
 
     def _iter_keys(self, prefix: str) -> Iterator[tuple[str, Path]]:
         """(key, object file) of every object under `prefix`, from the folder walk alone."""
-        for folder, subfolders, files in os.walk(self._listing_root(prefix)):
-            if Path(folder) == self.bucket_dir:
-                subfolders[:] = [name for name in subfolders if name != _RESERVED]
-            for name in files:
-                if name.endswith(OBJECT_SUFFIX):
-                    path = Path(folder) / name
-                    key = path.relative_to(self.bucket_dir).as_posix()[: -len(OBJECT_SUFFIX)]
-                    if key.startswith(prefix):
-                        yield key, path
+        root = self._listing_root(prefix)
+        link = self._first_link(root)
+        if link is not None:
+            _log.warning("not listing %s: %s is a symbolic link", self.uri(prefix), link)
+            return
+        for path in self._walk(root):
+            key = path.relative_to(self.bucket_dir).as_posix()[: -len(OBJECT_SUFFIX)]
+            if key.startswith(prefix):
+                yield key, path
+
+    def _walk(self, folder: Path) -> Iterator[Path]:
+        """The object files below `folder`, never entering or yielding a symbolic link."""
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):  # deleted meanwhile, or no such folder
+            return
+        for entry in entries:
+            if entry.is_symlink():
+                _log.warning("skipping %s: a symbolic link in the local store is never followed", entry.path)
+            elif entry.is_dir():
+                if not (entry.name == _RESERVED and folder == self.bucket_dir):
+                    yield from self._walk(Path(entry.path))
+            elif entry.name.endswith(OBJECT_SUFFIX):
+                yield Path(entry.path)
 
     def list_folders(self, prefix: str) -> list[str]:
         # folder names come from the keys alone: no object file is opened
@@ -152,6 +172,11 @@ class DirectoryStore(ObjectStore):
             staged.unlink(missing_ok=True)
         return etag
 
+    def _ambiguous(self, error: Exception) -> bool:
+        # A condition is decided under the key's lock, never ambiguous; an OS error may come after the
+        # rename that made the write (the tags' clean-up), so the put reads back what is there.
+        return isinstance(error, OSError)
+
     def _download(self, key: str, target: Path) -> None:
         with self._path(key).open("rb") as source, target.open("wb") as out:
             source.readline()  # the header
@@ -170,17 +195,29 @@ class DirectoryStore(ObjectStore):
     # -- the folder layout -----------------------------------------------------------------------
 
     def _path(self, key: str, suffix: str = OBJECT_SUFFIX) -> Path:
-        """The file of `key`; refuses keys that would leave the bucket or clash with the layout."""
+        """The file of `key`; refuses (`InvalidKeyError`) keys that would leave the bucket, clash with the
+        layout, or lead through a symbolic link."""
         parts = key.split("/")
-        if (
-            not key
-            or key.startswith("/")
-            or parts[0] == _RESERVED
-            or any(part in ("", ".", "..") for part in parts)
-            or any(part.endswith((OBJECT_SUFFIX, TAGS_SUFFIX)) for part in parts)
-        ):
-            raise ValueError(f"key {key!r} cannot be stored in the local directory store")
-        return self.bucket_dir.joinpath(*parts[:-1], parts[-1] + suffix)
+        if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            reason = "an empty, absolute, `.` or `..` part would leave the bucket"
+        elif parts[0] == _RESERVED or any(part.endswith((OBJECT_SUFFIX, TAGS_SUFFIX)) for part in parts):
+            reason = f"a part named {_RESERVED} or ending in {OBJECT_SUFFIX} or {TAGS_SUFFIX} is the store's"
+        else:
+            path = self.bucket_dir.joinpath(*parts[:-1], parts[-1] + suffix)
+            link = self._first_link(path)
+            if link is None:
+                return path
+            reason = f"{link} is a symbolic link, never followed out of the bucket folder"
+        raise InvalidKeyError(f"key {key!r} cannot be stored in the local directory store: {reason}")
+
+    def _first_link(self, path: Path) -> Path | None:
+        """The first folder or file from the bucket folder down to `path` that is a symbolic link."""
+        current = self.bucket_dir
+        for part in path.relative_to(self.bucket_dir).parts:
+            current = current / part
+            if current.is_symlink():
+                return current
+        return None
 
     def _listing_root(self, prefix: str) -> Path:
         """The deepest folder holding every key that starts with `prefix`."""

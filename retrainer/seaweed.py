@@ -11,8 +11,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+_PROBE_PATH = ".local-s3-ready/probe"  # a filer path outside /buckets: no bucket lists it
+_PROBE_BUCKET = "local-s3-readiness-probe"  # never created: asking for it is the probe
 
 # Each component's HTTP port; SeaweedFS derives gRPC ports (+10000) unless told, so we tell it.
 _PORT_FLAGS = ("s3.port", "master.port", "filer.port", "volume.port", "admin.port")
@@ -34,7 +38,7 @@ class LocalS3:
         return f"http://127.0.0.1:{self.ports['s3.port']}"
 
     def start(self, timeout_s: float = 30.0) -> "LocalS3":
-        """Start SeaweedFS and wait until its S3 port answers.
+        """Start SeaweedFS and wait until it serves data (`_serves_data`), not merely until a port answers.
 
         A restart (after `stop` or `kill`) keeps the ports, so clients keep their endpoint, and the
         data directory, so stored objects survive.
@@ -83,11 +87,42 @@ class LocalS3:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"weed mini exited with {self.process.returncode}; see {self.log_path}")
-            if _s3_answers(self.ports["s3.port"]):
+            if _s3_answers(self.ports["s3.port"]) and self._serves_data():
                 return
             time.sleep(0.1)
         self.stop()
-        raise TimeoutError(f"SeaweedFS S3 did not answer within {timeout_s}s; see {self.log_path}")
+        raise TimeoutError(f"SeaweedFS S3 did not serve data within {timeout_s}s; see {self.log_path}")
+
+    def _serves_data(self) -> bool:
+        """True once the data path works, as right after a restart it may not yet while the ports answer:
+        a file written through the filer reads back from the volume server (outside /buckets, so no S3
+        listing shows it), and a signed S3 request is answered by the gateway after asking the filer."""
+        from retrainer.settings import S3Settings  # here: the settings are not needed to start weed
+        from retrainer.storage import BucketNotFoundError, ObjectStore
+
+        probe = f"http://127.0.0.1:{self.ports['filer.port']}/{_PROBE_PATH}"
+        body = os.urandom(16).hex().encode()
+        try:
+            urllib.request.urlopen(urllib.request.Request(probe, data=body, method="PUT"), timeout=2).close()
+            with urllib.request.urlopen(probe, timeout=2) as answer:
+                if answer.read() != body:
+                    return False
+        except OSError:  # refused, reset, timed out, or an HTTP error status
+            return False
+        settings = S3Settings(
+            endpoint_url=self.endpoint_url,
+            bucket=_PROBE_BUCKET,
+            max_attempts=1,
+            connect_timeout_s=2,
+            read_timeout_s=2,
+        )
+        try:
+            ObjectStore(settings, credentials=(self.access_key, self.secret_key)).require_bucket()
+        except BucketNotFoundError:
+            return True  # answered after asking the filer: the gateway serves
+        except Exception:  # any other failure of the signed request (5xx, reset, timeout): not ready yet
+            return False
+        return True
 
 
 def weed_binary() -> str:

@@ -5,13 +5,16 @@ This is the only module that builds a boto3 client. Credentials come from boto3'
 so they cannot leak into logs or artifacts through a settings dump.
 """
 
+import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
+from botocore.retries import standard as standard_retries
 
 from retrainer.settings import S3Settings
 
@@ -19,6 +22,9 @@ _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 _PRECONDITION_CODES = {"412", "PreconditionFailed", "ConditionalRequestConflict"}
 _DELETE_BATCH = 1000  # the most keys one DeleteObjects request may carry
 _DENIED_CODES = {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+_BACKOFF_FIRST_S = 0.5  # back-off before the first retry; it doubles up to _BACKOFF_MAX_S
+_BACKOFF_MAX_S = 8.0
+_STARTED = "retrainer_started"  # where a request's first attempt is stamped in botocore's request context
 
 
 class StorageError(Exception):
@@ -27,6 +33,11 @@ class StorageError(Exception):
 
 class PreconditionFailedError(StorageError):
     """A conditional write lost: the object exists (If-None-Match) or changed (If-Match)."""
+
+
+class InvalidKeyError(StorageError, ValueError):
+    """A key this store cannot hold or reach safely (the message names it and says why); nothing was
+    read or written. E.g. a key clashing with the local directory store's own file suffixes."""
 
 
 class BucketNotFoundError(StorageError):
@@ -229,8 +240,46 @@ class ObjectStore:
 
         `if_none_match=True` writes only if the key does not exist; `if_match=etag` only if the
         object still has that ETag. A losing condition raises `PreconditionFailedError`.
+
+        A conditional write knows its own success: when its outcome is ambiguous (the answer was lost,
+        or a refusal came to a retry whose earlier attempt may have written), the object is read back,
+        and if it holds exactly `data` the write succeeded and its ETag is returned.
         """
-        return self._write(key, data, content_type, if_none_match, if_match)
+        try:
+            return self._write(key, data, content_type, if_none_match, if_match)
+        except Exception as error:
+            conditional = if_none_match or if_match is not None
+            if not conditional or not self._ambiguous(error):
+                raise
+            return self._settle(key, data, error)
+
+    def _ambiguous(self, error: Exception) -> bool:
+        """True when a failed write may nevertheless have happened: a refusal that came to a retry (an
+        earlier attempt may have written and lost its answer), or a lost answer, a timeout or a server
+        error that ended the retries."""
+        if isinstance(error, PreconditionFailedError):
+            return isinstance(error.__cause__, ClientError) and _retry_attempts(error.__cause__) > 0
+        if isinstance(error, ClientError):
+            return str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")).startswith("5")
+        return isinstance(error, BotoCoreError)
+
+    def _settle(self, key: str, data: bytes, error: Exception) -> str:
+        """Decide an ambiguous conditional write by reading `key` back: its ETag when it holds exactly
+        `data` (the write happened), else the error it is (a lost race stays `PreconditionFailedError`)."""
+        try:
+            found = self.get_if_exists(key)
+        except (ClientError, BotoCoreError, OSError) as unreadable:
+            raise StorageError(
+                f"conditional write to {self.uri(key)} may have happened ({_one_line(error)}); reading it "
+                f"back failed too ({_one_line(unreadable)})"
+            ) from error
+        if found is not None and found[0] == data:
+            return found[1]
+        if isinstance(error, PreconditionFailedError):
+            raise error
+        raise StorageError(
+            f"conditional write to {self.uri(key)} failed ({_one_line(error)}); it does not hold this write"
+        ) from error
 
     def _write(
         self, key: str, data: bytes, content_type: str, if_none_match: bool, if_match: str | None
@@ -334,7 +383,9 @@ def open_store(settings: S3Settings, credentials: tuple[str, str] | None = None)
 
 def _build_client(settings: S3Settings, credentials: tuple[str, str] | None = None):
     config = Config(
-        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+        retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.read_timeout_s,
         max_pool_connections=settings.max_pool_connections,  # concurrent loads need more than the default 10
     )
     keys = (
@@ -342,10 +393,62 @@ def _build_client(settings: S3Settings, credentials: tuple[str, str] | None = No
         if credentials
         else {}
     )
-    return boto3.client(
+    client = boto3.client(
         "s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config, **keys
     )
+    _pace_retries(client, settings)
+    return client
+
+
+def _pace_retries(client, settings: S3Settings) -> None:
+    """Replace botocore's standard retry handler by `_PacedRetries`: the same decisions on what is
+    retried, paced to ride out a store restart, and no retry after `retry_deadline_s`."""
+    unique_id = "retry-config-s3"  # what botocore registers its standard handler as
+    client.meta.events.unregister("needs-retry.s3", unique_id=unique_id)
+    client.meta.events.register("before-call.s3", _stamp_first_attempt)
+    client.meta.events.register(
+        "needs-retry.s3", _PacedRetries(settings.max_attempts, settings.retry_deadline_s), unique_id=unique_id
+    )
+
+
+def _stamp_first_attempt(context: dict, **_) -> None:
+    context[_STARTED] = time.monotonic()
+
+
+class _PacedRetries:
+    """A needs-retry handler: botocore's standard retry conditions (connection errors, timeouts, 5xx,
+    throttling; `max_attempts` in all), a back-off doubling from 0.5 s to 8 s, and a deadline.
+
+    botocore's own back-off for a 5xx or a lost connection starts at 50 ms and is spent in about a
+    second, and its retry quota (shared by a client's threads) stops retries when many requests fail
+    at once: both too soon for a store that restarts. The deadline keeps the total bounded instead.
+    """
+
+    def __init__(self, max_attempts: int, deadline_s: float) -> None:
+        self._conditions = standard_retries.StandardRetryConditions(max_attempts=max_attempts)
+        self._adapter = standard_retries.RetryEventAdapter()
+        self._deadline_s = deadline_s
+
+    def __call__(self, *, attempts: int, request_dict: dict, **kwargs) -> float | bool | None:
+        context = self._adapter.create_retry_context(attempts=attempts, request_dict=request_dict, **kwargs)
+        retryable = self._conditions.is_retryable(context)
+        self._adapter.adapt_retry_response_from_context(context)  # "reached max retries" in the message
+        if not retryable:
+            return None
+        delay = min(_BACKOFF_FIRST_S * 2 ** (attempts - 1), _BACKOFF_MAX_S) * random.uniform(0.5, 1.0)
+        started = request_dict.get("context", {}).get(_STARTED)
+        if started is not None and time.monotonic() - started + delay > self._deadline_s:
+            return False  # botocore then raises the last attempt's error, which names the endpoint
+        return delay
 
 
 def _error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _retry_attempts(error: ClientError) -> int:
+    return int(error.response.get("ResponseMetadata", {}).get("RetryAttempts") or 0)
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__

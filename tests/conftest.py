@@ -87,6 +87,21 @@ def store(s3_settings) -> ObjectStore:
     return object_store
 
 
+@pytest.fixture
+def fault_proxy(local_s3):
+    """A fault-injecting proxy (tests/fault_proxy.py) in front of the session's SeaweedFS."""
+    from tests.fault_proxy import FaultProxy
+
+    with FaultProxy(local_s3.endpoint_url) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def proxied_store(store, fault_proxy) -> ObjectStore:
+    """`store`'s bucket reached through `fault_proxy`: its rules decide what each request meets."""
+    return ObjectStore(store.settings.model_copy(update={"endpoint_url": fault_proxy.endpoint_url}))
+
+
 @pytest.fixture(params=[pytest.param("seaweedfs", marks=pytest.mark.s3), "directory"])
 def any_store(request, tmp_path_factory) -> ObjectStore:
     """A fresh, existing bucket on SeaweedFS over HTTP, or in a local folder (``file://``): a test taking

@@ -53,12 +53,13 @@ def _await_restarts() -> None:
 
 @pytest.fixture
 def chaos_store(s3_server, monkeypatch, tiny_model_dir, tmp_path, prefect_api) -> ObjectStore:
-    """The retrain flow's store on the test's own server; few botocore attempts, so faults surface fast."""
-    settings = S3Settings(endpoint_url=s3_server.endpoint_url, bucket="chaos", max_attempts=2)
+    """The retrain flow's store on the test's own server; few attempts (3, over about a second), so the
+    run meets the fault instead of riding out the restart, as the default (10 over up to a minute) would."""
+    settings = S3Settings(endpoint_url=s3_server.endpoint_url, bucket="chaos", max_attempts=3)
     for name, value in {
         "RETRAINER_S3__ENDPOINT_URL": settings.endpoint_url,
         "RETRAINER_S3__BUCKET": settings.bucket,
-        "RETRAINER_S3__MAX_ATTEMPTS": "2",
+        "RETRAINER_S3__MAX_ATTEMPTS": "3",
         "RETRAINER_BASE_MODEL": str(tiny_model_dir),
         "RETRAINER_WORK_DIR": str(tmp_path / "work"),
     }.items():

@@ -1,6 +1,8 @@
 """The storage seam's contract, against a real SeaweedFS over HTTP and against the local-directory store
 (`retrainer.directory_store`): the tests taking `any_store` (tests/conftest.py) run on both."""
 
+import os
+import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 
@@ -8,15 +10,20 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from retrainer.settings import S3Settings
+import tasks.registry  # noqa: F401  (imported here: the silent-store test times the store, not imports)
+from app import cli
+from retrainer.settings import CLI_ENVIRONMENT_DEFAULTS, S3Settings
 from retrainer.storage import (
     BucketNotFoundError,
     ExpiryRule,
+    InvalidKeyError,
     LifecycleUnsupportedError,
     ObjectStore,
     PreconditionFailedError,
+    StorageError,
     open_store,
 )
+from tests.fault_proxy import when
 
 
 def _put_if_absent(settings: S3Settings, key: str, body: bytes) -> bool:
@@ -121,7 +128,7 @@ def test_the_directory_store_keeps_keys_inside_its_bucket_and_has_no_lifecycle_r
     store.ensure_bucket()
 
     for bad in ("../escape", "a/../../b", "/abs", "a//b", "", "x.~object/y"):
-        with pytest.raises(ValueError, match="cannot be stored"):
+        with pytest.raises(InvalidKeyError, match="cannot be stored"):
             store.put(bad, b"1")
     with pytest.raises(LifecycleUnsupportedError, match="runs/: 14 days"):
         store.apply_expiry_rules([ExpiryRule("expire-runs", "runs/", 14)])
@@ -233,3 +240,134 @@ def test_the_run_scratch_expiry_rule_is_set_once_and_keeps_the_buckets_other_rul
     assert by_id["ticket-retrainer-expire-runs"]["Expiration"] == {"Days": 14}
     assert by_id["ticket-retrainer-expire-runs"]["Filter"] == {"Prefix": "runs/"}
     assert by_id["operators-own"]["Expiration"] == {"Days": 3}
+
+
+# -- conditional writes that know their own success (issue 35, item 3) ---------------------------------
+
+
+@pytest.mark.parametrize("condition", ["if_none_match", "if_match"])
+def test_a_conditional_write_whose_answer_was_lost_reports_its_success(proxied_store, fault_proxy, condition):
+    earlier = proxied_store.put("models/production.json", b"v1") if condition == "if_match" else None
+    conditions = {"if_match": earlier} if earlier else {"if_none_match": True}
+    fault_proxy.drop_response(when(method="PUT", key="models/production.json"))
+
+    etag = proxied_store.put("models/production.json", b"v2", **conditions)
+
+    # the first attempt wrote and lost its answer; botocore's retry was refused (412) by that very write
+    outcomes = [seen.outcome for seen in fault_proxy.seen(when(method="PUT", key="models/production.json"))]
+    assert outcomes[-2:] == ["dropped", 412]
+    assert proxied_store.get("models/production.json") == (b"v2", etag)
+
+
+def test_a_lost_answer_to_a_lost_race_is_still_a_lost_race(proxied_store, fault_proxy, store):
+    store.put("models/production.json", b"the other run's pointer")
+    fault_proxy.drop_response(when(method="PUT", key="models/production.json"))
+
+    with pytest.raises(PreconditionFailedError):
+        proxied_store.put("models/production.json", b"mine", if_none_match=True)
+    assert store.get("models/production.json")[0] == b"the other run's pointer"
+
+
+def test_a_conditional_write_that_never_landed_fails_naming_the_object(store, fault_proxy):
+    settings = store.settings.model_copy(
+        update={"endpoint_url": fault_proxy.endpoint_url, "max_attempts": 2, "retry_deadline_s": 5}
+    )
+    fault_proxy.fail(when(method="PUT"), times=None, status=500, code="InternalError")
+
+    with pytest.raises(StorageError, match=r"conditional write to s3://.*/state/manifest.json failed"):
+        ObjectStore(settings).put("state/manifest.json", b"m", if_none_match=True)
+    assert store.get_if_exists("state/manifest.json") is None
+
+
+def test_the_folder_store_reads_back_a_write_whose_clean_up_failed(tmp_path):
+    store = open_store(S3Settings(endpoint_url=tmp_path.as_uri(), bucket="local"))
+    store.ensure_bucket()
+    (store.bucket_dir / "state" / "manifest.json.~tags" / "x").mkdir(parents=True)  # unlink() fails
+
+    etag = store.put("state/manifest.json", b"m", if_none_match=True)
+
+    assert store.get("state/manifest.json") == (b"m", etag)
+
+
+# -- a bounded wait on a silent store, retries that ride out a restart (issue 35, items 10 and 13) -----
+
+
+def test_models_list_on_a_store_that_never_answers_fails_in_bounded_time_naming_it(
+    store, fault_proxy, monkeypatch, capsys, tmp_path
+):
+    for name, value in {
+        **{name: os.environ.get(name, value) for name, value in CLI_ENVIRONMENT_DEFAULTS.items()},
+        "RETRAINER_S3__ENDPOINT_URL": fault_proxy.endpoint_url,
+        "RETRAINER_S3__BUCKET": store.bucket,
+        "RETRAINER_S3__READ_TIMEOUT_S": "1",
+        "RETRAINER_S3__RETRY_DEADLINE_S": "3",
+        "RETRAINER_WORK_DIR": str(tmp_path / "work"),
+    }.items():
+        monkeypatch.setenv(name, value)  # main() sets CLI defaults in os.environ: undone after the test
+    fault_proxy.hang(when(), times=None)  # accepts every connection, never answers
+
+    started = time.monotonic()
+    code = cli.main(["models", "list"])
+
+    took = time.monotonic() - started
+    # retried, then stopped at the 3 s deadline plus one attempt's 1 s (and a loaded machine's slack);
+    # botocore's default read timeout alone is 60 s an attempt
+    assert 2.0 < took < 15, took
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and line.startswith("retrainer: error: ") and fault_proxy.endpoint_url in line, line
+    assert "timeout" in line.lower() and len(fault_proxy.seen()) >= 2
+
+
+def test_retries_back_off_long_enough_to_ride_out_seconds_of_server_errors(proxied_store, fault_proxy):
+    started = time.monotonic()
+    fault_proxy.fail(when(method="GET"), times=5, status=503, code="ServiceUnavailable")
+
+    assert proxied_store.get_if_exists("nothing") is None  # the sixth attempt got the real answer
+
+    # botocore's own back-off for a 5xx is spent in ~1.5 s; ours waits 0.25-0.5, 0.5-1, 1-2, 2-4, 4-8 s
+    assert time.monotonic() - started > 7.5
+    assert [seen.outcome for seen in fault_proxy.seen(when(method="GET"))][-1] == 404
+
+
+# -- the folder store never follows a symbolic link (issue 35, item 6) --------------------------------
+
+
+def _folder_store(tmp_path):
+    store = open_store(S3Settings(endpoint_url=(tmp_path / "objects").as_uri(), bucket="local"))
+    store.ensure_bucket()
+    return store
+
+
+def test_the_folder_store_never_reads_lists_or_writes_through_a_symbolic_link(tmp_path):
+    store = _folder_store(tmp_path)
+    outside = tmp_path / "outside"
+    (outside / "quarantine").mkdir(parents=True)
+    (outside / "secret.csv.~object").write_bytes(b'{"etag": "\\"x\\"", "size": 3}\nabc')
+    store.put("incoming/good.csv", b"good")
+    os.symlink(outside / "secret.csv.~object", store.bucket_dir / "incoming" / "linked.csv.~object")
+    os.symlink(outside, store.bucket_dir / "incoming" / "folder")
+    os.symlink(outside / "quarantine", store.bucket_dir / "quarantine")
+
+    assert [info.key for info in store.list_objects("")] == ["incoming/good.csv"]
+    assert store.list_objects("quarantine/") == [] and store.list_objects("incoming/folder/") == []
+    assert store.list_folders("") == ["incoming/"]
+    for key in ("incoming/linked.csv", "incoming/folder/secret.csv"):
+        with pytest.raises(InvalidKeyError, match=f"key '{key}' .* symbolic link"):
+            store.get(key)
+    with pytest.raises(InvalidKeyError, match=r"key 'quarantine/run-1/bad\.csv' .* symbolic link"):
+        store.put("quarantine/run-1/bad.csv", b"rows", if_none_match=True)
+    with pytest.raises(InvalidKeyError):
+        store.delete("incoming/folder/secret.csv")
+    assert sorted(p.name for p in outside.rglob("*")) == ["quarantine", "secret.csv.~object"]
+
+
+@pytest.mark.parametrize(
+    "key", ["incoming/a.~object", "incoming/a.~tags", "incoming/x.~tags/a.csv", ".~store/x"]
+)
+def test_a_key_that_clashes_with_the_folder_stores_own_names_is_refused_naming_it(tmp_path, key):
+    store = _folder_store(tmp_path)
+
+    for operation in (lambda: store.put(key, b"1"), lambda: store.get(key), lambda: store.delete(key)):
+        with pytest.raises(InvalidKeyError, match=f"key '{key}' cannot be stored .* the store's"):
+            operation()
+    assert store.list_objects("") == []
