@@ -43,10 +43,14 @@ def forget(
     resources = resources or Resources.from_environment()
     store, ids = resources.store, request["ticket_ids"]
     store.require_bucket()
-    curated = erase_curated_and_incoming_task(store, ids, resources.settings.ingest)
+    curated = erase_curated_and_incoming_task(
+        store, ids, resources.settings.ingest, request_id=request["request_id"]
+    )
     quarantine = erase_from_quarantine_task(store, ids, resources.settings.ingest)
     models = published_exposure_task(store, ids)  # before their superseded datasets are deleted
-    datasets = delete_superseded_datasets_task(store, ids, curated.dataset_version_after)
+    # Only what was listed before the erasure's manifest commit: a version written since may be named
+    # by a run's commit still to come (tasks/erasure.py, erase_curated_and_incoming).
+    datasets = delete_superseded_datasets_task(store, ids, curated.dataset_version_after, curated.existing)
     record = record_erasure_task(store, erasure_record(request, curated, quarantine, models, datasets))
     for line in record.summary():
         run_logger().info("%s", line)

@@ -23,12 +23,12 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from retrainer.core.training_plan import unseen_mask
 from retrainer.retention import SUPERSEDED_TAG
 from retrainer.storage import ObjectInfo, ObjectStore, PreconditionFailedError, StorageError
-from tasks.common import once_task, read_task
+from tasks.common import PermanentError, once_task, read_task
 
 TRAIN, VALIDATION, EVAL = "train", "validation", "eval"
 SPLITS = (TRAIN, VALIDATION, EVAL)
@@ -36,6 +36,21 @@ VERSION_FILE = "version.json"
 LEGACY_FILE = "curated.parquet"  # a version written before parts: all its rows in one object
 PARTS_FOLDER = "parts/"
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
+class DatasetObjectError(StorageError, PermanentError):
+    """A dataset version file that cannot be read, or a part a version lists that is gone or altered:
+    asking again cannot mend it; the message names the object and the remedy."""
+
+
+class MissingDatasetPartError(DatasetObjectError, KeyError):
+    """A part a dataset version lists is gone (a `KeyError` too: callers that expect one still get it)."""
+
+    def __str__(self) -> str:  # KeyError's own would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+_RESTORE = "restore it from the bucket's versioning or a backup"
 
 
 class DatasetPart(BaseModel):
@@ -124,16 +139,31 @@ def version_parts(store: ObjectStore, dataset_version: str) -> list[DatasetPart]
     (its rows not counted: 0), which raises `KeyError` when read if that version does not exist."""
     found = store.get_if_exists(version_key(store, dataset_version))
     if found is not None:
-        return DatasetVersion.model_validate_json(found[0]).parts
+        return _version_file(store, dataset_version, found[0]).parts
     return [DatasetPart(key=legacy_key(store, dataset_version), rows=0, added_by=dataset_version)]
 
 
+def _version_file(store: ObjectStore, dataset_version: str, data: bytes) -> DatasetVersion:
+    """The version file's contents; `DatasetObjectError`, naming it, when it is truncated or altered."""
+    try:
+        return DatasetVersion.model_validate_json(data)
+    except ValidationError as error:
+        problem = error.errors(include_url=False, include_input=False)[0]["msg"]
+        raise DatasetObjectError(
+            f"{store.uri(version_key(store, dataset_version))}, the file of dataset version "
+            f"{dataset_version}, cannot be read ({problem}): {_RESTORE}"
+        ) from error
+
+
 def read_part(store: ObjectStore, part: DatasetPart) -> pd.DataFrame:
-    """The rows of one part. Raises `KeyError` when it is gone, `StorageError` when its bytes are not
-    the ones its version lists."""
-    data, _ = store.get(part.key)
+    """The rows of one part. Raises `MissingDatasetPartError` (a `KeyError`) when it is gone,
+    `DatasetObjectError` when its bytes are not the ones its version lists; both name the part."""
+    try:
+        data, _ = store.get(part.key)
+    except KeyError:
+        raise MissingDatasetPartError(f"dataset part {store.uri(part.key)} is gone: {_RESTORE}") from None
     if part.sha256 and hashlib.sha256(data).hexdigest() != part.sha256:
-        raise StorageError(f"{store.uri(part.key)} is not the part its version lists (SHA-256 differs)")
+        raise DatasetObjectError(f"{store.uri(part.key)} is not the part its version lists (SHA-256 differs)")
     return pd.read_parquet(io.BytesIO(data))
 
 
@@ -211,6 +241,26 @@ def write_version(store: ObjectStore, parts: list[DatasetPart], previous: str | 
     return version
 
 
+def discard_uncommitted(
+    store: ObjectStore, version: str | None, current: str | None, other_keys: list[str] = ()
+) -> list[str]:
+    """Delete what a run wrote for a manifest commit that lost (another run or an erasure committed
+    first): its dataset `version` (the file, then the parts it added, so none is left listing a deleted
+    part) and `other_keys` (its quarantine writes); the next run ingests those batches again. Nothing of
+    the version goes when the manifest names it (`current`: the same version, written by a run that read
+    the same manifest in the same second) or its version lists the part. Best effort, idempotent; returns
+    the keys deleted. Safe: no later manifest can name it, since each builds on the one it read."""
+    keys = list(other_keys)
+    if version is not None and version != current:
+        kept = set() if current is None else {part.key for part in version_parts(store, current)}
+        added = [part.key for part in version_parts(store, version) if part.added_by == version]
+        folder = [info.key for info in store.list_objects(f"{store.settings.datasets_prefix}{version}/")]
+        keys += folder + [key for key in added if key not in kept]
+    for key in keys:
+        store.delete(key)
+    return keys
+
+
 def _now() -> datetime:
     """The time stamped on parts and versions, to the second."""
     return datetime.now(UTC).replace(microsecond=0)
@@ -245,7 +295,7 @@ def unreferenced_parts(store: ObjectStore, written_before: datetime) -> list[Obj
     for version in dataset_versions(store):
         found = store.get_if_exists(version_key(store, version))
         if found is not None:
-            listed |= {part.key for part in DatasetVersion.model_validate_json(found[0]).parts}
+            listed |= {part.key for part in _version_file(store, version, found[0]).parts}
     return [info for info in candidates if info.key not in listed]
 
 
@@ -280,6 +330,7 @@ def split_rows(curated: pd.DataFrame, split: str) -> pd.DataFrame:
 read_curated_task = read_task(read_curated, "read-curated")
 write_curated_task = once_task(write_curated, "write-curated")
 mark_superseded_task = read_task(mark_superseded, "mark-superseded")  # idempotent: retried like a read
+discard_uncommitted_task = read_task(discard_uncommitted, "discard-uncommitted")  # idempotent too
 
 
 def check_splits(curated: pd.DataFrame) -> dict[str, pd.DataFrame]:

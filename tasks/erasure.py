@@ -41,6 +41,7 @@ from tasks.dataset import (
     VALIDATION,
     DatasetPart,
     dataset_versions,
+    latest_rows,
     parts_prefix,
     read_curated,
     read_part,
@@ -96,9 +97,17 @@ class ModelExposure(BaseModel):
     evaluated_on: list[str] = Field(default_factory=list, description="ids in its eval split")
 
 
+class DatasetsErasure(BaseModel):
+    """What erasing from the superseded curated data deleted: versions, and parts no longer listed."""
+
+    versions: list[str] = Field(default_factory=list)
+    parts: list[str] = Field(default_factory=list)
+
+
 class CuratedErasure(BaseModel):
     """What erasing from the curated data and the incoming batch files changed (one manifest commit);
-    `found`: the requested ids they held."""
+    `found`: the requested ids they held; `review`: unreadable objects that mention an id outside a
+    ticket id field (kept: someone must look at them)."""
 
     dataset_version_before: str | None = None
     dataset_version_after: str | None = None
@@ -106,14 +115,13 @@ class CuratedErasure(BaseModel):
     incoming_rewritten: list[str] = Field(default_factory=list)
     incoming_deleted: list[str] = Field(default_factory=list)
     unchecked: list[str] = Field(default_factory=list)
+    review: list[str] = Field(default_factory=list)
     found: list[str] = Field(default_factory=list)
-
-
-class DatasetsErasure(BaseModel):
-    """What erasing from the superseded curated data deleted: versions, and parts no longer listed."""
-
-    versions: list[str] = Field(default_factory=list)
-    parts: list[str] = Field(default_factory=list)
+    existing: DatasetsErasure = Field(
+        default_factory=DatasetsErasure,
+        exclude=True,
+        description="the dataset versions and parts listed before the manifest commit (not recorded)",
+    )
 
 
 class QuarantineErasure(BaseModel):
@@ -122,6 +130,7 @@ class QuarantineErasure(BaseModel):
     rewritten: list[str] = Field(default_factory=list)
     deleted: list[str] = Field(default_factory=list)
     unchecked: list[str] = Field(default_factory=list)
+    review: list[str] = Field(default_factory=list)
     found: list[str] = Field(default_factory=list)
 
 
@@ -150,6 +159,11 @@ class ErasureRecord(BaseModel):
         return self.curated.unchecked + self.quarantine.unchecked
 
     @property
+    def review(self) -> list[str]:
+        """Unreadable objects kept although they mention a requested id (not as a ticket id)."""
+        return self.curated.review + self.quarantine.review
+
+    @property
     def trained_on_versions(self) -> list[str]:
         """Published versions trained on at least one of the tickets."""
         return [model.version for model in self.models if model.trained_on]
@@ -176,6 +190,8 @@ class ErasureRecord(BaseModel):
             lines.append(f"not found anywhere: {', '.join(self.not_found)}")
         if self.unchecked:
             lines.append(f"could not be searched (look at them): {'; '.join(self.unchecked)}")
+        if self.review:
+            lines.append(f"kept, to review (an id mentioned, not as a ticket id): {'; '.join(self.review)}")
         if self.log_key:
             lines.append(f"recorded in {self.log_key}")
         return lines
@@ -244,7 +260,7 @@ def without_tickets(
     compressed = name.endswith(".gz")
     data = gunzip(raw, key, max_decompressed_bytes) if compressed else raw
     name = name.removesuffix(".gz")
-    id_names = {TICKET_ID} | {column for column, target in column_aliases.items() if target == TICKET_ID}
+    id_names = _id_names(column_aliases)
     if name.endswith(CSV_SUFFIXES):
         kept, found = _csv_without(data, key, ids, id_names)
     elif name.endswith(JSONL_SUFFIXES):
@@ -259,9 +275,9 @@ def without_tickets(
 
 
 def ids_in_bytes(raw: bytes, key: str, ids: set[str], max_decompressed_bytes: int) -> set[str] | None:
-    """Which of `ids` the bytes of an unreadable file contain as a whole token (decompressed first when
-    `key` ends in .gz); None when they cannot be searched (a .gz that does not decompress within the limit).
-    """
+    """Which of `ids` the bytes contain as a whole token anywhere, a ticket id or a mere mention
+    (decompressed first when `key` ends in .gz); None when they cannot be searched (a .gz that does not
+    decompress within the limit). Deciding what to delete takes `ids_in_unreadable`."""
     if key.lower().endswith(".gz"):
         try:
             raw = gunzip(raw, key, max_decompressed_bytes)
@@ -269,6 +285,69 @@ def ids_in_bytes(raw: bytes, key: str, ids: set[str], max_decompressed_bytes: in
             return None
     text = raw.decode("utf-8", errors="replace")
     return {ticket_id for ticket_id in ids if _token(ticket_id).search(text)}
+
+
+def ids_in_unreadable(
+    raw: bytes, key: str, ids: set[str], column_aliases: dict[str, str], max_decompressed_bytes: int
+) -> tuple[set[str], set[str]] | None:
+    """In a file ingestion could not read: which of `ids` stand where a ticket id stands (a ticket id
+    field of a CSV record, read leniently, or of a JSON line that parses), and which are only mentioned
+    elsewhere (a whole token in its text: "11 days ago"). None when it cannot be searched (a .gz that
+    does not decompress within the limit). Only the first may delete the file; the second is for review.
+    """
+    if key.lower().endswith(".gz"):
+        try:
+            raw = gunzip(raw, key, max_decompressed_bytes)
+        except BatchFormatError:
+            return None
+    text = raw.decode("utf-8", errors="replace").removeprefix(BYTE_ORDER_MARK)
+    names = {name.strip().lower() for name in _id_names(column_aliases)}
+    held = (_ids_in_lenient_csv(text, ids, names) | _ids_in_json_lines(text, ids, names)) & ids
+    mentioned = {ticket_id for ticket_id in ids - held if _token(ticket_id).search(text)}
+    return held, mentioned
+
+
+def _ids_in_lenient_csv(text: str, ids: set[str], names: set[str]) -> set[str]:
+    """The ids in the ticket id column(s) of CSV records read without strictness (ragged records, stray
+    quotes), up to the first record the csv module cannot read at all."""
+    csv_reader(text)  # sets the field size limit ingestion reads with
+    found, positions = set(), None
+    try:
+        for record in csv.reader(io.StringIO(text, newline=""), strict=False):
+            if is_blank_record(record):
+                continue
+            if positions is None:
+                positions = [index for index, name in enumerate(record) if name.strip().lower() in names]
+                continue
+            found |= {_identifier(record[index]) for index in positions if index < len(record)} & ids
+    except csv.Error:
+        pass  # what was read so far stands
+    return found
+
+
+def _ids_in_json_lines(text: str, ids: set[str], names: set[str]) -> set[str]:
+    """The ids in a ticket id key of the lines that parse as JSON objects."""
+    found = set()
+    for line in text.splitlines():
+        record = _json_object(line)
+        if record is not None:
+            fields = {str(name).strip().lower(): value for name, value in record.items()}
+            found |= {_identifier(fields.get(name)) for name in names} & ids
+    return found
+
+
+def _json_object(line: str) -> dict | None:
+    """The JSON object on `line`, or None (blank, broken, or not an object)."""
+    try:
+        record = json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _id_names(column_aliases: dict[str, str]) -> set[str]:
+    """The column names that hold a ticket id: ``ticket_id`` and its aliases."""
+    return {TICKET_ID} | {column for column, target in column_aliases.items() if target == TICKET_ID}
 
 
 def problems_without_tickets(report: dict, rows: set[int], ids: set[str]) -> tuple[dict, int]:
@@ -329,13 +408,8 @@ def _jsonl_without(data: bytes, key: str, ids: set[str], id_names: set[str]) -> 
     text = decode_text(data, key)
     kept, found = [], set()
     for line in text.splitlines(keepends=True):  # the lines ingestion reads
-        try:
-            record = json.loads(line) if line.strip() else None
-        except json.JSONDecodeError:
-            record = None
-        hit = (
-            {_identifier(record.get(name)) for name in id_names} & ids if isinstance(record, dict) else set()
-        )
+        record = _json_object(line)
+        hit = {_identifier(record.get(name)) for name in id_names} & ids if record is not None else set()
         if hit:
             found |= hit
         else:
@@ -390,78 +464,125 @@ def _token(ticket_id: str) -> re.Pattern[str]:
 
 
 def erase_curated_and_incoming(
-    store: ObjectStore, ticket_ids: list[str], ingest: IngestSettings, attempts: int = MANIFEST_ATTEMPTS
+    store: ObjectStore,
+    ticket_ids: list[str],
+    ingest: IngestSettings,
+    attempts: int = MANIFEST_ATTEMPTS,
+    request_id: str | None = None,
 ) -> CuratedErasure:
     """Write a curated version without the tickets, rewrite (or delete) the ``incoming/`` objects holding
-    them, and commit the manifest pointing at both (If-Match). A nightly run that commits meanwhile makes
-    the commit lose: it is redone on what that run wrote, up to `attempts` times.
+    them, and commit the manifest pointing at both (If-Match), whatever was found: the commit is the
+    erasure's fence (`Manifest.erasures`). A nightly run that commits meanwhile makes the commit lose: it
+    is redone on what that run wrote, up to `attempts` times.
 
-    The rewritten objects' manifest entries get their new ETag, so the next run does not ingest them
-    again; an object not ingested yet is rewritten and left to the next run.
+    The protocol with runs (docs/design.md, "Erasure and runs"): a run commits its manifest with If-Match
+    on the manifest it read before reading ``incoming/``. So a run that read it before this fence loses its
+    compare-and-swap and discards the version it wrote (`tasks.dataset.discard_version`), and a run that
+    read it after reads the rewritten objects and this version, without the tickets. The dataset versions
+    and parts listed just before the fence (`CuratedErasure.existing`) are the only ones
+    `delete_superseded_datasets` may delete: after the fence, no manifest can come to name one of them
+    but the version committed here.
+
+    Two erasures at once: ``incoming/`` rewrites are conditional (If-Match the ETag read; redone on the
+    object as it is then), and each commit follows the chain of rewrites (before -> after) it knows,
+    its own and those committed by others (`Manifest.erasure_rewrites`), so an entry ends at the ETag
+    of the object's last rewrite. An object not ingested yet is rewritten and left to the next run.
     """
     ids = set(ticket_ids)
     incoming = _IncomingErasure()  # kept across attempts: a rewritten object is found clean the second time
     for attempt in range(1, attempts + 1):
         manifest, manifest_etag = read_manifest(store)
-        curated = _erase_curated(store, manifest, ids)
+        curated, erased_sources = _erase_curated(store, manifest, ids)
         incoming.erase(store, ids, ingest)
-        updated = _updated_manifest(manifest, curated.dataset_version_after, incoming.etags)
-        done = curated.model_copy(
-            update={
-                "incoming_rewritten": sorted(incoming.etags),
-                "incoming_deleted": sorted(incoming.deleted),
-                "unchecked": sorted(incoming.unchecked),
-                "found": sorted(set(curated.found) | incoming.found),
-            }
+        existing = _listed_datasets(store)  # before the fence: what no later manifest can name
+        updated = _updated_manifest(
+            manifest, curated.dataset_version_after, incoming.rewrites, erased_sources, request_id
         )
-        if updated == manifest:
-            return done
         try:
             commit_manifest(store, updated, manifest_etag)
-            return done
         except PreconditionFailedError:
             run_logger().warning(
                 "erasure: the manifest changed meanwhile (attempt %d of %d)", attempt, attempts
             )
+            continue
+        return curated.model_copy(
+            update={
+                "incoming_rewritten": sorted(incoming.rewrites),
+                "incoming_deleted": sorted(incoming.deleted),
+                "unchecked": sorted(incoming.unchecked),
+                "review": sorted(incoming.review),
+                "found": sorted(set(curated.found) | incoming.found),
+                "existing": existing,
+            }
+        )
     raise StorageError(
         f"erasure: the manifest {store.uri(store.settings.state_prefix)} kept changing during {attempts} "
         "attempts; nothing was recorded: run the request again"
     )
 
 
-def _erase_curated(store: ObjectStore, manifest: Manifest, ids: set[str]) -> CuratedErasure:
+def _erase_curated(
+    store: ObjectStore, manifest: Manifest, ids: set[str]
+) -> tuple[CuratedErasure, dict[tuple[str, str], int]]:
+    """The erasure from the manifest's version, and how many curated rows it removed per source (key,
+    ETag the rows carry)."""
     before = manifest.dataset_version
     if before is None:
-        return CuratedErasure(dataset_version_before=before, dataset_version_after=before)
-    after, found = version_without_tickets(store, before, ids)
-    return CuratedErasure(
+        return CuratedErasure(dataset_version_before=before, dataset_version_after=before), {}
+    after, removed = _version_without(store, before, ids)
+    found = set(removed[TICKET_ID])
+    erased = CuratedErasure(
         dataset_version_before=before,
         dataset_version_after=after,
         rows_removed=len(found),  # a version holds one row per ticket
         found=sorted(found),
     )
+    return erased, _rows_per_source(removed)
 
 
 def version_without_tickets(store: ObjectStore, dataset_version: str, ids: set[str]) -> tuple[str, set[str]]:
     """A new version of `dataset_version` in which each part holding one of `ids` is rewritten without
     those rows (every other row keeps its place and split; every other part is listed as it was), and the
     ids found; `dataset_version` itself when no part held one."""
-    parts, found = [], set()
+    version, removed = _version_without(store, dataset_version, ids)
+    return version, set(removed[TICKET_ID])
+
+
+def _version_without(store: ObjectStore, dataset_version: str, ids: set[str]) -> tuple[str, pd.DataFrame]:
+    """`version_without_tickets`, with the removed rows that the version showed (the last of each ticket)."""
+    parts, removed = [], []
     for part in version_parts(store, dataset_version):
-        kept, hit = drop_tickets(read_part(store, part), ids)
+        rows = read_part(store, part)
+        kept, hit = drop_tickets(rows, ids)
         parts.append(write_part(store, kept) if hit else part)
-        found |= hit
-    return (write_version(store, parts, dataset_version) if found else dataset_version), found
+        removed.append(rows[rows[TICKET_ID].isin(ids)])
+    shown = latest_rows(removed)
+    shown = shown if shown is not None else pd.DataFrame({TICKET_ID: []})
+    return (write_version(store, parts, dataset_version) if len(shown) else dataset_version), shown
+
+
+def _rows_per_source(rows: pd.DataFrame) -> dict[tuple[str, str], int]:
+    if rows.empty or not {"source_key", "source_etag"} <= set(rows.columns):
+        return {}
+    counts = rows.groupby(["source_key", "source_etag"]).size()
+    return {(key, etag): int(count) for (key, etag), count in counts.items()}
+
+
+def _listed_datasets(store: ObjectStore) -> DatasetsErasure:
+    """Every dataset version and part in the bucket now."""
+    parts = [info.key for info in store.list_objects(parts_prefix(store))]
+    return DatasetsErasure(versions=dataset_versions(store), parts=parts)
 
 
 class _IncomingErasure:
-    """What erasing from ``incoming/`` did so far: rewritten objects' ETags (before, after), deleted and
-    unsearchable objects, ids found."""
+    """What erasing from ``incoming/`` did so far: each rewritten object's ETag changes (before -> after),
+    deleted, unsearchable and to-review objects, ids found."""
 
     def __init__(self) -> None:
-        self.etags: dict[str, tuple[str, str]] = {}
+        self.rewrites: dict[str, dict[str, str]] = {}
         self.deleted: set[str] = set()
         self.unchecked: set[str] = set()
+        self.review: set[str] = set()
         self.found: set[str] = set()
 
     def erase(self, store: ObjectStore, ids: set[str], ingest: IngestSettings) -> None:
@@ -472,50 +593,96 @@ class _IncomingErasure:
             if info.size > ingest.max_object_bytes:
                 self.unchecked.add(f"{info.key}: {info.size} bytes, over max_object_bytes: not searched")
                 continue
-            raw, etag = store.get(info.key)
-            try:
-                kept, found = without_tickets(
-                    raw, info.key, ids, ingest.column_aliases, ingest.max_decompressed_bytes
-                )
-            except BatchFormatError:  # unreadable: ingestion quarantined it whole; delete it if it names one
-                self._delete_if_named(store, info.key, raw, ids, ingest)
-                continue
-            if found:
-                self.found |= found
-                before = self.etags.get(info.key, (etag, ""))[0]
-                self.etags[info.key] = (before, store.put(info.key, kept))
+            self._erase_object(store, info.key, ids, ingest)
 
-    def _delete_if_named(
+    def _erase_object(self, store: ObjectStore, key: str, ids: set[str], ingest: IngestSettings) -> None:
+        """Rewrite `key` without the tickets, If-Match the ETag read: when another writer (a second
+        erasure, a producer) changed it meanwhile, it is read again and redone on what is there now."""
+        for _ in range(MANIFEST_ATTEMPTS):
+            found = store.get_if_exists(key)
+            if found is None:
+                return  # deleted meanwhile (by another erasure)
+            raw, etag = found
+            try:
+                kept, hit = without_tickets(
+                    raw, key, ids, ingest.column_aliases, ingest.max_decompressed_bytes
+                )
+            except BatchFormatError:  # unreadable: ingestion quarantined it whole
+                self._delete_if_held(store, key, raw, ids, ingest)
+                return
+            if not hit:
+                return
+            try:
+                after = store.put(key, kept, if_match=etag)
+            except PreconditionFailedError:
+                continue
+            self.found |= hit
+            self.rewrites.setdefault(key, {})[etag] = after
+            return
+        self.unchecked.add(f"{key}: changed by another writer during every attempt: not erased, run again")
+
+    def _delete_if_held(
         self, store: ObjectStore, key: str, raw: bytes, ids: set[str], ingest: IngestSettings
     ) -> None:
-        found = ids_in_bytes(raw, key, ids, ingest.max_decompressed_bytes)
-        if found is None:
+        hits = ids_in_unreadable(raw, key, ids, ingest.column_aliases, ingest.max_decompressed_bytes)
+        if hits is None:
             self.unchecked.add(f"{key}: unreadable and does not decompress within the limit: not searched")
-        elif found:
+            return
+        held, mentioned = hits
+        if held:
             store.delete(key)
             self.deleted.add(key)
-            self.found |= found
+            self.found |= held
+        elif mentioned:
+            self.review.add(_review_line(key, mentioned))
+
+
+def _review_line(key: str, mentioned: set[str]) -> str:
+    return f"{key}: unreadable; mentions {', '.join(sorted(mentioned))} but not as a ticket id: kept"
 
 
 def _updated_manifest(
-    manifest: Manifest, dataset_version: str | None, rewritten: dict[str, tuple[str, str]]
+    manifest: Manifest,
+    dataset_version: str | None,
+    rewrites: dict[str, dict[str, str]],
+    erased_sources: dict[tuple[str, str], int],
+    request_id: str | None,
 ) -> Manifest:
-    """The manifest at `dataset_version`, each rewritten object's entry carrying its new ETag when the entry
-    recorded the content before the rewrite (an entry of other content is a batch still to ingest)."""
-    objects = {
-        key: entry.model_copy(update={"etag": rewritten[key][1]})
-        if key in rewritten and entry.etag == rewritten[key][0]
-        else entry
-        for key, entry in manifest.objects.items()
-    }
-    return Manifest(dataset_version=dataset_version, objects=objects)
+    """The manifest at `dataset_version`, fenced (one more erasure): each entry counts the curated rows
+    erased from it, and follows the chain of ``incoming/`` rewrites known (this erasure's and those other
+    erasures committed) from its ETag to the last one; rewrites no entry reached are kept for the next
+    erasure's commit (an entry of other content is a batch still to ingest: its ETag stays)."""
+    objects, pending = {}, {}
+    for key, entry in manifest.objects.items():
+        chain = {**manifest.erasure_rewrites.get(key, {}), **rewrites.get(key, {})}
+        etag, passed = entry.etag, set()
+        while etag in chain and etag not in passed:
+            passed.add(etag)
+            etag = chain[etag]
+        erased = erased_sources.get((key, entry.curated_etag), 0)
+        update = {"erased_rows": entry.erased_rows + erased} if erased else {}
+        if etag != entry.etag:
+            update |= {"etag": etag, "source_etag": entry.curated_etag}
+        objects[key] = entry.model_copy(update=update)
+        left = {before: after for before, after in chain.items() if before not in passed}
+        if left:
+            pending[key] = left
+    return Manifest(
+        dataset_version=dataset_version,
+        objects=objects,
+        erasures=manifest.erasures + 1,
+        last_erasure=request_id,
+        erasure_rewrites=pending,
+    )
 
 
 def erase_from_quarantine(
     store: ObjectStore, ticket_ids: list[str], ingest: IngestSettings
 ) -> QuarantineErasure:
     """Rewrite the quarantine's ``.rejected.csv``/``.merged.csv`` without the tickets' rows and its
-    ``.errors.json`` without their problems; delete a batch quarantined whole whose bytes name one.
+    ``.errors.json`` without their problems (If-Match, redone when another erasure rewrote it meanwhile);
+    delete a batch quarantined whole when an id stands in it as a ticket id (one only mentioned there is
+    listed for review).
 
     Idempotent: run again, it finds nothing more to change.
     """
@@ -524,41 +691,82 @@ def erase_from_quarantine(
     objects = store.list_objects(store.settings.quarantine_prefix)
     # Problems are matched to rows through the .rejected.csv, so errors.json goes before it is rewritten.
     for info in sorted(objects, key=lambda info: not info.key.endswith(ERRORS_SUFFIX)):
-        raw, _ = store.get(info.key)
         if info.key.endswith(ERRORS_SUFFIX):
-            _erase_problems(store, info.key, raw, ids, result)
-        elif info.key.endswith((REJECTED_SUFFIX, MERGED_SUFFIX)):
-            try:
-                kept, found = without_tickets(raw, info.key, ids, {}, ingest.max_decompressed_bytes)
-            except BatchFormatError as error:  # not written by this project's validation, or damaged
-                result.unchecked.append(f"{info.key}: cannot be read ({error}): not searched")
-                continue
-            if found:
-                store.put(info.key, kept, content_type="text/csv")
+            if _rewrite_if_changed(
+                store, info.key, lambda raw, key=info.key: _problems_erased(store, key, raw, ids)
+            ):
                 result.rewritten.append(info.key)
-                result.found.extend(found)
+        elif info.key.endswith((REJECTED_SUFFIX, MERGED_SUFFIX)):
+            _erase_rows(store, info.key, ids, ingest, result)
         else:  # a batch quarantined whole, byte for byte: it was unreadable, so it is not rewritten
-            found = ids_in_bytes(raw, info.key, ids, ingest.max_decompressed_bytes)
-            if found is None:
-                result.unchecked.append(f"{info.key}: does not decompress within the limit: not searched")
-            elif found:
-                store.delete(info.key)
-                result.deleted.append(info.key)
-                result.found.extend(found)
+            _erase_whole(store, info.key, ids, ingest, result)
     result.rewritten.sort()
     result.found = sorted(set(result.found))
     return result
 
 
-def _erase_problems(
-    store: ObjectStore, key: str, raw: bytes, ids: set[str], result: QuarantineErasure
+def _erase_whole(
+    store: ObjectStore, key: str, ids: set[str], ingest: IngestSettings, result: QuarantineErasure
 ) -> None:
+    found = store.get_if_exists(key)
+    if found is None:
+        return  # deleted meanwhile by another erasure
+    hits = ids_in_unreadable(found[0], key, ids, {}, ingest.max_decompressed_bytes)
+    if hits is None:
+        result.unchecked.append(f"{key}: does not decompress within the limit: not searched")
+    elif hits[0]:
+        store.delete(key)
+        result.deleted.append(key)
+        result.found.extend(hits[0])
+    elif hits[1]:
+        result.review.append(_review_line(key, hits[1]))
+
+
+def _erase_rows(
+    store: ObjectStore, key: str, ids: set[str], ingest: IngestSettings, result: QuarantineErasure
+) -> None:
+    held: set[str] = set()
+
+    def without(raw: bytes) -> bytes | None:
+        kept, found = without_tickets(raw, key, ids, {}, ingest.max_decompressed_bytes)
+        held.update(found)
+        return kept if found else None
+
+    try:
+        rewritten = _rewrite_if_changed(store, key, without, content_type="text/csv")
+    except BatchFormatError as error:  # not written by this project's validation, or damaged
+        result.unchecked.append(f"{key}: cannot be read ({error}): not searched")
+        return
+    if rewritten:
+        result.rewritten.append(key)
+        result.found.extend(held)
+
+
+def _problems_erased(store: ObjectStore, key: str, raw: bytes, ids: set[str]) -> bytes | None:
     rejected = store.get_if_exists(key.removesuffix(ERRORS_SUFFIX) + REJECTED_SUFFIX)
     rows = rows_of_tickets(rejected[0], ids) if rejected else set()
     report, dropped = problems_without_tickets(json.loads(raw), rows, ids)
-    if dropped:
-        store.put(key, json.dumps(report, indent=2).encode(), content_type="application/json")
-        result.rewritten.append(key)
+    return json.dumps(report, indent=2).encode() if dropped else None
+
+
+def _rewrite_if_changed(
+    store: ObjectStore, key: str, rewrite, content_type: str = "application/json"
+) -> bool:
+    """Put `rewrite(bytes)` over `key` If-Match the ETag read (None: nothing to change); read again and
+    redo when another erasure rewrote it meanwhile. Whether it was rewritten."""
+    for _ in range(MANIFEST_ATTEMPTS):
+        found = store.get_if_exists(key)
+        if found is None:
+            return False
+        kept = rewrite(found[0])
+        if kept is None:
+            return False
+        try:
+            store.put(key, kept, if_match=found[1], content_type=content_type)
+            return True
+        except PreconditionFailedError:
+            continue
+    raise StorageError(f"{store.uri(key)} changed during every attempt to erase from it: run again")
 
 
 def published_exposure(store: ObjectStore, ticket_ids: list[str]) -> list[ModelExposure]:
@@ -597,26 +805,29 @@ def _splits_of(store: ObjectStore, dataset_version: str | None, ids: set[str]) -
 
 
 def delete_superseded_datasets(
-    store: ObjectStore, ticket_ids: list[str], current: str | None
+    store: ObjectStore, ticket_ids: list[str], current: str | None, existing: DatasetsErasure | None = None
 ) -> DatasetsErasure:
     """Delete every curated dataset version but `current` that lists a part holding one of the tickets,
     then every part holding one that `current` does not list (versions first: none is left listing a
     deleted part).
 
-    They are not published artefacts (a model's lineage then names a deleted version). Idempotent.
+    Only the versions and parts in `existing` are candidates: those listed before the erasure's manifest
+    commit (`CuratedErasure.existing`); one written since may belong to a run whose commit is still to
+    come (default: all there are now). They are not published artefacts (a model's lineage then names a
+    deleted version). Idempotent.
     """
+    existing = existing or _listed_datasets(store)
     holds = _PartSearch(store, set(ticket_ids))
     live = set() if current is None else {part.key for part in version_parts(store, current)}
     versions = [
         version
-        for version in dataset_versions(store)
+        for version in existing.versions
         if version != current and any(map(holds, version_parts(store, version)))
     ]
     for version in versions:
         for info in store.list_objects(f"{store.settings.datasets_prefix}{version}/"):
             store.delete(info.key)
-    listed = [DatasetPart(key=info.key, rows=0) for info in store.list_objects(parts_prefix(store))]
-    parts = [part.key for part in listed if part.key not in live and holds(part)]
+    parts = [key for key in existing.parts if key not in live and holds(DatasetPart(key=key, rows=0))]
     for key in parts:
         store.delete(key)
     return DatasetsErasure(versions=versions, parts=parts)

@@ -36,6 +36,7 @@ from tasks.erasure import (
     erase_curated_and_incoming,
     ids_by_split,
     ids_in_bytes,
+    ids_in_unreadable,
     problems_without_tickets,
     read_erasures,
     requested_ids,
@@ -44,6 +45,7 @@ from tasks.erasure import (
 )
 from tasks.ingest import BatchFormatError, Manifest, commit_manifest, parse_batch, read_manifest
 from tasks.registry import publish_model
+from tests.consistency import assert_consistent
 
 LIMIT = 2**20
 ALIASES = {"id": "ticket_id", "body": "text"}
@@ -134,6 +136,19 @@ def test_ids_are_found_in_bytes_as_whole_tokens_also_inside_gzip():
     assert ids_in_bytes(raw, "q/x.csv", {"T-1", "T-10"}, LIMIT) == {"T-10"}
     assert ids_in_bytes(gzip.compress(raw), "q/x.csv.gz", {"T-10"}, LIMIT) == {"T-10"}
     assert ids_in_bytes(b"not gzip", "q/x.csv.gz", {"T-10"}, LIMIT) is None
+
+
+def test_an_unreadable_file_holds_an_id_only_where_a_ticket_id_stands():
+    ragged = b'id,body,label\nT-2,crash since 11 days ago,bug,extra\n 11 ,"stray "quote",bug\n'
+    assert ids_in_unreadable(ragged, "incoming/x.csv", {"11", "T-2", "bug"}, ALIASES, LIMIT) == (
+        {"T-2", "11"},
+        {"bug"},  # a label, not a ticket id: only mentioned
+    )
+    assert ids_in_unreadable(ragged, "incoming/x.csv", {"11", "T-2"}, {}, LIMIT) == (set(), {"11", "T-2"})
+    lines = b'{"ticket_id": 11, "text": "x"}\n{broken, "ticket_id": "12"\n"ticket_id 13"\n'
+    assert ids_in_unreadable(lines, "q/x.jsonl", {"11", "12", "13"}, {}, LIMIT) == ({"11"}, {"12", "13"})
+    assert ids_in_unreadable(gzip.compress(lines), "q/x.jsonl.gz", {"11"}, {}, LIMIT) == ({"11"}, set())
+    assert ids_in_unreadable(b"not gzip", "q/x.csv.gz", {"11"}, {}, LIMIT) is None
 
 
 def test_problems_of_the_tickets_rows_or_naming_them_are_dropped():
@@ -270,6 +285,8 @@ def test_forget_erases_a_ticket_everywhere_records_it_and_names_the_model_traine
     nightly = ingest_new_batches(run_resources, "run-3")
     assert nightly.validated == [] and nightly.dataset_version == erased.dataset_version_after
     assert x not in set(nightly.curated["ticket_id"])
+    # The manifest still accounts for every curated row (issue 35 item 11), and X is nowhere.
+    assert assert_consistent(store) == set(before["ticket_id"]) - {x}
 
     # The same request again finds nothing, changes nothing, and is recorded.
     again = forget([x], "dpo@example.com", resources=run_resources)
@@ -329,6 +346,31 @@ def test_erasure_rewrites_each_part_holding_a_ticket_and_deletes_what_held_it_el
     assert [part.rows for part in version_parts(store, later)] == [99, 1]
     again = erase_curated_and_incoming(store, ["T-3"], IngestSettings())
     assert again.found == [] and delete_superseded_datasets(store, ["T-3"], later).versions == []
+
+
+def test_forget_deletes_an_unreadable_batch_only_where_the_id_is_a_ticket_id(run_resources):
+    """Issue 35 item 8: `forget 11` deleted an unreadable batch of ten other tickets, and its quarantined
+    copy, because a text said "11 days ago"."""
+    store = run_resources.store
+    rows = [f"u-{n},Export crashed again{' 11 days ago' if n == 3 else ''},bug" for n in range(10)]
+    mentions = ("ticket_id,text,label\n" + "\n".join(rows) + ",extra\n").encode()  # ragged: unreadable
+    holds = b"ticket_id,text,label\n11,Login fails,bug,extra\n12,Dark mode please,feature_request\n"
+    store.put("incoming/mentions.csv", mentions)
+    store.put("incoming/holds.csv", holds)
+    ingest_new_batches(run_resources, "run-1")  # both quarantined whole
+
+    record = forget(["11"], "dpo", resources=run_resources)
+
+    assert store.get("incoming/mentions.csv")[0] == mentions
+    assert store.get("quarantine/run-1/mentions.csv")[0] == mentions
+    assert record.curated.incoming_deleted == ["incoming/holds.csv"]
+    assert record.quarantine.deleted == ["quarantine/run-1/holds.csv"]
+    assert record.review == [
+        "incoming/mentions.csv: unreadable; mentions 11 but not as a ticket id: kept",
+        "quarantine/run-1/mentions.csv: unreadable; mentions 11 but not as a ticket id: kept",
+    ]
+    assert "kept, to review" in "\n".join(record.summary()) and record.not_found == []
+    assert "Export crashed" not in record.model_dump_json()  # ids and keys only, no ticket text
 
 
 def test_a_request_for_ids_found_nowhere_is_still_recorded(run_resources):
