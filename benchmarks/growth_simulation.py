@@ -85,21 +85,20 @@ def challenger_facts(resources, record, test: pd.DataFrame) -> dict:
     from flows.retrain import challenger_prefix
     from retrainer.core.scoring import predict_probabilities
     from retrainer.core.training import training_record
-    from tasks.registry import version_prefix
+    from tasks.registry import UnknownVersionError, fetch_model
 
     if record is None or record.challenger_version is None:
         return {}
     store = resources.store
     with tempfile.TemporaryDirectory() as folder:
-        for prefix in (
-            version_prefix(store, record.challenger_version),
-            challenger_prefix(resources, record.run_id),
-        ):
-            if store.download_prefix(prefix, Path(folder)):
-                break
-        trained = training_record(Path(folder))
+        try:  # published: fetched and verified as every registry load is
+            model_dir = fetch_model(store, record.challenger_version, Path(folder))
+        except UnknownVersionError:  # kept by the gate: in the run's scratch
+            model_dir = Path(folder) / "challenger"
+            store.download_prefix(challenger_prefix(resources, record.run_id), model_dir)
+        trained = training_record(model_dir)
         texts, max_length = test["text"].tolist(), resources.settings.training.max_length
-        found = scores(test, predict_probabilities(Path(folder), texts, max_length).argmax(dim=-1).numpy())
+        found = scores(test, predict_probabilities(model_dir, texts, max_length).argmax(dim=-1).numpy())
     return {
         "train_rows": trained.get("train_rows"),
         "fine_tune_s": round(sum(trained.get("seconds", {}).values()), 1),

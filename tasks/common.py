@@ -9,20 +9,36 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from retrainer.logs import run_logger
+from retrainer.storage import InvalidKeyError
 
 READ_RETRY_DELAYS_S = [1, 5, 15]
 
 
+class PermanentError(Exception):
+    """A failure that asking again cannot mend (e.g. a corrupt object): a read task fails at once."""
+
+
 def read_task(fn: Callable, name: str) -> Task:
     """A task for idempotent I/O (a read, or deleting run scratch): retried with back-off on transient
-    failures."""
+    failures (anything but a `PermanentError` or a key the store cannot hold, `InvalidKeyError`)."""
     return task(
         fn,
         name=name,
         retries=len(READ_RETRY_DELAYS_S),
         retry_delay_seconds=READ_RETRY_DELAYS_S,
+        retry_condition_fn=_worth_retrying,
         cache_policy=NO_CACHE,
     )
+
+
+def _worth_retrying(task_, task_run, state) -> bool:
+    try:
+        state.result()
+    except (PermanentError, InvalidKeyError):
+        return False
+    except Exception:  # any other failure may be transient
+        return True
+    return True
 
 
 def once_task(fn: Callable, name: str) -> Task:

@@ -13,7 +13,7 @@ from retrainer.core.labels import LABELS
 from retrainer.core.scoring import predict_probabilities
 from retrainer.storage import ObjectStore
 from tasks.common import once_task
-from tasks.registry import fetch_model
+from tasks.registry import CorruptVersionError, fetch_model
 
 CANARY_TICKETS: tuple[tuple[str, str], ...] = (
     ("The app crashes every time I click save", "bug"),
@@ -47,7 +47,8 @@ def smoke_test(
     max_length: int,
     min_canary_accuracy: float,
 ) -> SmokeResult:
-    """Load `version` from S3 into a fresh cache and check it against the local `reference_dir` model."""
+    """Load `version` from S3 into a fresh cache (verified against its recorded digests, as every load is)
+    and check it against the local `reference_dir` model."""
     texts = [text for text, _ in CANARY_TICKETS]
     try:
         with tempfile.TemporaryDirectory(prefix="smoke-", dir=scratch_dir) as fresh_cache:
@@ -55,6 +56,10 @@ def smoke_test(
             first = predict_probabilities(published, texts, max_length)
             reloaded = predict_probabilities(published, texts, max_length)
         reference = predict_probabilities(reference_dir, texts, max_length)
+    except CorruptVersionError as error:  # the store does not hold what this run uploaded
+        return SmokeResult(
+            passed=False, reasons=[f"smoke test: {version} is corrupt as stored: {error.detail}"]
+        )
     except Exception as error:  # any failure to load or predict is exactly what this test is for
         return SmokeResult(
             passed=False, reasons=[f"smoke test: {version} failed to load or predict: {error!r}"]

@@ -1,8 +1,11 @@
 """Registry test helpers: stand-in model versions and promotions, written through the real registry API."""
 
+import json
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
+from retrainer.core.labels import LABELS
 from retrainer.records import DecisionRecord, ProductionPointer
 from retrainer.storage import ObjectStore
 from tasks.registry import (
@@ -21,6 +24,27 @@ def publish_fake_version(store: ObjectStore, tmp_path: Path, version: str, accur
     publish_model(
         store, model_dir, version, {"accuracy": accuracy, "macro_f1": accuracy, "dataset_version": "ds"}
     )
+
+
+def labelled_copy(tiny_model_dir: Path, target: Path) -> Path:
+    """The tiny random BERT, named with the project's labels as a trained model is (loaders check)."""
+    shutil.copytree(tiny_model_dir, target)
+    config = json.loads((target / "config.json").read_text())
+    config["id2label"] = dict(enumerate(LABELS))
+    config["label2id"] = {label: index for index, label in enumerate(LABELS)}
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def damage(store: ObjectStore, key: str, how: str) -> bytes:
+    """Overwrite the stored object `key` truncated to half (`how="truncate"`) or with its last byte flipped
+    (`how="flip"`, same size); returns the original bytes, to restore it with `store.put`."""
+    original, _ = store.get(key)
+    damaged = (
+        original[: len(original) // 2] if how == "truncate" else original[:-1] + bytes([original[-1] ^ 1])
+    )
+    store.put(key, damaged)
+    return original
 
 
 def pointer_to(version: str, previous: str | None = None) -> ProductionPointer:

@@ -1,13 +1,18 @@
 """The registry: immutable versions, a compare-and-swap production pointer, history, rollback."""
 
+import hashlib
 import json
 import threading
 
+import numpy as np
 import pytest
 
+import tasks.registry as registry
 from retrainer.storage import PreconditionFailedError
 from tasks.registry import (
+    CorruptVersionError,
     fetch_model,
+    fetch_model_task,
     flip_production_pointer,
     last_gate_decision,
     list_versions,
@@ -18,6 +23,7 @@ from tasks.registry import (
     record_decision,
     rollback,
 )
+from tests.registry_helpers import damage
 from tests.registry_helpers import decision as _record
 from tests.registry_helpers import pointer_to as _pointer
 from tests.registry_helpers import promote as _promote
@@ -138,3 +144,123 @@ def test_version_ids_are_unique_and_sortable_by_time():
     ids = [new_version_id() for _ in range(50)]
     assert len(set(ids)) == 50
     assert [identifier[:24] for identifier in ids] == sorted(identifier[:24] for identifier in ids)
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_a_damaged_weights_object_is_named_never_cached_and_fetched_again_once_restored(
+    any_store, tmp_path, how
+):
+    store = any_store  # SeaweedFS and the folder store
+    _publish(store, tmp_path, "m-1")
+    _promote(store, "m-1", None)
+    key = "models/m-1/model.safetensors"
+    original = damage(store, key, how)
+    cache = tmp_path / "cache"
+
+    with pytest.raises(CorruptVersionError) as corrupt:
+        fetch_model(store, "m-1", cache)
+
+    differs = "is 1 bytes, 3 recorded at publish" if how == "truncate" else "has sha256"
+    message = str(corrupt.value)
+    assert message.startswith(f"model version m-1 is corrupt: {store.uri(key)} {differs}"), message
+    assert message.endswith("or move production to a servable version with `retrainer rollback`")
+    assert "\n" not in message
+    assert not cache.exists() or not list(cache.iterdir())  # nothing cached, no staging left
+    [row] = list_versions(store)
+    # Listing compares sizes only: a truncation shows; a same-size flip is found by the loaders.
+    assert row.status == ("corrupt" if how == "truncate" else "production")
+
+    store.put(key, original)  # restored
+
+    assert (fetch_model(store, "m-1", cache) / "model.safetensors").read_bytes() == original
+    assert list_versions(store)[0].status == "production"
+
+
+def test_a_damaged_cached_copy_is_dropped_and_fetched_again(store, tmp_path):
+    _publish(store, tmp_path, "m-1")
+    cache = tmp_path / "cache"
+    cached = fetch_model(store, "m-1", cache)
+    (cached / "model.safetensors").write_bytes(b"m-0")  # same size, other bytes (a bad disk, an old bug)
+
+    assert (fetch_model(store, "m-1", cache) / "model.safetensors").read_bytes() == b"m-1"
+    (cached / "extra.bin").write_bytes(b"x")  # a file the version does not have
+    assert not (fetch_model(store, "m-1", cache) / "extra.bin").exists()
+
+
+def test_a_version_damaged_after_it_was_cached_is_refused_though_the_cache_is_intact(store, tmp_path):
+    _publish(store, tmp_path, "m-1")
+    cache = tmp_path / "cache"
+    fetch_model(store, "m-1", cache)
+    store.delete("models/m-1/model.safetensors")
+
+    with pytest.raises(CorruptVersionError, match=r"models/m-1/model.safetensors is missing"):
+        fetch_model(store, "m-1", cache)  # the store is the truth: another host could not load it
+    assert list_versions(store)[0].problem == f"{store.uri('models/m-1/model.safetensors')} is missing"
+
+
+def test_an_unrecorded_object_or_a_broken_metrics_file_makes_a_version_corrupt(store, tmp_path):
+    for version in ("m-1", "m-2"):
+        _publish(store, tmp_path, version)
+    store.put("models/m-1/pytorch_model.bin", b"slipped in")
+    store.put("models/m-2/metrics.json", b'{"accuracy": 0.8, "files": {')
+
+    rows = {row.version: row for row in list_versions(store)}
+
+    assert rows["m-1"].problem == f"{store.uri('models/m-1/pytorch_model.bin')} was not recorded at publish"
+    assert rows["m-2"].problem == f"{store.uri('models/m-2/metrics.json')}: it is not valid JSON"
+    assert {row.status for row in rows.values()} == {"corrupt"}
+    for version in ("m-1", "m-2"):
+        with pytest.raises(CorruptVersionError, match=f"model version {version} is corrupt"):
+            fetch_model(store, version, tmp_path / "cache")
+
+
+def test_a_version_published_before_digests_is_verified_by_loading(store, tmp_path):
+    """Versions published before this change record no digests: their sizes are checked against the
+    listing and their safetensors and JSON files are loaded, so a truncation is caught there too."""
+    from safetensors.numpy import save_file
+
+    folder = tmp_path / "m-old"
+    folder.mkdir()
+    save_file({"weight": np.arange(256, dtype=np.float32)}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text("{}")
+    store.upload_dir(folder, "models/m-old/")  # as publish_model wrote it before: no "files" record
+    store.put("models/m-old/metrics.json", b'{"accuracy": 0.7}')
+    cache = tmp_path / "cache"
+    cached = fetch_model(store, "m-old", cache)
+    (cached / "model.safetensors").write_bytes(b"\0" * 100)  # a bad copy the old code cached for good
+    assert fetch_model(store, "m-old", cache) == cached
+    assert (cached / "model.safetensors").stat().st_size == (folder / "model.safetensors").stat().st_size
+
+    original = damage(store, "models/m-old/model.safetensors", "truncate")
+    with pytest.raises(CorruptVersionError, match=r"model.safetensors does not load: .*header"):
+        fetch_model(store, "m-old", tmp_path / "fresh-cache")
+    assert list_versions(store)[0].status == "interrupted"  # no record to compare a listing with
+    store.put("models/m-old/model.safetensors", original)
+    assert fetch_model(store, "m-old", tmp_path / "fresh-cache").is_dir()
+
+
+def test_publish_records_the_size_and_sha256_of_every_file(store, tmp_path):
+    _publish(store, tmp_path, "m-1")
+
+    metrics = json.loads(store.get("models/m-1/metrics.json")[0])
+
+    assert metrics["files"] == {
+        "model.safetensors": {"size": 3, "sha256": hashlib.sha256(b"m-1").hexdigest()}
+    }
+
+
+def test_a_corrupt_version_is_read_once_not_retried_like_a_transient_failure(
+    store, tmp_path, prefect_api, monkeypatch
+):
+    _publish(store, tmp_path, "m-1")
+    damage(store, "models/m-1/model.safetensors", "truncate")
+    reads = []
+    real_read_published = registry.read_published
+    monkeypatch.setattr(
+        registry, "read_published", lambda *args: reads.append(args) or real_read_published(*args)
+    )
+
+    with pytest.raises(CorruptVersionError):
+        fetch_model_task(store, "m-1", tmp_path / "cache")  # a read task: retried on other failures
+
+    assert len(reads) == 1

@@ -1,19 +1,17 @@
 """Only smoke-tested versions may serve; a lost race reports who really is in production (real SeaweedFS)."""
 
-import json
-import shutil
-
 import pytest
 
 import tasks.registry as registry
-from flows.retrain import smoke_and_flip
-from retrainer.core.labels import LABELS
+from flows.retrain import failed_record, retrain, smoke_and_flip
 from retrainer.records import RunRecord
 from retrainer.resources import Resources
 from retrainer.run_steps import Production
+from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import GatePolicy
 from retrainer.storage import PreconditionFailedError
 from tasks.registry import (
+    CorruptVersionError,
     RegistryError,
     list_versions,
     publish_model,
@@ -22,7 +20,10 @@ from tasks.registry import (
     record_decision,
     rollback,
 )
+from tasks.smoke import smoke_test
+from tests.registry_helpers import damage
 from tests.registry_helpers import decision as _record
+from tests.registry_helpers import labelled_copy as _labelled_copy
 from tests.registry_helpers import promote as _promote
 from tests.registry_helpers import publish_fake_version as _publish
 
@@ -141,10 +142,57 @@ def test_a_lost_race_reports_the_version_that_is_really_in_production(
     assert read_production_pointer(store)[0].version == "m-winner"
 
 
-def _labelled_copy(tiny_model_dir, target):
-    """The tiny random BERT, named with the project's labels as a trained model is (the smoke test checks)."""
-    shutil.copytree(tiny_model_dir, target)
-    config = json.loads((target / "config.json").read_text())
-    config["id2label"] = dict(enumerate(LABELS))
-    config["label2id"] = {label: index for index, label in enumerate(LABELS)}
-    (target / "config.json").write_text(json.dumps(config))
+def test_rollback_refuses_a_corrupt_target_and_changes_nothing(store, tmp_path):
+    for version in ("m-1", "m-2"):
+        _publish(store, tmp_path, version)
+    _promote(store, "m-1", None)
+    _promote(store, "m-2", "m-1")
+    damage(store, "models/m-1/model.safetensors", "flip")  # same size: only a full check finds it
+
+    with pytest.raises(RegistryError) as refused:
+        rollback(store, "m-2 misbehaves")
+
+    weights = store.uri("models/m-1/model.safetensors")
+    assert str(refused.value).startswith(f"m-1 is corrupt and may not serve production: {weights} has sha256")
+    assert read_production_pointer(store)[0].version == "m-2"
+    assert [record.action for record in read_history(store)] == ["promoted", "promoted"]
+
+
+def test_the_smoke_test_checks_the_published_files_against_their_digests(store, tiny_model_dir, tmp_path):
+    _labelled_copy(tiny_model_dir, tmp_path / "m-1")
+    publish_model(store, tmp_path / "m-1", "m-1", {"accuracy": 0.5})
+    # One flipped bit in the last weight: the model still loads and predicts as the one trained.
+    damage(store, "models/m-1/model.safetensors", "flip")
+
+    result = smoke_test(store, "m-1", tmp_path / "m-1", tmp_path, 64, min_canary_accuracy=0.0)
+
+    assert not result.passed
+    weights = store.uri("models/m-1/model.safetensors")
+    assert result.reasons[0].startswith(f"smoke test: m-1 is corrupt as stored: {weights} has sha256")
+
+
+def test_a_run_that_meets_a_corrupt_champion_fails_alerting_the_version_and_the_remedy(
+    run_resources, tiny_model_dir, tmp_path, webhook
+):
+    store = run_resources.store
+    _labelled_copy(tiny_model_dir, tmp_path / "m-champion")
+    publish_model(store, tmp_path / "m-champion", "m-champion", {"accuracy": 0.5})
+    _promote(store, "m-champion", None)
+    damage(store, "models/m-champion/model.safetensors", "truncate")
+    store.put("incoming/batch-1.csv", tickets_to_csv(generate_tickets(60, seed=1, id_prefix="b1")))
+    settings = run_resources.settings.model_copy(update={"notification_block": webhook.block})
+
+    with pytest.raises(CorruptVersionError) as failed:
+        retrain(resources=Resources(settings, store))
+
+    weights = store.uri("models/m-champion/model.safetensors")
+    record = failed_record(failed.value)
+    assert record.status == "failed"
+    assert record.reasons[-1].startswith(f"model version m-champion is corrupt: {weights} is ")
+    assert record.reasons[-1].endswith("`retrainer rollback`")
+    [alert] = webhook.payloads
+    assert alert["subject"].startswith("ticket-retrainer: production model m-champion is CORRUPT")
+    assert weights in alert["text"] and "`retrainer rollback`" in alert["text"]
+    assert read_production_pointer(store)[0].version == "m-champion"  # nothing promoted over it
+    assert [row.version for row in list_versions(store)] == ["m-champion"]  # nothing published
+    assert list_versions(store)[0].status == "corrupt"
