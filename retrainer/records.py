@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, Field
 
+from retrainer.core.agreement import LabelAgreement
 from retrainer.core.evaluation import EvalReport
 from retrainer.core.training_plan import TrainingPlan
 
@@ -75,6 +76,7 @@ class DecisionRecord(BaseModel):
     previous_version: str | None = Field(
         None, validation_alias=AliasChoices("previous_version", "previous_production")
     )
+    suspect_batches: list[str] = Field(default_factory=list)  # named by the label check's alarm
     reasons: list[str]
 
 
@@ -97,6 +99,11 @@ class RunRecord(BaseModel):
     champion: EvalReport | None = None
     challenger_new_data: EvalReport | None = None
     champion_new_data: EvalReport | None = None
+    # on the eval tickets from batches the champion was trained on (labelled before it and this run)
+    challenger_established: EvalReport | None = None
+    champion_established: EvalReport | None = None
+    label_agreement: LabelAgreement | None = None  # the champion against the labels new to it (counts)
+    suspect_batches: list[str] = Field(default_factory=list)  # named by the label check's alarm
     p_value: float | None = None
     forced_reason: str | None = None
     production_version: str | None = None
@@ -140,6 +147,20 @@ class RunRecord(BaseModel):
             previous_version=self.champion_version,
         )
 
+    def label_check_summary(self) -> dict | None:
+        """The label check's figures (``metrics.json``): the champion's agreement with the labels new to it
+        and with the established ones, per new batch, both models on the established eval tickets, and
+        the batches an alarm named. Counts and shares only (None: no champion to check against)."""
+        if self.label_agreement is None:
+            return None
+        return {
+            **self.label_agreement.summary(),
+            "batches": {key: batch.agreement for key, batch in self.label_agreement.batches.items()},
+            "challenger_established_accuracy": _accuracy(self.challenger_established),
+            "champion_established_accuracy": _accuracy(self.champion_established),
+            "suspect_batches": self.suspect_batches,
+        }
+
     def decision_summary(self) -> dict:
         """The decision as published beside the weights (``metrics.json``, the model card)."""
         return {
@@ -152,6 +173,10 @@ class RunRecord(BaseModel):
         }
 
 
+def _accuracy(report: EvalReport | None) -> float | None:
+    return report.accuracy if report else None
+
+
 _DECISION_FIELDS = {
     "run_id",
     "dataset_version",
@@ -160,5 +185,6 @@ _DECISION_FIELDS = {
     "p_value",
     "forced_reason",
     "production_version",
+    "suspect_batches",
     "reasons",
 }

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from retrainer.core.agreement import LabelAgreement
 from retrainer.core.evaluation import ModelEvaluation
 from retrainer.core.gate import Decision
 from retrainer.core.training_plan import TrainingPlan
@@ -54,6 +55,7 @@ class Scores:
     champion_version: str | None
     champion: ModelEvaluation | None
     decision: Decision
+    agreement: LabelAgreement | None = None  # the champion against the labels new to it
 
     def facts(self) -> dict:
         """The scoring facts of the run record."""
@@ -61,10 +63,14 @@ class Scores:
             "challenger_version": self.challenger_version,
             "challenger": self.challenger.overall,
             "challenger_new_data": self.challenger.new_data,
+            "challenger_established": self.challenger.established,
             "champion_version": self.champion_version,
             "champion": self.champion.overall if self.champion else None,
             "champion_new_data": self.champion.new_data if self.champion else None,
+            "champion_established": self.champion.established if self.champion else None,
             "p_value": self.decision.p_value,
+            "label_agreement": self.agreement,
+            "suspect_batches": self.decision.suspect_batches,
         }
 
 

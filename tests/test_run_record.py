@@ -163,3 +163,48 @@ def test_resources_are_recorded_by_prefect_as_a_name_not_as_their_secrets():
 
     assert recorded == {"resources": "<Resources>", "force": False}
     assert "s3cr3t" not in json.dumps(recorded)
+
+
+def test_the_label_check_figures_reach_the_record_the_history_metrics_and_the_report():
+    from retrainer.core.agreement import BatchAgreement, LabelAgreement
+    from retrainer.report.markdown import render_run_markdown
+
+    progress = _progress_of_a_promotion()
+    agreement = LabelAgreement(
+        new=[[60, 35, 5], [5, 90, 5], [5, 5, 90]],
+        established=[[90, 5, 5], [5, 90, 5], [5, 5, 90]],
+        batches={
+            "b.csv": BatchAgreement(tickets=100, agreeing=60),
+            "a.csv": BatchAgreement(tickets=200, agreeing=180),
+        },
+        extra_predictions=240,
+        extra_seconds=3.21,
+    )
+    blocked = Decision(
+        promote=False, reasons=["label flips: EXCEEDS"], label_alarm=True, suspect_batches=["b.csv"]
+    )
+    progress.scores = Scores(
+        challenger_version="m-challenger",
+        challenger=ModelEvaluation(overall=_report(0.9), established=_report(0.8), correct=[True] * 10),
+        champion_version="m-champion",
+        champion=ModelEvaluation(overall=_report(0.7), established=_report(0.9), correct=[True] * 10),
+        decision=blocked,
+        agreement=agreement,
+    )
+
+    record = progress.record("kept")
+
+    assert record.suspect_batches == ["b.csv"] and record.label_agreement == agreement
+    assert record.decision_record(NOW).suspect_batches == ["b.csv"]
+    summary = record.label_check_summary()
+    assert summary["new_agreement"] == pytest.approx(0.8) and summary["established_agreement"] == 0.9
+    assert summary["batches"] == {"b.csv": 0.6, "a.csv": 0.9} and summary["extra_predictions"] == 240
+    assert (summary["challenger_established_accuracy"], summary["champion_established_accuracy"]) == (
+        0.8,
+        0.9,
+    )
+    json.dumps(summary)  # metrics.json holds it as it is
+    report = render_run_markdown(record)
+    assert "## Label check" in report and "**SUSPECT batches**: `b.csv`" in report
+    assert report.index("| `b.csv` | 100 | 60.0% |") < report.index("| `a.csv` | 200 | 90.0% |")
+    assert "challenger 80.0%, champion 90.0%" in report

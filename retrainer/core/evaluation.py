@@ -17,8 +17,16 @@ class EvalReport(BaseModel):
 
 
 class ModelEvaluation(BaseModel):
-    """A model's score on the eval split, and on the eval rows that arrived in this run."""
+    """A model's score on the eval split, on the eval rows that arrived in this run, and on the established
+    ones (from batches the champion was trained on: labelled before it, and before this run)."""
 
     overall: EvalReport
     new_data: EvalReport | None = None
+    established: EvalReport | None = None
     correct: list[bool] = Field(description="per eval ticket, in eval order: for the paired test")
+    established_rows: list[bool] = Field(
+        default_factory=list, description="per eval ticket, whether it is established (`established`)"
+    )
+    predicted: list[int] = Field(
+        default_factory=list, description="per eval ticket, the predicted label id: for the label check"
+    )

@@ -90,16 +90,29 @@ def evaluation_report(predicted: list[int], references: list[int]) -> EvalReport
 
 
 def score_model(
-    model_dir: Path, eval_rows: pd.DataFrame, max_length: int, new_rows: list[bool]
+    model_dir: Path,
+    eval_rows: pd.DataFrame,
+    max_length: int,
+    new_rows: list[bool],
+    established_rows: list[bool] | None = None,
 ) -> ModelEvaluation:
-    """Score the model in `model_dir` on `eval_rows`; `new_rows` marks the rows ingested in this run."""
+    """Score the model in `model_dir` on `eval_rows`; `new_rows` marks the rows ingested in this run,
+    `established_rows` those from batches the champion was trained on (each also scored on its own)."""
     predicted = predict_label_ids(model_dir, eval_rows["text"].tolist(), max_length)
     references = [LABEL_TO_ID[label] for label in eval_rows["label"]]
-    fresh = [index for index, is_new in enumerate(new_rows) if is_new]
     return ModelEvaluation(
         overall=evaluation_report(predicted, references),
-        new_data=evaluation_report([predicted[i] for i in fresh], [references[i] for i in fresh])
-        if fresh
-        else None,
+        new_data=_report_of(predicted, references, new_rows),
+        established=_report_of(predicted, references, established_rows or []),
         correct=[p == r for p, r in zip(predicted, references, strict=True)],
+        established_rows=established_rows or [],
+        predicted=predicted,
     )
+
+
+def _report_of(predicted: list[int], references: list[int], selected: list[bool]) -> EvalReport | None:
+    """The report on the selected rows (None when none is)."""
+    rows = [index for index, chosen in enumerate(selected) if chosen]
+    if not rows:
+        return None
+    return evaluation_report([predicted[i] for i in rows], [references[i] for i in rows])

@@ -35,6 +35,8 @@ def render_run_markdown(record: RunRecord) -> str:
     if record.challenger:
         lines += ["", *comparison_table(record), "", *_per_class_table(record)]
         lines += ["", f"McNemar exact p-value: {_number(record.p_value)}"]
+    if record.label_agreement:
+        lines += ["", *label_check_lines(record)]
     lines += ["", "## Decision", *(f"- {escape(reason)}" for reason in record.reasons)]
     if record.report_uris:
         lines += ["", "## Pictures", *(f"- `{uri}`" for uri in record.report_uris)]
@@ -162,6 +164,37 @@ def _per_class_table(record: RunRecord) -> list[str]:
             f"{challenger.recall[label]:.4f} | {delta} |"
         )
     return rows
+
+
+REPORTED_BATCHES = 10
+
+
+def label_check_lines(record: RunRecord) -> list[str]:
+    """The label check: the champion's agreement with the labels new to it against the established ones,
+    both models on the established eval tickets, and the new batches, lowest agreement first."""
+    agreement, summary = record.label_agreement, record.label_check_summary()
+    lines = [
+        "## Label check",
+        f"- champion agrees with {_share(agreement.new_agreement)} of {agreement.new_tickets} ticket(s) new "
+        f"to it, {_share(agreement.established_agreement)} of {agreement.established_tickets} established "
+        f"eval ticket(s) ({agreement.extra_predictions} new ticket(s) outside the eval split scored in "
+        f"{agreement.extra_seconds:.1f} s)",
+        f"- accuracy on the established eval tickets: challenger "
+        f"{_share(summary['challenger_established_accuracy'])}, champion "
+        f"{_share(summary['champion_established_accuracy'])}",
+    ]
+    if record.suspect_batches:
+        lines.append(
+            f"- **SUSPECT batches**: {', '.join(f'`{code_safe(key)}`' for key in record.suspect_batches)}"
+        )
+    lines += ["", "| new batch | tickets | champion agrees |", "|---|---|---|"]
+    for key, batch in agreement.lowest_batches(REPORTED_BATCHES):
+        lines.append(f"| `{code_safe(key)}` | {batch.tickets} | {batch.agreement:.1%} |")
+    return lines
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def _number(value: float | None) -> str:

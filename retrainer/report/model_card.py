@@ -116,6 +116,10 @@ def published_metadata(
         "new_data_evaluation": record.challenger_new_data.model_dump()
         if record.challenger_new_data
         else None,
+        "established_evaluation": record.challenger_established.model_dump()
+        if record.challenger_established
+        else None,
+        "label_check": record.label_check_summary(),
         "dataset_version": record.dataset_version,
         "base_model": settings.base_model,
         "base_model_revision": settings.base_model_revision,
