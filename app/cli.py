@@ -42,18 +42,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _exit_code(error: Exception) -> int | None:
     """2: the request was refused (by the registry: bad target, unknown version, nothing in production;
-    by setup: no Prefect server configured, an alert webhook it cannot deliver to; by forget: no ticket id);
+    by setup: no Prefect server configured, an alert webhook it cannot deliver to; by forget: no ticket id;
+    by any command: an invalid ``RETRAINER_*`` setting);
     1: a run, the store, the Prefect server or their credentials failed;
     None: not one of the project's known errors."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     from app.platform import PrefectServerError, SetupRefusedError
     from retrainer.core.validation import ValidationFailedError
+    from retrainer.settings import InvalidSettingError
     from retrainer.storage import StorageError
     from tasks.erasure import ErasureRequestError
     from tasks.registry import RegistryError
 
-    if isinstance(error, RegistryError | SetupRefusedError | ErasureRequestError):
+    if isinstance(error, RegistryError | SetupRefusedError | ErasureRequestError | InvalidSettingError):
         return 2
     known_failures = RunFailedError | StorageError | ValidationFailedError | ClientError | BotoCoreError
     if isinstance(error, known_failures | PrefectServerError):
@@ -210,11 +212,13 @@ def _demo(args) -> int:
 
 
 def _run(args) -> int:
+    if args.preset:  # the run reads its settings when it starts: the preset's recipe and base model
+        os.environ["RETRAINER_TRAINING_PRESET"] = args.preset
+    RetrainerSettings()  # an invalid setting is refused in one line here, before a run (and its log) starts
+
     from flows.retrain import retrain
     from retrainer.ephemeral_api import start_ephemeral_api_bound_to_this_process
 
-    if args.preset:  # the run reads its settings when it starts: the preset's recipe and base model
-        os.environ["RETRAINER_TRAINING_PRESET"] = args.preset
     start_ephemeral_api_bound_to_this_process()  # no-op with PREFECT_API_URL set
     with _console_without_known_error_tracebacks():
         state = retrain(return_state=True)
@@ -276,8 +280,12 @@ def _models_list(args) -> int:
         print(f"{marker}{row.version:34} {row.status:12} {scores}  {row.dataset_version}")
     print(
         f"{len(rows)} version(s); * = production; servable = passed its smoke test (a rollback target); "
-        "interrupted = its run died before the smoke test (never served)"
+        "interrupted = its run died before the smoke test (never served); "
+        "corrupt = a stored file differs from its publish (never served)"
     )
+    for row in rows:
+        if row.problem:
+            print(f"{row.version} is corrupt: {row.problem}")
     return 0
 
 
@@ -308,13 +316,15 @@ def _rollback(args) -> int:
     from tasks.registry import rollback
 
     reason = args.reason or f"manual rollback by {getpass.getuser()}"
-    pointer = rollback(_store(), reason, args.to_version)
+    pointer = rollback(_store(), reason, args.to_version, RetrainerSettings().model_cache_dir)
     print(f"production is now {pointer.version} (was rolled back: {reason})")
     return 0
 
 
 def _forget(args) -> int:
     import getpass
+
+    RetrainerSettings()  # an invalid setting is refused in one line here, before the flow run starts
 
     from flows.forget import forget
     from retrainer.ephemeral_api import start_ephemeral_api_bound_to_this_process

@@ -33,12 +33,18 @@ from retrainer.resources import Resources
 from retrainer.run_steps import Ingestion, Production, Publication, RunProgress, Scores
 from retrainer.settings import GatePolicy, TrainingConfig
 from retrainer.storage import PreconditionFailedError
-from tasks.alerts import alert_validation_failed_task, notify_task
+from tasks.alerts import (
+    alert_corrupt_champion_task,
+    alert_labels_suspect_task,
+    alert_validation_failed_task,
+    notify_task,
+)
 from tasks.checkpoints import discard_scratch_task
 from tasks.dataset import (
     EVAL,
     TRAIN,
     check_splits,
+    discard_uncommitted_task,
     latest_rows,
     lineage,
     mark_superseded_task,
@@ -48,17 +54,19 @@ from tasks.dataset import (
     write_curated_task,
 )
 from tasks.erasure import erased_ticket_ids_task, withhold_erased
-from tasks.evaluate import score_model_task
+from tasks.evaluate import champion_label_agreement_task, score_model_task
 from tasks.handoff import hand_off_fine_tune_task, warn_if_a_worker_waits_unused
 from tasks.ingest import (
     commit_manifest_task,
     discover_new_batches_task,
     load_batches_task,
     manifest_entry,
+    manifest_key,
     read_manifest_task,
     record_batches,
 )
 from tasks.registry import (
+    CorruptVersionError,
     champion_lineage,
     fetch_model_task,
     flip_production_pointer_task,
@@ -145,7 +153,9 @@ def run_retrain(
         version = ingestion.dataset_version
         return progress.record("no-new-data", [f"dataset {version} was already decided on; champion kept"])
     splits = check_splits(ingestion.curated)
-    progress.plan = plan_challenger_training(resources, splits[TRAIN], production, full_retrain)
+    progress.plan = plan_challenger_training(
+        resources, splits[TRAIN], production, full_retrain, progress.run_id
+    )
     with tempfile.TemporaryDirectory(prefix="run-", dir=resources.settings.scratch_dir()) as run_dir:
         challenger_dir = train_challenger(
             resources, progress.run_id, ingestion.dataset_version, Path(run_dir), progress.plan
@@ -167,7 +177,7 @@ def ingest_new_batches(resources: Resources, run_id: str) -> Ingestion:
     loaded = withhold_erased_tickets(resources, loaded)
     curated = read_curated_task(store, manifest.dataset_version)
     validated = validate_batches_task(loaded, settings.validation, settings.ingest.label_aliases, curated)
-    quarantine_batches_task(store, run_id, validated, [batch.raw for batch in loaded])
+    quarantined = quarantine_batches_task(store, run_id, validated, [batch.raw for batch in loaded])
     dataset_version = manifest.dataset_version
     accepted = [result.accepted for result in validated if not result.accepted.empty]
     if accepted:
@@ -177,10 +187,32 @@ def ingest_new_batches(resources: Resources, run_id: str) -> Ingestion:
         dataset_version = write_curated_task(store, new_rows, manifest.dataset_version)  # only new rows
     if validated:
         entries = {result.key: _manifest_entry(result, run_id) for result in validated}
-        commit_manifest_task(store, record_batches(manifest, entries, dataset_version), manifest_etag)
+        try:
+            commit_manifest_task(store, record_batches(manifest, entries, dataset_version), manifest_etag)
+        except PreconditionFailedError as error:
+            written = dataset_version if dataset_version != manifest.dataset_version else None
+            raise discard_lost_ingestion(resources, written, quarantined) from error
     if manifest.dataset_version and dataset_version != manifest.dataset_version:
         tag_superseded(resources, manifest.dataset_version)
     return Ingestion(curated, dataset_version, validated)
+
+
+def discard_lost_ingestion(
+    resources: Resources, written: str | None, quarantined: list[str]
+) -> PreconditionFailedError:
+    """The manifest changed since this run read it (another run, or an erasure request, committed
+    first): delete the dataset version and quarantine objects it wrote, which no manifest will name
+    and which may hold a ticket erased meanwhile (`tasks.erasure`); the error to fail the run with."""
+    store = resources.store
+    current, _ = read_manifest_task(store)
+    state = discard_uncommitted_task(store, written, current.dataset_version, quarantined, return_state=True)
+    if state.is_failed():
+        run_logger().warning("what this run wrote was not all deleted: %s", state.message)
+    return PreconditionFailedError(
+        f"the manifest {store.uri(manifest_key(store))} changed while this run ingested (another run "
+        f"or an erasure request committed first): its dataset version {written or '(none)'} and "
+        "quarantine writes were discarded; the next run ingests these batches"
+    )
 
 
 def withhold_erased_tickets(resources: Resources, loaded: list[LoadedBatch]) -> list[LoadedBatch]:
@@ -228,19 +260,29 @@ def challenger_prefix(resources: Resources, run_id: str) -> str:
 
 
 def plan_challenger_training(
-    resources: Resources, train_rows: pd.DataFrame, production: Production, full_requested: bool
+    resources: Resources, train_rows: pd.DataFrame, production: Production, full_requested: bool, run_id: str
 ) -> TrainingPlan:
     """Full or incremental training (`retrainer.core.training_plan`), from what the champion was trained
     on; logged, and kept in the run record and the published metadata."""
     settings, champion, unseen = resources.settings, None, len(train_rows)
     if production.pointer:
-        champion_dir = fetch_model_task(resources.store, production.version, settings.model_cache_dir)
+        champion_dir = fetch_champion(resources, production, run_id)
         champion = champion_lineage(champion_dir, production.version)
         unseen = int(unseen_mask(train_rows, trained_on(champion_dir)).sum())
     base_model = (settings.base_model, settings.base_model_revision)
     plan = plan_training(settings.incremental, champion, base_model, unseen, len(train_rows), full_requested)
     run_logger().info("training plan: %s", plan.summary())
     return plan
+
+
+def fetch_champion(resources: Resources, production: Production, run_id: str) -> Path:
+    """The production model's verified local copy. A corrupt champion fails the run with an alert naming
+    it and the remedy: a run never trains from, compares with, or promotes over a model it cannot trust."""
+    try:
+        return fetch_model_task(resources.store, production.version, resources.settings.model_cache_dir)
+    except CorruptVersionError as error:
+        alert_corrupt_champion_task(resources.settings.notification_block, run_id, error.version, str(error))
+        raise
 
 
 def train_challenger(
@@ -283,16 +325,27 @@ def score_both(
     production: Production,
     progress: RunProgress,
 ) -> Scores:
-    """Score the challenger and the champion on the same eval rows, and apply the gate."""
-    settings = resources.settings
+    """Score the challenger and the champion on the same eval rows (all of them, those of this run, and
+    the established ones: from batches the champion was trained on), measure the champion's agreement
+    with the labels new to it, and apply the gate; alert when the labels look poisoned."""
+    settings, max_length = resources.settings, resources.settings.training.max_length
     new_rows = rows_from_sources(eval_rows, ingestion.sources)
-    challenger = score_model_task(challenger_dir, eval_rows, settings.training.max_length, new_rows)
-    champion = None
+    champion_dir, seen = None, set()
     if production.pointer:
-        champion_dir = fetch_model_task(resources.store, production.version, settings.model_cache_dir)
-        champion = score_model_task(champion_dir, eval_rows, settings.training.max_length, new_rows)
-    decision = decide_promotion(challenger, champion, settings.gate, progress.forced_reason)
-    return Scores(new_version_id(), challenger, production.version, champion, decision)
+        champion_dir = fetch_champion(resources, production, progress.run_id)
+        seen = trained_on(champion_dir)
+    established = rows_from_sources(eval_rows, seen)
+    challenger = score_model_task(challenger_dir, eval_rows, max_length, new_rows, established)
+    champion = agreement = None
+    if champion_dir:
+        champion = score_model_task(champion_dir, eval_rows, max_length, new_rows, established)
+        agreement = champion_label_agreement_task(
+            champion_dir, champion, eval_rows, ingestion.curated, seen, max_length
+        )
+    decision = decide_promotion(challenger, champion, settings.gate, progress.forced_reason, agreement)
+    if decision.label_alarm:
+        alert_labels_suspect_task(settings.notification_block, progress.run_id, agreement, decision)
+    return Scores(new_version_id(), challenger, production.version, champion, decision, agreement)
 
 
 def publish_or_keep(

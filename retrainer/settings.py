@@ -6,13 +6,16 @@ them from the standard AWS environment, shared config files or an instance role.
 """
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
 
-from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SettingsSourceError
 
 from retrainer.core.masking import MASK_KINDS
 from retrainer.core.text import InputRecipe, Truncation
@@ -122,9 +125,46 @@ class S3Settings(BaseModel):
         "(erasure's included) expire this many days after they stopped being current; 0: no rule.",
     )
     max_attempts: int = Field(
-        5, ge=1, le=20, description="botocore attempts per request (standard retry mode)."
+        10,
+        ge=1,
+        le=30,
+        description="Attempts per request, the first included (botocore's standard retry mode: connection "
+        "errors, timeouts, 5xx and throttling are retried, with back-off doubling from 0.5 s to 8 s, enough "
+        "to ride out a store restart of a few tens of seconds).",
+    )
+    connect_timeout_s: float = Field(
+        5.0, gt=0, le=300, description="Seconds to wait for a connection to the store (per attempt)."
+    )
+    read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds to wait for any answer (or the next bytes of one) from the store, per attempt.",
+    )
+    retry_deadline_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="No retry of a request starts later than this many seconds after its first attempt: a "
+        "silent or dead store fails a command within about this plus one read timeout.",
     )
     max_pool_connections: int = Field(32, ge=1, le=512, description="HTTP connections kept per client.")
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_is_an_address(cls, value: str | None) -> str | None:
+        # Refused here, not by boto3 on first use; the message never repeats the value (a URL may carry
+        # a user name and password).
+        if value is None:
+            return value
+        parsed = urlparse(value)
+        try:
+            web = parsed.scheme in ("http", "https") and bool(parsed.hostname) and parsed.port != 0
+        except ValueError:  # a port that is not a number
+            web = False
+        if web or (parsed.scheme == "file" and parsed.netloc in ("", "localhost") and parsed.path):
+            return value
+        raise ValueError("not an http:// or https:// URL with a host, nor file:///PATH")
 
 
 @dataclass(frozen=True)
@@ -221,10 +261,17 @@ class TrainingConfig(BaseModel):
         description="Replace IPv4 and IPv6 addresses with `[ip]`; 4-part version numbers after `version`, "
         "`v`, `build`, `==` or `=>` or with a `-suffix`, and 0.x, 127.x, 255.x, `::1`, stay.",
     )
+    mask_iban: Annotated[bool, RecipeOnly("input_recipe")] = Field(
+        True,
+        description="Replace bank account numbers (IBANs with a valid country format and check digits, "
+        "spaced or not) with `[iban]`.",
+    )
     mask_phone: Annotated[bool, RecipeOnly("input_recipe")] = Field(
         True,
-        description="Replace phone numbers with `[phone]`: with a `+` country code, North American ones "
-        "with separators, and any number after `phone`, `tel`, `mobile`, `cell` or `fax`.",
+        description="Replace phone numbers with `[phone]`, decided by Google's numbering plans "
+        "(`phonenumbers`): with a `+` country code, North American ones with separators, national ones "
+        "with a trunk `0` and a separator after the area code (`(030) 1234567`, `0171 2345678`), and any "
+        "number after `phone`, `tel`, `mobile`, `cell` or `fax`.",
     )
     label_smoothing: Annotated[float, TrainerArgument("label_smoothing_factor")] = Field(
         0.0, ge=0.0, lt=1.0, description="Share of each target spread over the other labels (0: none)."
@@ -464,6 +511,46 @@ class GatePolicy(BaseModel):
         description="Smoke test after publishing: share of the canary tickets the published model must get "
         "right (0: it need only load, predict the same twice and agree with the trained model).",
     )
+    # The label check (docs/reliability.md, "label poisoning"): the champion, trained before the new
+    # tickets, is the witness a consistently relabelled batch cannot fool.
+    max_new_label_disagreement_drop: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Label check: the champion's agreement with the labels of the tickets new to it (every "
+        "split) may fall below its agreement with the established eval tickets by at most this (a larger, "
+        "significant drop blocks promotion and alerts, naming the batches).",
+    )
+    max_label_flip_rise: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Label check, per class: of the new tickets the champion calls X, the share labelled Y "
+        "may exceed that share among the established eval tickets by at most this (a targeted relabelling, "
+        "e.g. bugs turned feature requests); larger and significant blocks and alerts.",
+    )
+    label_check_min_tickets: int = Field(
+        20,
+        ge=1,
+        description="Label check: fewest new tickets (per class the champion predicts, for the per-class "
+        "check) and established eval tickets a comparison needs; fewer: not compared, said in the reasons.",
+    )
+    label_check_significance: float = Field(
+        0.05,
+        gt=0.0,
+        lt=1.0,
+        description="Label check: a drop or rise counts only when a one-sided Fisher exact test gives p "
+        "below this (divided by the number of class pairs compared, Bonferroni), so small nights do not "
+        "block by chance.",
+    )
+    max_established_accuracy_drop: float = Field(
+        0.03,
+        ge=0.0,
+        le=1.0,
+        description="The challenger may score below the champion on the established eval tickets (those "
+        "whose batch the champion was trained on, labelled before this run) by at most this; a larger loss "
+        "blocks promotion when significant (one-sided exact McNemar at significance_level).",
+    )
 
 
 class IngestSettings(BaseModel):
@@ -516,10 +603,30 @@ class ValidationPolicy(BaseModel):
     )
 
 
+class InvalidSettingError(ValueError):
+    """A setting is invalid: one line naming each bad ``RETRAINER_*`` variable and its problem, never
+    its value (a value may be secret)."""
+
+
 class RetrainerSettings(BaseSettings):
     """All configuration of a retraining run."""
 
     model_config = SettingsConfigDict(env_prefix="RETRAINER_", env_nested_delimiter="__", extra="ignore")
+
+    def __init__(self, **values: Any) -> None:
+        """Read the settings from the environment, `values` first; raises `InvalidSettingError`."""
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            # from None: pydantic's own message repeats each bad value, and a traceback would show it
+            raise InvalidSettingError(settings_problems(error)) from None
+        except SettingsSourceError as error:  # a value that must be JSON (an object, a list) is not
+            field = re.search(r'field "([^"]+)"', str(error))
+            name = f"RETRAINER_{field.group(1).upper()}" if field else "RETRAINER_*"
+            raise InvalidSettingError(
+                f"invalid setting {name} (or one of {name}__*): a value that must be JSON (an object or a "
+                "list) cannot be parsed"
+            ) from None
 
     s3: S3Settings = Field(default_factory=S3Settings)
     training_preset: Literal["tuned", "reference", "large"] = Field(
@@ -623,6 +730,20 @@ class RetrainerSettings(BaseSettings):
             return data  # an unknown preset is reported by the field's own validation
         return {**data, **_preset_base_model(name, data), "training": {**preset.model_dump(), **given}}
 
+    @classmethod
+    def variable_of(cls, location: tuple) -> str:
+        """The environment variable of a field at `location` (``("validation", "max_bad_row_share")`` ->
+        ``RETRAINER_VALIDATION__MAX_BAD_ROW_SHARE``), as far as the location names fields."""
+        model, names = cls, []
+        for part in location:
+            fields = getattr(model, "model_fields", None)
+            if not isinstance(part, str) or fields is None or part not in fields:
+                break
+            names.append(part)
+            annotation = fields[part].annotation
+            model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        return "RETRAINER_" + "__".join(names).upper() if names else "RETRAINER_* settings"
+
     def scratch_dir(self) -> Path:
         """`work_dir`, created if missing: the parent of every run's temporary folders."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -674,3 +795,15 @@ def load_settings(
 ) -> RetrainerSettings:
     """Settings from the environment, with a run's overrides (e.g. from the Prefect UI) on top."""
     return RetrainerSettings().with_overrides(training, base_model, gate)
+
+
+def settings_problems(error: ValidationError) -> str:
+    """One line for the settings' validation `error`: each bad variable and what is wrong, no value."""
+    problems: dict[str, list[str]] = {}
+    for problem in error.errors(include_url=False, include_input=False, include_context=False):
+        message = problem["msg"].removeprefix("Value error, ")
+        found = problems.setdefault(RetrainerSettings.variable_of(problem["loc"]), [])
+        if message not in found:
+            found.append(message)
+    listed = "; ".join(f"{name}: {' or '.join(messages)}" for name, messages in problems.items())
+    return f"invalid setting{'s' if len(problems) > 1 else ''} {listed}"

@@ -24,6 +24,7 @@ import gzip
 import io
 import itertools
 import json
+import re
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -36,8 +37,9 @@ from pydantic import BaseModel, Field
 
 from retrainer.core.batches import PARSE_ERROR, ROW_NUMBER, LoadedBatch, column_names_for_messages
 from retrainer.core.text import join_title
+from retrainer.core.validation import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 from retrainer.settings import IngestSettings
-from retrainer.storage import ObjectInfo, ObjectStore
+from retrainer.storage import InvalidKeyError, ObjectInfo, ObjectStore
 from tasks.common import once_task, read_task
 
 MANIFEST_NAME = "manifest.json"
@@ -53,7 +55,24 @@ MAGIC_BYTES = {
     b"\x1f\x8b": "gzip-compressed data",
     b"PK\x03\x04": "a zip archive (an .xlsx workbook or a .zip)",
     b"PAR1": "Parquet data",
+    b"\x89PNG\r\n\x1a\n": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"%PDF-": "a PDF document",
+    b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1": "an old Office document (.xls or .doc)",
 }
+_CONTAINERS = ("gzip-compressed data", "Parquet data", MAGIC_BYTES[b"PK\x03\x04"])  # may hold tickets
+# Byte-order marks of the Unicode encodings that are not UTF-8 (UTF-32 first: it starts like UTF-16).
+TEXT_BOMS = {
+    b"\xff\xfe\x00\x00": "UTF-32 (little-endian)",
+    b"\x00\x00\xfe\xff": "UTF-32 (big-endian)",
+    b"\xff\xfe": "UTF-16 (little-endian)",
+    b"\xfe\xff": "UTF-16 (big-endian)",
+}
+# Separators a spreadsheet may export with instead of commas (a semicolon where "," is the decimal mark).
+OTHER_DELIMITERS = {";": "semicolons (;)", "\t": "tabs", "|": "vertical bars (|)"}
+# The columns a batch file may have; header names match them ignoring case, spaces and hyphens.
+KNOWN_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, "title")
 
 # csv's default field limit (128 KiB) would reject long texts as unparseable; the text length policy
 # (validation) and max_decompressed_bytes bound them instead.
@@ -75,13 +94,30 @@ class ManifestEntry(BaseModel):
     ingested_at: datetime
     merged: int = 0  # rows whose text and label an earlier ticket already has (quarantined as .merged.csv)
     erased: int = 0  # records of erased tickets withheld, not in `rows`: neither curated nor quarantined
+    # An erasure request that removed accepted rows later, or rewrote the object, says so here: the
+    # curated data holds `accepted - erased_rows` rows carrying ``source_etag`` (`curated_etag`).
+    erased_rows: int = 0
+    source_etag: str | None = None  # the ETag its curated rows carry, when an erasure rewrote the object
+
+    @property
+    def curated_etag(self) -> str:
+        """The ETag that this object's curated rows carry as ``source_etag``."""
+        return self.source_etag or self.etag
 
 
 class Manifest(BaseModel):
-    """Every object ingested so far, and the curated dataset version they produced."""
+    """Every object ingested so far, and the curated dataset version they produced.
+
+    Erasure requests commit it too (`tasks.erasure`): each one counts in `erasures`, so a run that read
+    it before an erasure loses its compare-and-swap; `erasure_rewrites` keeps, per object, the ETag
+    changes (before -> after) of ``incoming/`` rewrites that no entry has caught up with yet.
+    """
 
     dataset_version: str | None = None
     objects: dict[str, ManifestEntry] = Field(default_factory=dict)
+    erasures: int = 0
+    last_erasure: str | None = None
+    erasure_rewrites: dict[str, dict[str, str]] = Field(default_factory=dict)
 
 
 def manifest_key(store: ObjectStore) -> str:
@@ -104,17 +140,43 @@ def discover_new_batches(store: ObjectStore, manifest: Manifest) -> list[ObjectI
     return [
         info
         for info in candidates
-        if not info.key.endswith("/") and _recorded_etag(manifest, info.key) != info.etag
+        if not info.key.endswith("/") and _recorded_etag(manifest, shown_key(info.key)) != info.etag
     ]
 
 
+def shown_key(key: str) -> str:
+    """`key` as the manifest, lineage and messages name it: itself, or for a name that is not valid
+    UTF-8 (a file name with stray bytes in the folder store), the name with those bytes as ``\\x..``."""
+    try:
+        key.encode("utf-8")
+        return key
+    except UnicodeEncodeError:
+        try:
+            return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate that no file name byte decodes to
+            return key.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def load_batch(store: ObjectStore, info: ObjectInfo, settings: IngestSettings) -> LoadedBatch:
-    """Read one batch object and parse it; a file that cannot be parsed carries its error instead."""
+    """Read one batch object and parse it; a file that cannot be parsed carries its error instead, and so
+    does an object whose name cannot be read (it is quarantined and alerted alone, never retried: the
+    other batches go on)."""
+    key = shown_key(info.key)
+    if key != info.key:
+        return _unread(info, key, "the object's name is not valid UTF-8 (shown with \\x escapes); rename it")
     if info.size > settings.max_object_bytes:
-        error = f"{info.key}: object is {info.size} bytes, over the limit of {settings.max_object_bytes}"
-        return LoadedBatch(key=info.key, etag=info.etag, raw=b"", frame=None, error=error)
-    raw, etag = store.get(info.key)
+        return _unread(
+            info, key, f"object is {info.size} bytes, over the limit of {settings.max_object_bytes}"
+        )
+    try:
+        raw, etag = store.get(info.key)
+    except InvalidKeyError as error:  # a name this store cannot hold: asking again cannot help
+        return _unread(info, key, f"{error}; rename the object")
     return parsed_batch(info.key, etag, raw, settings)
+
+
+def _unread(info: ObjectInfo, key: str, reason: str) -> LoadedBatch:
+    return LoadedBatch(key=key, etag=info.etag, raw=b"", frame=None, error=f"{key}: {reason}")
 
 
 def parsed_batch(key: str, etag: str, raw: bytes, settings: IngestSettings) -> LoadedBatch:
@@ -166,10 +228,15 @@ def parse_batch(
 def record_batches(
     manifest: Manifest, entries: dict[str, ManifestEntry], dataset_version: str | None
 ) -> Manifest:
-    """A new manifest with `entries` recorded and the dataset version advanced."""
-    return Manifest(
-        dataset_version=dataset_version or manifest.dataset_version,
-        objects={**manifest.objects, **entries},
+    """A new manifest with `entries` recorded and the dataset version advanced. An object ingested now
+    was read after every erasure rewrite the manifest knows of (else this commit loses): those go."""
+    rewrites = {key: pairs for key, pairs in manifest.erasure_rewrites.items() if key not in entries}
+    return manifest.model_copy(
+        update={
+            "dataset_version": dataset_version or manifest.dataset_version,
+            "objects": {**manifest.objects, **entries},
+            "erasure_rewrites": rewrites,
+        }
     )
 
 
@@ -225,8 +292,10 @@ def _refuse_misnamed_binary(raw: bytes, key: str) -> None:
         hint = "compressed twice" if named.endswith(".gz") else f"name it {named}.gz"
     elif kind == "Parquet data":
         hint = "name it .parquet"
-    else:
+    elif kind in _CONTAINERS:
         hint = f"export or unzip it as {named.removesuffix('.gz')}"
+    else:
+        hint = "not a batch of tickets: export them as .csv, .jsonl or .parquet"
     raise BatchFormatError(f"{key}: {kind} in a file named {named} ({hint})")
 
 
@@ -245,6 +314,11 @@ def decode_text(raw: bytes, key: str) -> str:
     try:
         return raw.decode("utf-8-sig")  # a leading byte-order mark is tolerated and dropped
     except UnicodeDecodeError as error:
+        encoding = next((name for bom, name in TEXT_BOMS.items() if raw.startswith(bom)), None)
+        if encoding:
+            raise BatchFormatError(
+                f"{key}: {encoding} text with a byte-order mark, not UTF-8: save it as UTF-8"
+            ) from error
         raise BatchFormatError(f"{key}: not valid UTF-8 at byte {error.start}") from error
 
 
@@ -253,8 +327,18 @@ def _read_csv(raw: bytes, key: str) -> pd.DataFrame:
     if not text.strip():
         raise BatchFormatError(f"{key}: empty file (no header, no rows)")
     if "\x00" in text:
+        if _looks_like_utf16(raw):
+            raise BatchFormatError(
+                f"{key}: UTF-16 text without a byte-order mark, not UTF-8: save it as UTF-8"
+            )
         line = text[: text.index("\x00")].count("\n") + 1
         raise BatchFormatError(f"{key}: NUL byte at line {line} (binary or corrupt file)")
+    delimiter = _other_delimiter(text)
+    if delimiter:
+        raise BatchFormatError(
+            f"{key}: the header is separated by {OTHER_DELIMITERS[delimiter]}, not commas: "
+            "save the file as comma-separated CSV"
+        )
     reader = csv_reader(text)
     try:
         header = _csv_header(reader, key)
@@ -282,6 +366,23 @@ def _to_arrow(fields: list[str], chunks: list[list[pyarrow.Array]]) -> None:
     for index, chunk in enumerate(chunks):
         chunk.append(pyarrow.array(fields[index::width], pyarrow.string()))
     fields.clear()
+
+
+def _looks_like_utf16(raw: bytes) -> bool:
+    """ASCII text in UTF-16 without a byte-order mark: every other byte of its start is NUL."""
+    sample = raw[:1024]
+    return len(sample) >= 8 and max(sample[0::2].count(0), sample[1::2].count(0)) >= 0.9 * (len(sample) // 2)
+
+
+def _other_delimiter(text: str) -> str | None:
+    """The separator of a header line that has no comma (outside quotes) but semicolons, tabs or bars."""
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    unquoted = re.sub(r'"[^"]*"', "", header)
+    if "," in unquoted:
+        return None
+    counts = {delimiter: unquoted.count(delimiter) for delimiter in OTHER_DELIMITERS}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else None
 
 
 class _RaggedRecordError(Exception):
@@ -321,7 +422,8 @@ def _first_csv_problem(text: str) -> str:
                 return f"row {row} (line {start_line}) has {len(record)} fields, the header has {width}"
     except csv.Error as error:
         where = "the header" if width is None else f"row {row + 1}"
-        return f"{where} (line {end_line + 1}): {_csv_error_reason(error)}"
+        line = next(itertools.islice(io.StringIO(text, newline=""), reader.line_num - 1, None), "")
+        return f"{where} (line {end_line + 1}): {_csv_error_reason(error, line)}"
     return "unknown problem"  # unreachable: _read_csv found one
 
 
@@ -333,11 +435,22 @@ def csv_reader(text: str):
     return csv.reader(io.StringIO(text, newline=""), strict=True)
 
 
-def _csv_error_reason(error: csv.Error) -> str:
+def _csv_error_reason(error: csv.Error, line: str) -> str:
+    """What a strict `csv.reader` error means, told from the physical `line` where it stopped (the
+    reason only: no field's value, which may be a ticket's text)."""
     message = str(error)
     if message == "unexpected end of data":
         return "a quoted field is not closed before the end of the file"
     if message.endswith("expected after '\"'"):
+        # A field that is not quoted but holds quotes and commas (a formula, =HYPERLINK("a","b")) reads
+        # as several fields, and one starts with a quote: the fix is quoting that field, not doubling.
+        unquoted = next((f for f in line.split(",") if '"' in f and not f.lstrip().startswith('"')), None)
+        if unquoted is not None:
+            what = "a spreadsheet formula" if unquoted.lstrip()[0] in "=+-@" else "a field"
+            return (
+                f"{what} holding quotes and commas is not enclosed in quotes: enclose the field in quotes "
+                'and double the quotes inside it ("")'
+            )
         return 'a quote inside a quoted field is not doubled (""), or text follows the closing quote'
     return message
 
@@ -385,7 +498,13 @@ def _numbered(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _apply_column_aliases(frame: pd.DataFrame, key: str, aliases: dict[str, str]) -> pd.DataFrame:
-    renames = {column: aliases[column] for column in frame.columns if column in aliases}
+    """Rename columns to the names validation reads: through `aliases`, and any header that matches a known
+    column or an alias ignoring case, spaces and hyphens (``Ticket ID``, ``TEXT``); a column named twice
+    that way is refused, as is one named directly and through an alias."""
+    targets = {_column_key(name): name for name in KNOWN_COLUMNS}
+    targets.update({_column_key(source): target for source, target in aliases.items()})
+    named = {column: aliases.get(column) or targets.get(_column_key(column)) for column in frame.columns}
+    renames = {column: name for column, name in named.items() if name not in (None, column)}
     if not renames:
         return frame
     clashes = sorted({target for target in renames.values() if target in frame.columns} | _repeated(renames))
@@ -394,6 +513,11 @@ def _apply_column_aliases(frame: pd.DataFrame, key: str, aliases: dict[str, str]
             f"{key}: column(s) {', '.join(clashes)} given twice (directly or through an alias)"
         )
     return frame.rename(columns=renames)
+
+
+def _column_key(name) -> str:
+    """A column name as header matching compares it: lower case, spaces and hyphens as underscores."""
+    return re.sub(r"[\s-]+", "_", str(name).strip().lower())
 
 
 def _merge_title(frame: pd.DataFrame) -> pd.DataFrame:

@@ -8,8 +8,10 @@ file and row), ``<file>.rejected.csv`` (the rejected rows as they were in the fi
 without their values: no ticket text reaches the logs.
 """
 
+import hashlib
 import io
 import json
+import re
 
 import pandas as pd
 
@@ -34,9 +36,10 @@ def quarantine_batches(
 def quarantine_batch(store: ObjectStore, run_id: str, batch: ValidatedBatch, raw: bytes) -> list[str]:
     """Store under ``quarantine/<run_id>/`` what was rejected (the problems, the rejected rows, a file
     rejected whole) and the rows merged into earlier tickets with the same text (``.merged.csv``)."""
-    base = store.settings.quarantine_prefix + f"{run_id}/{_relative_name(store, batch.key)}"
+    base = store.settings.quarantine_prefix + f"{run_id}/{quarantine_name(store, batch.key)}"
     keys = []
     if batch.rejected_whole or not batch.rejected.empty:
+        # source_key: the batch's own name, also where `quarantine_name` had to shorten it
         report = {"source_key": batch.key, "source_etag": batch.etag, "problems": batch.problems}
         keys.append(base + ".errors.json")
         store.put(keys[-1], json.dumps(report, indent=2).encode(), content_type="application/json")
@@ -71,9 +74,44 @@ def _safe_csv(rows: pd.DataFrame) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def _relative_name(store: ObjectStore, key: str) -> str:
+def quarantine_name(store: ObjectStore, key: str) -> str:
+    """The name under ``quarantine/<run_id>/`` of batch `key`'s quarantine files: its name below
+    ``incoming/`` where every store can hold that with the suffixes added; else a short name made of a
+    digest of the key and the tail of its last part (the errors file keeps the key as ``source_key``).
+
+    Bounded so that a name the producer could store never makes the quarantine write fail: S3 allows
+    1,024 bytes per key, SeaweedFS and file systems 255 per path part; the folder store refuses parts
+    with its own suffixes (``.~object``), and a raw copy must not end like a quarantine file.
+    """
     prefix = store.settings.incoming_prefix
-    return key[len(prefix) :] if key.startswith(prefix) else key
+    name = key[len(prefix) :] if key.startswith(prefix) else key
+    if _storable(name):
+        return name
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    tail = re.sub(r"[^A-Za-z0-9._-]+", "_", name.rsplit("/", 1)[-1])[-_SHORT_TAIL:]
+    return f"{digest}-{tail}"
+
+
+_MAX_PART_BYTES = 200  # + the longest suffix (.rejected.csv) stays under 255
+_MAX_NAME_BYTES = 800  # + quarantine/<run id>/ and a suffix stays under 1,024
+_SHORT_TAIL = 60  # characters of the last part kept in a shortened name (its extension, mostly)
+_QUARANTINE_SUFFIXES = (".errors.json", ".rejected.csv", ".merged.csv")
+# Control characters, U+FFFD (a byte that was not UTF-8), lone surrogates, backslash, and ".~", with which
+# the folder store's own file suffixes begin.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\\\ufffd\ud800-\udfff]|\.~")
+
+
+def _storable(name: str) -> bool:
+    parts = name.split("/")
+    return (
+        len(name.encode("utf-8", "surrogatepass")) <= _MAX_NAME_BYTES
+        and not name.endswith(_QUARANTINE_SUFFIXES)
+        and not _UNSAFE.search(name)
+        and all(
+            part not in ("", ".", "..") and len(part.encode("utf-8", "surrogatepass")) <= _MAX_PART_BYTES
+            for part in parts
+        )
+    )
 
 
 validate_batches_task = once_task(validate_batches, "validate-batches")

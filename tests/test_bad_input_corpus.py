@@ -21,7 +21,14 @@ EXPECTED = {
     "whitespace-only.csv": "empty file",
     "header-only.csv": "0 good row(s), fewer than the minimum of 1",
     "latin1-encoding.csv": "not valid UTF-8 at byte",
-    "utf16-encoding.csv": "not valid UTF-8 at byte 0",
+    "utf16-encoding.csv": "UTF-16 (little-endian) text with a byte-order mark, not UTF-8: save it as UTF-8",
+    "utf16-no-bom.csv": "UTF-16 text without a byte-order mark, not UTF-8",
+    "png-named-csv.csv": "a PNG image in a file named .csv (not a batch of tickets",
+    "semicolon-separated.csv": "the header is separated by semicolons (;), not commas",
+    "formula-unquoted-commas.csv": "row 1 (line 2): a spreadsheet formula holding quotes and commas",
+    "mixed-case-headers.csv": "row 6: label: not one of",  # Ticket_ID,TEXT,Label: the columns are found
+    "near-miss-headers.csv": "missing required column(s) ticket_id (found: ticketid, text, label); ticketid "
+    "looks like ticket_id? Rename the column, or map it with the setting RETRAINER_INGEST__COLUMN_ALIASES",
     "bom-with-bad-label.csv": "row 1: label: not one of bug, feature_request, general_inquiry (got 'spam')",
     "nul-bytes.csv": "NUL byte at line 2",
     "missing-text-column.csv": "missing required column(s) text (found: ticket_id, label)",

@@ -17,10 +17,12 @@ import pytest
 
 import tasks.registry as registry
 from app import cli
+from retrainer.samples import generate_tickets
 from retrainer.settings import CLI_ENVIRONMENT_DEFAULTS, S3Settings
 from retrainer.storage import BucketNotFoundError, ObjectStore
-from tasks.registry import read_production_pointer
-from tests.registry_helpers import promote, publish_fake_version
+from tasks.dataset import with_splits
+from tasks.registry import publish_model, read_production_pointer
+from tests.registry_helpers import damage, labelled_copy, promote, publish_fake_version
 
 
 @pytest.fixture(autouse=True)
@@ -111,6 +113,48 @@ def test_rollback_to_an_unknown_or_interrupted_version_is_refused_with_exit_2(
         "m-2 never passed its smoke test (interrupted run): it may not serve production",
     )
     assert read_production_pointer(store)[0].version == "m-1"
+
+
+def test_a_corrupt_champion_is_listed_refused_in_one_line_and_served_again_once_restored(
+    cli_env, store, tiny_model_dir, tmp_path, capsys
+):
+    _publish_and_promote(store, tmp_path, "m-1", None)
+    labelled_copy(tiny_model_dir, tmp_path / "m-2")
+    publish_model(store, tmp_path / "m-2", "m-2", {"accuracy": 0.9})
+    promote(store, "m-2", "m-1")
+    weights = store.uri("models/m-2/model.safetensors")
+    original = damage(store, "models/m-2/model.safetensors", "truncate")
+
+    assert cli.main(["models", "list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].split()[:3] == ["*", "m-2", "corrupt"]
+    assert out[-1].startswith(
+        f"m-2 is corrupt: {weights} is {len(original) // 2:,} bytes, {len(original):,} rec"
+    )
+    for command in (["predict", "The app crashes on save"], ["score", str(_tickets_csv(tmp_path))]):
+        assert cli.main(command) == 1
+        _assert_one_clear_error(capsys.readouterr().err, f"model version m-2 is corrupt: {weights} is ")
+
+    store.put("models/m-2/model.safetensors", original)  # restored: the bad copy did not stick
+
+    assert cli.main(["predict", "The app crashes on save"]) == 0
+    assert capsys.readouterr().out.startswith("model m-2\n")
+
+
+def test_rollback_to_a_corrupt_version_is_refused_with_exit_2(cli_env, store, tmp_path, capsys):
+    _publish_and_promote(store, tmp_path, "m-1", None)
+    _publish_and_promote(store, tmp_path, "m-2", "m-1")
+    damage(store, "models/m-1/model.safetensors", "flip")
+
+    assert cli.main(["rollback", "--to", "m-1"]) == 2
+    _assert_one_clear_error(capsys.readouterr().err, "m-1 is corrupt and may not serve production: ")
+    assert read_production_pointer(store)[0].version == "m-2"
+
+
+def _tickets_csv(tmp_path):
+    path = tmp_path / "tickets.csv"
+    path.write_text("text\nThe app crashes on save\n")
+    return path
 
 
 def test_a_rollback_that_loses_the_race_is_one_line_exit_1(cli_env, store, tmp_path, monkeypatch, capsys):
@@ -233,3 +277,101 @@ def test_run_refuses_the_old_preset_name_naming_the_new_one(capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "argument --preset: the preset 'seed' was renamed 'reference'" in err
+
+
+# --- invalid settings and damaged dataset objects: the real command, in a process of its own ----------
+
+SECRET = "s3cr3t-9f3a"  # a password inside an endpoint URL: never printed
+
+
+def _cli(*args: str, **environment: str) -> subprocess.CompletedProcess:
+    """`retrainer ARGS` as an operator runs it, with `environment` on top of this test's."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        env={**os.environ, **environment},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "variable", "value", "problem"),
+    [
+        (
+            ["models", "list"],
+            "RETRAINER_VALIDATION__MAX_BAD_ROW_SHARE",
+            "abc",
+            "Input should be a valid number",
+        ),
+        (
+            ["predict", "Login fails"],
+            "RETRAINER_TRAINING_PRESET",
+            "nope",
+            "Input should be 'tuned', 'reference'",
+        ),
+        (
+            ["setup", "--bucket-only"],
+            "RETRAINER_S3__ENDPOINT_URL",
+            "not-a-url",
+            "not an http:// or https:// URL",
+        ),
+        (["forget", "T-1"], "RETRAINER_S3__ENDPOINT_URL", f"http://user:{SECRET}@:x", "not an http://"),
+        (["run"], "RETRAINER_INGEST__COLUMN_ALIASES", "{not json", "cannot be parsed"),
+        (
+            ["datasets", "gc"],
+            "RETRAINER_S3__MAX_ATTEMPTS",
+            "-1",
+            "Input should be greater than or equal to 1",
+        ),
+    ],
+    ids=["models-list", "predict", "setup", "forget", "run", "datasets-gc"],
+)
+def test_an_invalid_setting_is_one_line_naming_it_without_its_value_exit_2(command, variable, value, problem):
+    done = _cli(*command, **{variable: value})
+
+    assert done.returncode == 2, done.stderr
+    _assert_one_clear_error(done.stderr, "invalid setting ")
+    [line] = _error_lines(done.stderr)
+    assert variable.split("__")[0] in line and problem in line, line
+    assert value not in done.stdout + done.stderr and SECRET not in done.stdout + done.stderr
+
+
+def test_a_truncated_dataset_version_file_is_one_line_naming_it_exit_1(cli_env, store):
+    from tasks.dataset import version_key, write_curated
+
+    rows = generate_tickets(6, seed=1).assign(source_key="incoming/a.csv", source_etag='"e"', source_row=1)
+    version = write_curated(store, with_splits(None, rows, 0.2, 0.1))
+    key = version_key(store, version)
+    store.put(key, store.get(key)[0][:40])  # cut short, as by a failed copy
+
+    done = _cli("datasets", "gc")
+
+    assert done.returncode == 1, done.stderr
+    _assert_one_clear_error(
+        done.stderr, f"{store.uri(key)}, the file of dataset version {version}, cannot be read (Invalid JSON"
+    )
+
+
+def test_a_run_whose_dataset_part_is_gone_fails_in_one_line_naming_it(flow_store_env, capsys):
+    from tasks.dataset import version_parts, write_curated
+    from tasks.ingest import Manifest, commit_manifest
+
+    store = flow_store_env
+    rows = generate_tickets(6, seed=1).assign(source_key="incoming/a.csv", source_etag='"e"', source_row=1)
+    version = write_curated(store, with_splits(None, rows, 0.2, 0.1))
+    commit_manifest(store, Manifest(dataset_version=version), None)
+    [part] = version_parts(store, version)
+    store.delete(part.key)
+
+    started = time.monotonic()
+    code = cli.main(["run"])
+
+    out, err = capsys.readouterr()
+    assert code == 1
+    message = (
+        f"dataset part {store.uri(part.key)} is gone: restore it from the bucket's versioning or a backup"
+    )
+    assert json.loads(out)["reasons"][-1] == message
+    _assert_one_clear_error(err, message)
+    assert time.monotonic() - started < 21  # not retried: asking again cannot bring it back

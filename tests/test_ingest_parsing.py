@@ -1,10 +1,13 @@
-"""Parsing batch files: ragged and badly quoted CSV rows, gzip bombs and misnamed binary files.
+"""Parsing batch files: ragged and badly quoted CSV rows, gzip bombs, misnamed binary files, text in another
+encoding or with another separator.
 
-Every such file is rejected whole with a message naming the file, the row and the reason, every time
-(the CSV checks do not depend on process-global state such as the warnings filters), and
-decompression stops at ``max_decompressed_bytes`` with bounded memory.
+Every such file is rejected whole with a message naming the file, the row and the reason (and what the file
+really is: UTF-16, semicolon-separated, a PNG ...), every time (the CSV checks do not depend on
+process-global state such as the warnings filters), and decompression stops at ``max_decompressed_bytes``
+with bounded memory. Header names match the known columns ignoring case, spaces and hyphens.
 """
 
+import codecs
 import gzip
 import io
 import threading
@@ -262,8 +265,97 @@ def test_the_decompression_limit_defaults_to_the_object_size_limit():
             b"PAR1\x15\x04\x15\x1c",
             "incoming/x.csv: Parquet data in a file named .csv (name it .parquet)",
         ),
+        (
+            "incoming/x.jsonl",
+            b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+            "incoming/x.jsonl: a PNG image in a file named .jsonl (not a batch of tickets: export them as "
+            ".csv, .jsonl or .parquet)",
+        ),
+        (
+            "incoming/x.parquet",
+            b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n",
+            "incoming/x.parquet: a PDF document in a file named .parquet (not a batch of tickets: export "
+            "them as .csv, .jsonl or .parquet)",
+        ),
     ],
-    ids=["gzip-as-csv", "gzip-as-jsonl", "gzip-as-parquet", "gzip-twice", "zip-as-csv", "parquet-as-csv"],
+    ids=[
+        "gzip-as-csv",
+        "gzip-as-jsonl",
+        "gzip-as-parquet",
+        "gzip-twice",
+        "zip-as-csv",
+        "parquet-as-csv",
+        "png-as-jsonl",
+        "pdf-as-parquet",
+    ],
 )
 def test_binary_data_under_a_text_name_is_named_by_what_it_is(key, body, expected):
     assert _parse_error(body, key) == expected
+
+
+# --- text that is not what its name says: another encoding, another separator, an unquoted formula ---
+
+
+@pytest.mark.parametrize(
+    ("key", "body", "expected"),
+    [
+        (
+            "incoming/x.csv",
+            (HEADER + "A-1,Crash on save,bug\n").encode("utf-16"),
+            "incoming/x.csv: UTF-16 (little-endian) text with a byte-order mark, not UTF-8: save it as UTF-8",
+        ),
+        (
+            "incoming/x.jsonl",
+            codecs.BOM_UTF16_BE + '{"ticket_id": "A-1"}\n'.encode("utf-16-be"),
+            "incoming/x.jsonl: UTF-16 (big-endian) text with a byte-order mark, not UTF-8: save it as UTF-8",
+        ),
+        (
+            "incoming/x.csv",
+            (HEADER + "A-1,Crash on save,bug\n").encode("utf-32"),
+            "incoming/x.csv: UTF-32 (little-endian) text with a byte-order mark, not UTF-8: save it as UTF-8",
+        ),
+        (
+            "incoming/x.csv",
+            (HEADER + "A-1,Crash on save,bug\n").encode("utf-16-le"),
+            "incoming/x.csv: UTF-16 text without a byte-order mark, not UTF-8: save it as UTF-8",
+        ),
+        (
+            "incoming/x.csv",
+            b'"ticket_id";"text";"label"\n"A-1";"Crash, again";"bug"\n',
+            "incoming/x.csv: the header is separated by semicolons (;), not commas: save the file as "
+            "comma-separated CSV",
+        ),
+        (
+            "incoming/x.csv",
+            b"ticket_id\ttext\tlabel\nA-1\tCrash on save\tbug\n",
+            "incoming/x.csv: the header is separated by tabs, not commas: save the file as "
+            "comma-separated CSV",
+        ),
+        (
+            "incoming/x.csv",
+            (HEADER + 'A-1,=HYPERLINK("http://x.example","Click"),bug\n').encode(),
+            "incoming/x.csv: cannot parse CSV: row 1 (line 2): a spreadsheet formula holding quotes and "
+            "commas is not enclosed in quotes: enclose the field in quotes and double the quotes inside it "
+            '("")',
+        ),
+        (
+            "incoming/x.csv",
+            (HEADER + 'A-1,"Crash "badly" on save",bug\n').encode(),
+            "incoming/x.csv: cannot parse CSV: row 1 (line 2): a quote inside a quoted field is not doubled "
+            '(""), or text follows the closing quote',
+        ),
+    ],
+    ids=["utf16-bom", "utf16-be-bom", "utf32-bom", "utf16-no-bom", "semicolons", "tabs", "formula", "quote"],
+)
+def test_text_in_another_encoding_or_layout_is_named_for_what_it_is(key, body, expected):
+    assert _parse_error(body, key) == expected
+
+
+def test_header_names_match_ignoring_case_spaces_and_hyphens_and_a_name_given_twice_is_refused():
+    frame = parse_batch(b"Ticket ID,TEXT,Label,Created-At\nA-1,Crash on save,bug,2026-01-01\n", "in/x.csv")
+    assert list(frame.columns) == ["ticket_id", "text", "label", "created_at", "_row"]
+    aliased = parse_batch(b"TICKET_ID,Body,Category\nA-1,Crash on save,bug\n", "in/x.csv", {"body": "text"})
+    assert list(aliased.columns) == ["ticket_id", "text", "Category", "_row"]
+    for header in (b"ticket_id,Text,TEXT,label", b"ticket_id,text,TEXT,label", b"ticket_id,BODY,text,label"):
+        error = _parse_error(header + b"\nA-1,a,b,bug\n", "in/x.csv", column_aliases={"body": "text"})
+        assert error == "in/x.csv: column(s) text given twice (directly or through an alias)", header

@@ -11,6 +11,7 @@ from retrainer.settings import (
     PACKAGED_BASE_MODEL,
     REFERENCE_RECIPE,
     TRAINING_PRESETS,
+    InvalidSettingError,
     RetrainerSettings,
     TrainingConfig,
     load_settings,
@@ -55,6 +56,7 @@ def test_the_reference_preset_is_the_seed_projects_recipe():
         "mask_email": True,
         "mask_card": True,
         "mask_ip": True,
+        "mask_iban": True,
         "mask_phone": True,
         "label_smoothing": 0.0,
         "attention_dropout": None,
@@ -126,13 +128,13 @@ def test_a_preset_is_the_base_recipe_and_single_fields_override_it(monkeypatch):
     assert RetrainerSettings().training == REFERENCE_RECIPE.model_copy(update={"learning_rate": 3e-5})
 
     monkeypatch.setenv("RETRAINER_TRAINING_PRESET", "fastest")
-    with pytest.raises(ValidationError, match="training_preset"):
+    with pytest.raises(InvalidSettingError, match="RETRAINER_TRAINING_PRESET: Input should be 'tuned'"):
         RetrainerSettings()
 
 
 def test_the_old_preset_name_is_refused_with_its_new_name(monkeypatch):
     monkeypatch.setenv("RETRAINER_TRAINING_PRESET", "seed")
-    with pytest.raises(ValidationError, match="training_preset") as refused:
+    with pytest.raises(InvalidSettingError, match="RETRAINER_TRAINING_PRESET") as refused:
         RetrainerSettings()
     assert "renamed 'reference'" in str(refused.value)
 
@@ -144,7 +146,7 @@ def test_every_preset_is_an_allowed_value_of_the_preset_setting():
 
 def test_invalid_values_are_refused(monkeypatch):
     monkeypatch.setenv("RETRAINER_EVAL_FRACTION", "0.9")
-    with pytest.raises(ValidationError, match="eval_fraction"):
+    with pytest.raises(InvalidSettingError, match=r"RETRAINER_EVAL_FRACTION: Input should be less than 0\.5"):
         RetrainerSettings()
     with pytest.raises(ValidationError):
         TrainingConfig(per_device_train_batch_size=0)

@@ -20,6 +20,7 @@ of rows against each other and the curated data in `retrainer.core.curated_profi
 writes the outcome to the quarantine.
 """
 
+import difflib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -95,8 +96,12 @@ def validate_batch(
         return _rejected_file(batch, batch.error.removeprefix(f"{batch.key}: "))
     missing = [name for name in REQUIRED_COLUMNS if name not in batch.frame.columns]
     if missing:
-        found = column_names_for_messages(name for name in batch.frame.columns if name != ROW_NUMBER)
-        return _rejected_file(batch, f"missing required column(s) {', '.join(missing)} (found: {found})")
+        columns = [name for name in batch.frame.columns if name != ROW_NUMBER]
+        found = column_names_for_messages(columns)
+        hint = _column_hint(missing, columns)
+        return _rejected_file(
+            batch, f"missing required column(s) {', '.join(missing)} (found: {found}){hint}"
+        )
     rows = _prepare(batch, label_aliases)
     texts = normalise_text(rows["text"])
     keys = RowKeys.of(rows, texts)
@@ -150,6 +155,27 @@ def validation_failure(batches: list[ValidatedBatch]) -> str | None:
         return None
     details = "; ".join(f"{batch.key}: {' / '.join(batch.batch_errors)}" for batch in rejected)
     return f"validation failed for {len(rejected)} of {len(batches)} batch(es), training skipped: {details}"
+
+
+def _column_hint(missing: list[str], columns: list) -> str:
+    """Where a found column's name is close to a missing one's (a typo; case, spaces and hyphens are
+    already ignored by ingestion), the pair and where other names are mapped; else nothing. Only names
+    that read like column names are shown, never a ticket's text (a headerless file has one there)."""
+    shown = {
+        str(name).lower(): str(name) for name in columns if column_names_for_messages([name]) == str(name)
+    }
+    candidates = [name for name in shown if name not in CURATED_COLUMNS]
+    guesses = [
+        f"{shown[match[0]]} looks like {name}"
+        for name in missing
+        if (match := difflib.get_close_matches(name, candidates, n=1, cutoff=0.6))
+    ]
+    if not guesses:
+        return ""
+    return (
+        f"; {', '.join(guesses)}? Rename the column, or map it with the setting "
+        "RETRAINER_INGEST__COLUMN_ALIASES (names already match ignoring case, spaces and hyphens)"
+    )
 
 
 def _rejected_file(batch: LoadedBatch, error: str) -> ValidatedBatch:
