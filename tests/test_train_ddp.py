@@ -98,7 +98,7 @@ def test_the_process_count_is_the_setting_or_one_per_visible_gpu(monkeypatch):
     assert RetrainerSettings().training_processes == "gpus"
     for refused in ("0", "65", "all"):
         monkeypatch.setenv("RETRAINER_TRAINING_PROCESSES", refused)
-        with pytest.raises(ValueError, match="training_processes"):
+        with pytest.raises(ValueError, match="invalid setting RETRAINER_TRAINING_PROCESSES"):
             RetrainerSettings()
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
