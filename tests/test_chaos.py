@@ -16,7 +16,7 @@ from prefect.settings import PREFECT_API_URL
 from flows.retrain import retrain
 from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.seaweed import LocalS3
-from retrainer.settings import S3Settings, TrainingConfig
+from retrainer.settings import S3Settings
 from retrainer.storage import ObjectStore, PreconditionFailedError
 from tasks.registry import (
     list_versions,
@@ -27,12 +27,10 @@ from tasks.registry import (
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from tests.consistency import assert_consistent
 from tests.registry_helpers import promote, publish_fake_version
+from tests.retrain_process import QUICK  # one epoch: the faults come around ingest and publish
 
 pytestmark = pytest.mark.chaos
 
-# One epoch: the faults are injected around ingest and publish, and with no champion any model that
-# passes the smoke test is promoted (two epochs took ~10 s more a run and proved nothing more).
-QUICK = TrainingConfig(learning_rate=5e-3, num_train_epochs=1, lexical_weight=0.0)
 _RESTARTS: list[threading.Timer] = []  # pending "supervisor" restarts, awaited before a server stops
 REPOSITORY = Path(__file__).resolve().parents[1]
 

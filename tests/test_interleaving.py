@@ -21,17 +21,16 @@ from flows.forget import forget
 from flows.retrain import ingest_new_batches, retrain
 from retrainer.resources import Resources
 from retrainer.samples import generate_tickets, tickets_to_csv
-from retrainer.settings import TrainingConfig
 from retrainer.storage import ObjectStore, PreconditionFailedError
 from tasks.dataset import VERSION_FILE, assign_split
 from tasks.erasure import read_erasures
 from tasks.ingest import discover_new_batches, read_manifest
 from tests.consistency import assert_consistent
 from tests.fault_proxy import Request, when
+from tests.retrain_process import QUICK  # one epoch: the faults come around ingest and publish
 
 pytestmark = pytest.mark.chaos
 
-QUICK = TrainingConfig(learning_rate=5e-3, num_train_epochs=1, lexical_weight=0.0)
 MANIFEST = when(method="PUT", key="state/manifest.json", conditional=True)
 POINTER = when(method="PUT", key="models/production.json", conditional=True)
 HOLD_S = 120

@@ -8,7 +8,6 @@ import pytest
 from flows.retrain import retrain
 from retrainer.resources import Resources
 from retrainer.samples import generate_tickets, tickets_to_csv
-from retrainer.settings import TrainingConfig
 from retrainer.storage import PreconditionFailedError
 from tasks.ingest import Manifest, commit_manifest, manifest_key, read_manifest
 from tasks.registry import (
@@ -22,11 +21,9 @@ from tasks.registry import (
 )
 from tests.fault_proxy import when
 from tests.registry_helpers import pointer_to
+from tests.retrain_process import QUICK
 
 pytestmark = pytest.mark.s3
-
-# One epoch, no lexical half: with no champion, any model that passes the smoke test is promoted.
-QUICK = TrainingConfig(learning_rate=5e-3, num_train_epochs=1, lexical_weight=0.0)
 
 
 def _dropped_once(proxy, key: str) -> list:
