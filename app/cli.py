@@ -204,7 +204,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _demo(args) -> int:
     from app.demo import run_demo
-    from retrainer.ephemeral_api import start_ephemeral_api_bound_to_this_process
+    from app.ephemeral_api import start_ephemeral_api_bound_to_this_process
 
     start_ephemeral_api_bound_to_this_process()  # no-op with PREFECT_API_URL set
     run_demo(args.workdir, args.first_batch, args.second_batch)
@@ -216,8 +216,8 @@ def _run(args) -> int:
         os.environ["RETRAINER_TRAINING_PRESET"] = args.preset
     RetrainerSettings()  # an invalid setting is refused in one line here, before a run (and its log) starts
 
+    from app.ephemeral_api import start_ephemeral_api_bound_to_this_process
     from flows.retrain import retrain
-    from retrainer.ephemeral_api import start_ephemeral_api_bound_to_this_process
 
     start_ephemeral_api_bound_to_this_process()  # no-op with PREFECT_API_URL set
     with _console_without_known_error_tracebacks():
@@ -326,8 +326,8 @@ def _forget(args) -> int:
 
     RetrainerSettings()  # an invalid setting is refused in one line here, before the flow run starts
 
+    from app.ephemeral_api import start_ephemeral_api_bound_to_this_process
     from flows.forget import forget
-    from retrainer.ephemeral_api import start_ephemeral_api_bound_to_this_process
 
     start_ephemeral_api_bound_to_this_process()  # no-op with PREFECT_API_URL set
     with _console_without_known_error_tracebacks():
@@ -422,7 +422,7 @@ def _number(value: float | None) -> str:
 
 
 def _generate(args) -> int:
-    from retrainer.samples import generate_tickets, tickets_to_csv
+    from app.samples import generate_tickets, tickets_to_csv
 
     args.output.write_bytes(tickets_to_csv(generate_tickets(args.count, seed=args.seed)))
     print(f"wrote {args.count} tickets to {args.output}")
@@ -431,7 +431,7 @@ def _generate(args) -> int:
 
 def _serve_s3(args) -> int:
     from app.demo import DEMO_ACCESS_KEY, DEMO_SECRET_KEY
-    from retrainer.seaweed import LocalS3
+    from app.seaweed import LocalS3
 
     access_key = os.environ.get("AWS_ACCESS_KEY_ID", DEMO_ACCESS_KEY)
     secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY", DEMO_SECRET_KEY)
@@ -448,7 +448,7 @@ def _serve_s3(args) -> int:
 def _worker(args) -> int:
     from prefect.settings import PREFECT_API_URL
 
-    from retrainer.worker import run_worker
+    from app.worker import run_worker
 
     if not PREFECT_API_URL.value():
         print("retrainer: error: a worker needs a Prefect server: set PREFECT_API_URL", file=sys.stderr)

@@ -8,13 +8,13 @@ import shutil
 import time
 from pathlib import Path
 
+from app.samples import generate_tickets, tickets_to_csv
+from app.seaweed import LocalS3
 from retrainer.records import RunRecord
 from retrainer.report.markdown import render_run_markdown
 from retrainer.resources import Resources
-from retrainer.samples import generate_tickets, tickets_to_csv
-from retrainer.seaweed import LocalS3
 from retrainer.settings import RetrainerSettings, S3Settings
-from retrainer.storage import ObjectStore
+from retrainer.storage import S3Store
 
 DEMO_ACCESS_KEY = "retrainer-demo"
 DEMO_SECRET_KEY = "retrainer-demo-secret"  # a local, loopback-only store; never a real credential
@@ -70,7 +70,7 @@ def demo_resources(s3: LocalS3, workdir: Path) -> Resources:
     work folder on top) and a store holding the demo store's keys: passed to the runs, not exported."""
     s3_settings = S3Settings(endpoint_url=s3.endpoint_url, bucket=DEMO_BUCKET)
     settings = RetrainerSettings(s3=s3_settings, work_dir=(workdir / "work").resolve())
-    return Resources(settings, ObjectStore(s3_settings, credentials=(DEMO_ACCESS_KEY, DEMO_SECRET_KEY)))
+    return Resources(settings, S3Store(s3_settings, credentials=(DEMO_ACCESS_KEY, DEMO_SECRET_KEY)))
 
 
 def _drop(store, name: str, body: bytes) -> None:

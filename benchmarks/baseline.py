@@ -121,7 +121,7 @@ def random_copy(base_model: str, target: Path, seed: int = 0) -> str:
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer, set_seed
 
-    from retrainer.core.training import resolve_base_model
+    from retrainer.core.base_models import resolve_base_model
 
     source = resolve_base_model(base_model)
     set_seed(seed)

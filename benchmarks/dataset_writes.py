@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from retrainer.samples import generate_tickets
+from app.samples import generate_tickets
 from retrainer.settings import S3Settings
 from retrainer.storage import ObjectStore, open_store
 from tasks.dataset import latest_rows, version_parts, with_splits, write_curated

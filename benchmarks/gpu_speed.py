@@ -27,9 +27,9 @@ from scoring_speed import measure, with_head, with_lexical_half
 from train_speed import compare, split
 from transformers import AutoConfig, AutoTokenizer
 
+from app.samples import generate_tickets
+from retrainer.core.base_models import resolve_base_model
 from retrainer.core.devices import describe_device
-from retrainer.core.training import resolve_base_model
-from retrainer.samples import generate_tickets
 from retrainer.settings import PACKAGED_BASE_MODEL, TrainingConfig
 
 from baseline import issues_if_present, random_copy

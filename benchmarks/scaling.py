@@ -35,13 +35,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from app.samples import generate_tickets, tickets_to_csv
+from app.seaweed import LocalS3
+from retrainer.core.lexical import fit_lexical_half
 from retrainer.core.scoring import score_model
-from retrainer.core.training import TrainingSpec, fine_tune, fit_lexical_half
+from retrainer.core.training import TrainingSpec, fine_tune
 from retrainer.core.training_plan import incremental_config, incremental_splits
 from retrainer.core.validation import validate_batches
 from retrainer.resources import Resources
-from retrainer.samples import generate_tickets, tickets_to_csv
-from retrainer.seaweed import LocalS3
 from retrainer.settings import RetrainerSettings, S3Settings
 from retrainer.storage import open_store
 from tasks.dataset import (
@@ -54,7 +55,8 @@ from tasks.dataset import (
     with_splits,
     write_curated,
 )
-from tasks.ingest import Manifest, commit_manifest, discover_new_batches, load_batches, read_manifest
+from tasks.ingest import discover_new_batches, load_batches
+from tasks.manifest import Manifest, commit_manifest, read_manifest
 from tasks.registry import new_version_id, publish_model
 
 from baseline import NLBSE, issues_if_present

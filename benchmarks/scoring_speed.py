@@ -19,11 +19,12 @@ import pandas as pd
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from app.samples import generate_tickets
+from retrainer.core.base_models import resolve_base_model
 from retrainer.core.devices import cpu_supports_bf16
 from retrainer.core.labels import LABEL_TO_ID, LABELS
+from retrainer.core.lexical import fit_lexical_half, save_lexical_half
 from retrainer.core.scoring import predict_probabilities
-from retrainer.core.training import add_lexical_half, resolve_base_model
-from retrainer.samples import generate_tickets
 from retrainer.settings import PACKAGED_BASE_MODEL, TrainingConfig
 
 from baseline import issues_if_present, seed_predict
@@ -123,7 +124,7 @@ def with_head(model_dir: str, target: Path) -> str:
 def with_lexical_half(model_dir: str, target: Path, tickets: pd.DataFrame) -> str:
     """A copy of `model_dir` with a lexical half fitted on `tickets` (text, label), as published."""
     shutil.copytree(model_dir, target)
-    add_lexical_half(tickets, TrainingConfig().lexical_weight, target)
+    save_lexical_half(fit_lexical_half(tickets, TrainingConfig().lexical_weight), target)
     return str(target)
 
 

@@ -13,12 +13,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from app.samples import generate_tickets, tickets_to_csv
+from app.seaweed import LocalS3
 from flows.retrain import retrain
 from retrainer.resources import Resources
-from retrainer.samples import generate_tickets, tickets_to_csv
-from retrainer.seaweed import LocalS3
 from retrainer.settings import RetrainerSettings, S3Settings
-from retrainer.storage import ObjectStore
+from retrainer.storage import S3Store
 
 KEY, SECRET = "footprint", "footprint-secret"
 
@@ -51,7 +51,7 @@ def main() -> None:
         settings = settings.with_overrides(
             settings.training.model_copy(update={"num_train_epochs": args.epochs})
         )
-        resources = Resources(settings, ObjectStore(s3_settings, credentials=(KEY, SECRET)))
+        resources = Resources(settings, S3Store(s3_settings, credentials=(KEY, SECRET)))
         store = resources.store
         store.ensure_bucket()
         print(f"| cycle | status | run s | total MB | {' | '.join(PREFIXES)} |")

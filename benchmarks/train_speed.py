@@ -21,10 +21,11 @@ import numpy as np
 import pandas as pd
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
+from app.samples import generate_tickets
+from retrainer.core.base_models import resolve_base_model
 from retrainer.core.labels import LABEL_TO_ID, LABELS
 from retrainer.core.scoring import predict_label_ids
-from retrainer.core.training import TrainingSpec, fine_tune, resolve_base_model
-from retrainer.samples import generate_tickets
+from retrainer.core.training import TrainingSpec, fine_tune
 from retrainer.settings import PACKAGED_BASE_MODEL, TrainingConfig
 
 from baseline import SEED, config_with, issues_if_present, seed_encode, seed_predict, seed_trainer

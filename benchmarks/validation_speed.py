@@ -14,11 +14,11 @@ import time
 import numpy as np
 import pandas as pd
 
-from retrainer.core.batches import ROW_NUMBER, LoadedBatch
+from retrainer.core.batch_files import ROW_NUMBER, LoadedBatch
 from retrainer.core.labels import LABELS
 from retrainer.core.validation import validate_batches
 from retrainer.settings import IngestSettings, ValidationPolicy
-from tasks.dataset import merge_curated
+from tasks.dataset import latest_rows, with_splits
 
 PHRASES = np.array(
     [
@@ -65,7 +65,7 @@ def curated_tickets(count: int) -> pd.DataFrame:
     rows = synthetic_tickets(count, seed=1, prefix="C").drop(columns=[ROW_NUMBER])
     rows = rows[rows["text"].ne("") & rows["label"].isin(LABELS)]
     lineage = {"source_key": "incoming/curated.csv", "source_etag": '"curated"', "source_row": 1}
-    return merge_curated(None, rows.assign(**lineage), 0.2, 0.1)
+    return latest_rows([with_splits(None, rows.assign(**lineage), 0.2, 0.1)])
 
 
 def repeating_curated_texts(frame: pd.DataFrame, curated: pd.DataFrame, share: float = 0.01) -> pd.DataFrame:

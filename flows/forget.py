@@ -8,8 +8,8 @@ naming everything the steps changed.
 from prefect import flow
 from prefect.runtime import flow_run
 
-from retrainer.logs import run_logger
 from retrainer.resources import Resources
+from tasks.common import run_logger
 from tasks.erasure import (
     ErasureRecord,
     delete_superseded_datasets_task,

@@ -14,12 +14,11 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.fine_tune import dataset_checkpoints_prefix, fine_tune_flow
-from retrainer.core.batches import LoadedBatch
+from retrainer.core.batch_files import LoadedBatch
 from retrainer.core.gate import decide_promotion
 from retrainer.core.training import training_record
-from retrainer.core.training_plan import TrainingPlan, plan_training, unseen_mask
+from retrainer.core.training_plan import TrainingPlan, TrainingRecipe, plan_training, unseen_mask
 from retrainer.core.validation import ValidatedBatch, ValidationFailedError, validation_failure
-from retrainer.logs import run_logger
 from retrainer.records import RunRecord
 from retrainer.report.markdown import render_run_markdown
 from retrainer.report.model_card import published_metadata, render_model_card
@@ -40,6 +39,7 @@ from tasks.alerts import (
     notify_task,
 )
 from tasks.checkpoints import discard_scratch_task
+from tasks.common import run_logger
 from tasks.dataset import (
     EVAL,
     TRAIN,
@@ -56,10 +56,9 @@ from tasks.dataset import (
 from tasks.erasure import erased_ticket_ids_task, withhold_erased
 from tasks.evaluate import champion_label_agreement_task, score_model_task
 from tasks.handoff import hand_off_fine_tune_task, warn_if_a_worker_waits_unused
-from tasks.ingest import (
+from tasks.ingest import discover_new_batches_task, load_batches_task
+from tasks.manifest import (
     commit_manifest_task,
-    discover_new_batches_task,
-    load_batches_task,
     manifest_entry,
     manifest_key,
     read_manifest_task,
@@ -156,9 +155,10 @@ def run_retrain(
     progress.plan = plan_challenger_training(
         resources, splits[TRAIN], production, full_retrain, progress.run_id
     )
+    recipe = TrainingRecipe.for_run(resources.settings, progress.plan)  # the one place it is decided
     with tempfile.TemporaryDirectory(prefix="run-", dir=resources.settings.scratch_dir()) as run_dir:
         challenger_dir = train_challenger(
-            resources, progress.run_id, ingestion.dataset_version, Path(run_dir), progress.plan
+            resources, progress.run_id, ingestion.dataset_version, Path(run_dir), recipe
         )
         progress.scores = score_both(resources, challenger_dir, splits[EVAL], ingestion, production, progress)
         gated = progress.record("kept")
@@ -286,27 +286,22 @@ def fetch_champion(resources: Resources, production: Production, run_id: str) ->
 
 
 def train_challenger(
-    resources: Resources, run_id: str, dataset_version: str, run_dir: Path, plan: TrainingPlan
+    resources: Resources, run_id: str, dataset_version: str, run_dir: Path, recipe: TrainingRecipe
 ) -> Path:
-    """Run the fine-tune flow (as a deployment when configured, else in-process) and fetch its model."""
+    """Run the fine-tune flow (as a deployment when configured, else in-process) on `recipe`, keeping its
+    checkpoints where `discard_decided_scratch` deletes them, and fetch its model."""
     settings = resources.settings
     prefix = challenger_prefix(resources, run_id)
     parameters = {
         "dataset_version": dataset_version,
         "output_prefix": prefix,
-        "training": settings.training,
-        "plan": plan,
-        "base_model": settings.base_model,
-        "base_model_revision": settings.base_model_revision,
+        "recipe": recipe,
+        "checkpoints_prefix": dataset_checkpoints_prefix(settings, dataset_version),
     }
     if settings.fine_tune_deployment:
         hand_off_fine_tune_task(
             settings.fine_tune_deployment,
-            {
-                **parameters,
-                "training": settings.training.model_dump(),
-                "plan": plan.model_dump(),
-            },
+            {**parameters, "recipe": recipe.model_dump(mode="json")},
             start_timeout_s=settings.fine_tune_start_timeout_s,
             timeout_s=settings.fine_tune_timeout_s,
         )
@@ -345,7 +340,7 @@ def score_both(
     decision = decide_promotion(challenger, champion, settings.gate, progress.forced_reason, agreement)
     if decision.label_alarm:
         alert_labels_suspect_task(settings.notification_block, progress.run_id, agreement, decision)
-    return Scores(new_version_id(), challenger, production.version, champion, decision, agreement)
+    return Scores(new_version_id(), challenger, champion, decision, agreement)
 
 
 def publish_or_keep(

@@ -11,7 +11,7 @@ started; *previous_version* is what production served before a change.
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from retrainer.core.agreement import LabelAgreement
 from retrainer.core.evaluation import EvalReport
@@ -80,11 +80,11 @@ class DecisionRecord(BaseModel):
     reasons: list[str]
 
 
-class RunRecord(BaseModel):
-    """The result of one retrain run (the flow's return value), assembled from what its steps returned."""
+class IngestionFacts(BaseModel):
+    """The ingest step's part of the run record: what ingesting this run's new batches found."""
 
-    status: RunStatus
-    run_id: str
+    model_config = ConfigDict(extra="forbid")  # a misspelt field fails, it is not dropped
+
     batches_ingested: int = 0
     rows_accepted: int = 0
     rows_merged: int = 0  # same text and label as an earlier ticket: kept out of the curated data
@@ -92,9 +92,16 @@ class RunRecord(BaseModel):
     rows_erased: int = 0  # records of tickets erased on request, sent again: withheld, stored nowhere
     problems: list[str] = Field(default_factory=list)  # file, row and reason kind: no values, no ticket text
     dataset_version: str | None = None
-    training_plan: TrainingPlan | None = None  # full or incremental (from the champion), and why
+
+
+class ScoringFacts(BaseModel):
+    """The scoring step's part of the run record: both models on the same eval rows, and the gate's
+    figures."""
+
+    model_config = ConfigDict(extra="forbid")
+
     challenger_version: str | None = None
-    champion_version: str | None = None
+    champion_version: str | None = None  # what production served when the run started
     challenger: EvalReport | None = None
     champion: EvalReport | None = None
     challenger_new_data: EvalReport | None = None
@@ -105,6 +112,15 @@ class RunRecord(BaseModel):
     label_agreement: LabelAgreement | None = None  # the champion against the labels new to it (counts)
     suspect_batches: list[str] = Field(default_factory=list)  # named by the label check's alarm
     p_value: float | None = None
+
+
+class RunRecord(ScoringFacts, IngestionFacts):
+    """The result of one retrain run (the flow's return value), assembled from what its steps returned:
+    the facts of the ingest and scoring steps (declared in their parts above), and the run's own."""
+
+    status: RunStatus
+    run_id: str
+    training_plan: TrainingPlan | None = None  # full or incremental (from the champion), and why
     forced_reason: str | None = None
     production_version: str | None = None
     report_uris: list[str] = Field(default_factory=list)
@@ -177,14 +193,5 @@ def _accuracy(report: EvalReport | None) -> float | None:
     return report.accuracy if report else None
 
 
-_DECISION_FIELDS = {
-    "run_id",
-    "dataset_version",
-    "challenger_version",
-    "champion_version",
-    "p_value",
-    "forced_reason",
-    "production_version",
-    "suspect_batches",
-    "reasons",
-}
+_DECISION_FIELDS = DecisionRecord.model_fields.keys() & RunRecord.model_fields.keys()
+"""What a history entry copies from the run record: the fields the two records share by name."""

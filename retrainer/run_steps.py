@@ -14,7 +14,7 @@ from retrainer.core.evaluation import ModelEvaluation
 from retrainer.core.gate import Decision
 from retrainer.core.training_plan import TrainingPlan
 from retrainer.core.validation import ValidatedBatch
-from retrainer.records import ProductionPointer, RunRecord, RunStatus
+from retrainer.records import IngestionFacts, ProductionPointer, RunRecord, RunStatus, ScoringFacts
 
 
 @dataclass(frozen=True)
@@ -30,48 +30,20 @@ class Ingestion:
         """This run's batches, as (key, ETag): the rows that are new in this run."""
         return {(result.key, result.etag) for result in self.validated}
 
-    def counts(self) -> dict:
+    def facts(self) -> IngestionFacts:
         """The ingestion facts of the run record."""
         accepted = sum(len(result.accepted) for result in self.validated)
         merged = sum(len(result.merged) for result in self.validated)
-        return {
-            "batches_ingested": len(self.validated),
-            "rows_accepted": accepted,
-            "rows_merged": merged,
-            "rows_quarantined": sum(result.rows for result in self.validated) - accepted - merged,
-            "rows_erased": sum(result.erased for result in self.validated),
+        return IngestionFacts(
+            batches_ingested=len(self.validated),
+            rows_accepted=accepted,
+            rows_merged=merged,
+            rows_quarantined=sum(result.rows for result in self.validated) - accepted - merged,
+            rows_erased=sum(result.erased for result in self.validated),
             # without the offending values: the record becomes the history, metrics.json and the reports
-            "problems": [problem for result in self.validated for problem in result.loggable_problems],
-            "dataset_version": self.dataset_version,
-        }
-
-
-@dataclass(frozen=True)
-class Scores:
-    """Both models scored on the same eval rows, and the gate's decision."""
-
-    challenger_version: str
-    challenger: ModelEvaluation
-    champion_version: str | None
-    champion: ModelEvaluation | None
-    decision: Decision
-    agreement: LabelAgreement | None = None  # the champion against the labels new to it
-
-    def facts(self) -> dict:
-        """The scoring facts of the run record."""
-        return {
-            "challenger_version": self.challenger_version,
-            "challenger": self.challenger.overall,
-            "challenger_new_data": self.challenger.new_data,
-            "challenger_established": self.challenger.established,
-            "champion_version": self.champion_version,
-            "champion": self.champion.overall if self.champion else None,
-            "champion_new_data": self.champion.new_data if self.champion else None,
-            "champion_established": self.champion.established if self.champion else None,
-            "p_value": self.decision.p_value,
-            "label_agreement": self.agreement,
-            "suspect_batches": self.decision.suspect_batches,
-        }
+            problems=[problem for result in self.validated for problem in result.loggable_problems],
+            dataset_version=self.dataset_version,
+        )
 
 
 @dataclass(frozen=True)
@@ -84,6 +56,35 @@ class Production:
     @property
     def version(self) -> str | None:
         return self.pointer.version if self.pointer else None
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Both models scored on the same eval rows, and the gate's decision. The champion is the model
+    production served when the run started (`Production`)."""
+
+    challenger_version: str
+    challenger: ModelEvaluation
+    champion: ModelEvaluation | None
+    decision: Decision
+    agreement: LabelAgreement | None = None  # the champion against the labels new to it
+
+    def facts(self, production: Production) -> ScoringFacts:
+        """The scoring facts of the run record; `production`: as the run read it (the champion's version)."""
+        champion = self.champion
+        return ScoringFacts(
+            challenger_version=self.challenger_version,
+            champion_version=production.version,
+            challenger=self.challenger.overall,
+            champion=champion.overall if champion else None,
+            challenger_new_data=self.challenger.new_data,
+            champion_new_data=champion.new_data if champion else None,
+            challenger_established=self.challenger.established,
+            champion_established=champion.established if champion else None,
+            label_agreement=self.agreement,
+            suspect_batches=self.decision.suspect_batches,
+            p_value=self.decision.p_value,
+        )
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class RunProgress:
                 *(published.reasons if published else []),
                 *reasons,
             ],
-            **(self.ingestion.counts() if self.ingestion else {}),
-            **(self.scores.facts() if self.scores else {}),
+            # dict(): the fields of each part as they are (their reports stay objects, not dumped to dicts)
+            **(dict(self.ingestion.facts()) if self.ingestion else {}),
+            **(dict(self.scores.facts(self.production)) if self.scores else {}),
         )

@@ -39,7 +39,7 @@ CLI_ENVIRONMENT_DEFAULTS = {
 }
 """Quiet, offline-friendly library settings the `retrainer` command (app/cli.py) puts in its environment
 when they are unset; anything the user set wins. Here because docs/configuration.md lists them
-(retrainer/config_doc.py), and nothing in retrainer/ imports app/."""
+(app/config_doc.py), and nothing in retrainer/ imports app/."""
 
 
 def _empty_as_unset(value: object) -> object:
@@ -295,7 +295,7 @@ class TrainingConfig(BaseModel):
         description="Publish the mean weights of the last epochs, this share of them (0.6 of 8 epochs: "
         "the last 5), instead of the best epoch by validation accuracy; 0: the best epoch.",
     )
-    lexical_weight: Annotated[float, RecipeOnly("add_lexical_half")] = Field(
+    lexical_weight: Annotated[float, RecipeOnly("fine_tune")] = Field(
         0.6,
         ge=0.0,
         lt=1.0,
@@ -774,10 +774,12 @@ class RetrainerSettings(BaseSettings):
         }
         return self.model_copy(update={name: value for name, value in overrides.items() if value is not None})
 
-    def gpu_base_model(self) -> PresetBaseModel | None:
+    def gpu_base_model(self, base_model: str | None = None) -> PresetBaseModel | None:
         """The preset base model meant for a GPU that this run trains: the training preset's own, or the
-        one the base model names (a fine-tune deployment gets the base model, not the preset); else None."""
-        named = (model for model in PRESET_BASE_MODELS.values() if model.hub_id == self.base_model)
+        one `base_model` (default: the configured one) names (a fine-tune deployment gets the run's base
+        model, not its preset); else None."""
+        base_model = base_model or self.base_model
+        named = (model for model in PRESET_BASE_MODELS.values() if model.hub_id == base_model)
         found = PRESET_BASE_MODELS.get(self.training_preset) or next(named, None)
         return found if found and found.gpu else None
 
@@ -788,13 +790,6 @@ def _preset_base_model(preset: str, data: dict) -> dict[str, str]:
     if own is None or data.get("base_model"):
         return {}
     return {"base_model": own.hub_id, "base_model_revision": data.get("base_model_revision") or own.revision}
-
-
-def load_settings(
-    training: TrainingConfig | None = None, base_model: str | None = None, gate: GatePolicy | None = None
-) -> RetrainerSettings:
-    """Settings from the environment, with a run's overrides (e.g. from the Prefect UI) on top."""
-    return RetrainerSettings().with_overrides(training, base_model, gate)
 
 
 def settings_problems(error: ValidationError) -> str:

@@ -9,8 +9,7 @@ from prefect.events import emit_event
 from retrainer.core.agreement import LabelAgreement
 from retrainer.core.gate import Decision
 from retrainer.core.validation import ValidatedBatch
-from retrainer.logs import run_logger
-from tasks.common import once_task
+from tasks.common import once_task, run_logger
 
 VALIDATION_FAILED_EVENT = "retrainer.validation.failed"
 LABELS_SUSPECT_EVENT = "retrainer.labels.suspect"

@@ -17,10 +17,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from retrainer.core.training import checkpoint_step
-from retrainer.logs import run_logger
+from retrainer.core.checkpoints import checkpoint_step
 from retrainer.storage import ObjectStore
-from tasks.common import read_task
+from tasks.common import read_task, run_logger
 
 LATEST = "latest.json"
 STATE_FILE = "trainer_state.json"
@@ -29,7 +28,7 @@ STATE_FILE = "trainer_state.json"
 @dataclass(frozen=True)
 class CheckpointSync:
     """Where one training configuration keeps its checkpoints in S3 (the core's
-    `retrainer.core.training.Checkpoints`)."""
+    `retrainer.core.checkpoints.Checkpoints`)."""
 
     store: ObjectStore
     prefix: str

@@ -109,13 +109,6 @@ def latest_rows(frames: list[pd.DataFrame | None]) -> pd.DataFrame | None:
     return combined.drop_duplicates("ticket_id", keep="last").reset_index(drop=True)
 
 
-def merge_curated(
-    curated: pd.DataFrame | None, new_rows: pd.DataFrame, eval_fraction: float, validation_fraction: float
-) -> pd.DataFrame:
-    """Curated rows plus `new_rows`; a re-sent ``ticket_id`` updates the row but keeps its split."""
-    return latest_rows([curated, with_splits(curated, new_rows, eval_fraction, validation_fraction)])
-
-
 # --- reading ------------------------------------------------------------------------------------------
 
 

@@ -7,34 +7,32 @@ datasets), the superseded curated versions that hold them, and last the request 
 ``state/erasure/`` (If-None-Match: never overwritten). Ingestion withholds the records of erased tickets
 that a producer sends again (`withhold_erased`).
 
+How each batch file format is rewritten without some tickets, or searched when it is unreadable, is
+`retrainer.core.batch_files.formats`; this module reads and writes the store and the manifest.
+
 Ticket ids are identifiers, not customer text: they are logged and recorded. No ticket text is.
 Published model weights are not changed: the record names the versions trained on the tickets, and the
 next nightly run trains on data without them (the dataset version changed).
 """
 
-import csv
 import dataclasses
-import gzip
 import io
 import json
-import re
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Literal
 
 import pandas as pd
-import pyarrow
-import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from retrainer.core.batches import LoadedBatch
-from retrainer.core.row_rules import FORMULA_PATTERN
-from retrainer.core.validation import as_identifier, normalise_ticket_ids
-from retrainer.logs import run_logger
+from retrainer.core.batch_files import BatchFormatError, LoadedBatch
+from retrainer.core.batch_files.formats import ids_in_unreadable, without_tickets
+from retrainer.core.batch_files.ticket_ids import TICKET_ID, ticket_id_of, ticket_id_pattern
+from retrainer.core.validation import normalise_ticket_ids
 from retrainer.settings import IngestSettings
 from retrainer.storage import ObjectStore, PreconditionFailedError, StorageError
-from tasks.common import once_task, read_task
+from tasks.common import once_task, read_task, run_logger
 from tasks.dataset import (
     EVAL,
     TRAIN,
@@ -49,26 +47,12 @@ from tasks.dataset import (
     write_part,
     write_version,
 )
-from tasks.ingest import (
-    CSV_SUFFIXES,
-    JSONL_SUFFIXES,
-    PARQUET_SUFFIXES,
-    BatchFormatError,
-    Manifest,
-    commit_manifest,
-    csv_reader,
-    decode_text,
-    gunzip,
-    is_blank_record,
-    read_manifest,
-)
+from tasks.manifest import Manifest, commit_manifest, read_manifest
 from tasks.registry import list_versions, utc_stamp
 
 ERASURE_FOLDER = "erasure/"
-TICKET_ID = "ticket_id"
 ERRORS_SUFFIX, REJECTED_SUFFIX, MERGED_SUFFIX = ".errors.json", ".rejected.csv", ".merged.csv"
 MANIFEST_ATTEMPTS = 5  # a nightly run that commits meanwhile makes the compare-and-swap lose: redo
-BYTE_ORDER_MARK = "\ufeff"
 # What the record states whatever was found: what erasure does not do, and why a lineage may dangle.
 STATEMENTS = [
     "published model weights are not retrained or deleted: `models` names the versions trained or "
@@ -248,114 +232,12 @@ def ids_by_split(curated: pd.DataFrame, ids: set[str]) -> dict[str, list[str]]:
     return {split: sorted(held.loc[held["split"] == split, TICKET_ID]) for split in (TRAIN, VALIDATION, EVAL)}
 
 
-def without_tickets(
-    raw: bytes, key: str, ids: set[str], column_aliases: dict[str, str], max_decompressed_bytes: int
-) -> tuple[bytes, set[str]]:
-    """The batch file `raw` (named `key`) without the records of `ids`, in its format and compression,
-    and the ids it held. Every other record keeps its bytes (CSV, JSON Lines) or its values (Parquet).
-
-    Raises `BatchFormatError` when the file cannot be read (as ingestion would reject it).
-    """
-    name = key.lower()
-    compressed = name.endswith(".gz")
-    data = gunzip(raw, key, max_decompressed_bytes) if compressed else raw
-    name = name.removesuffix(".gz")
-    id_names = _id_names(column_aliases)
-    if name.endswith(CSV_SUFFIXES):
-        kept, found = _csv_without(data, key, ids, id_names)
-    elif name.endswith(JSONL_SUFFIXES):
-        kept, found = _jsonl_without(data, key, ids, id_names)
-    elif name.endswith(PARQUET_SUFFIXES):
-        kept, found = _parquet_without(data, key, ids, id_names)
-    else:
-        raise BatchFormatError(f"{key}: unsupported file type")
-    if not found:
-        return raw, found
-    return (gzip.compress(kept) if compressed else kept), found
-
-
-def ids_in_bytes(raw: bytes, key: str, ids: set[str], max_decompressed_bytes: int) -> set[str] | None:
-    """Which of `ids` the bytes contain as a whole token anywhere, a ticket id or a mere mention
-    (decompressed first when `key` ends in .gz); None when they cannot be searched (a .gz that does not
-    decompress within the limit). Deciding what to delete takes `ids_in_unreadable`."""
-    if key.lower().endswith(".gz"):
-        try:
-            raw = gunzip(raw, key, max_decompressed_bytes)
-        except BatchFormatError:
-            return None
-    text = raw.decode("utf-8", errors="replace")
-    return {ticket_id for ticket_id in ids if _token(ticket_id).search(text)}
-
-
-def ids_in_unreadable(
-    raw: bytes, key: str, ids: set[str], column_aliases: dict[str, str], max_decompressed_bytes: int
-) -> tuple[set[str], set[str]] | None:
-    """In a file ingestion could not read: which of `ids` stand where a ticket id stands (a ticket id
-    field of a CSV record, read leniently, or of a JSON line that parses), and which are only mentioned
-    elsewhere (a whole token in its text: "11 days ago"). None when it cannot be searched (a .gz that
-    does not decompress within the limit). Only the first may delete the file; the second is for review.
-    """
-    if key.lower().endswith(".gz"):
-        try:
-            raw = gunzip(raw, key, max_decompressed_bytes)
-        except BatchFormatError:
-            return None
-    text = raw.decode("utf-8", errors="replace").removeprefix(BYTE_ORDER_MARK)
-    names = {name.strip().lower() for name in _id_names(column_aliases)}
-    held = (_ids_in_lenient_csv(text, ids, names) | _ids_in_json_lines(text, ids, names)) & ids
-    mentioned = {ticket_id for ticket_id in ids - held if _token(ticket_id).search(text)}
-    return held, mentioned
-
-
-def _ids_in_lenient_csv(text: str, ids: set[str], names: set[str]) -> set[str]:
-    """The ids in the ticket id column(s) of CSV records read without strictness (ragged records, stray
-    quotes), up to the first record the csv module cannot read at all."""
-    csv_reader(text)  # sets the field size limit ingestion reads with
-    found, positions = set(), None
-    try:
-        for record in csv.reader(io.StringIO(text, newline=""), strict=False):
-            if is_blank_record(record):
-                continue
-            if positions is None:
-                positions = [index for index, name in enumerate(record) if name.strip().lower() in names]
-                continue
-            found |= {_identifier(record[index]) for index in positions if index < len(record)} & ids
-    except csv.Error:
-        pass  # what was read so far stands
-    return found
-
-
-def _ids_in_json_lines(text: str, ids: set[str], names: set[str]) -> set[str]:
-    """The ids in a ticket id key of the lines that parse as JSON objects."""
-    found = set()
-    for line in text.splitlines():
-        record = _json_object(line)
-        if record is not None:
-            fields = {str(name).strip().lower(): value for name, value in record.items()}
-            found |= {_identifier(fields.get(name)) for name in names} & ids
-    return found
-
-
-def _json_object(line: str) -> dict | None:
-    """The JSON object on `line`, or None (blank, broken, or not an object)."""
-    try:
-        record = json.loads(line) if line.strip() else None
-    except json.JSONDecodeError:
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def _id_names(column_aliases: dict[str, str]) -> set[str]:
-    """The column names that hold a ticket id: ``ticket_id`` and its aliases."""
-    return {TICKET_ID} | {column for column, target in column_aliases.items() if target == TICKET_ID}
-
-
 def problems_without_tickets(report: dict, rows: set[int], ids: set[str]) -> tuple[dict, int]:
     """A quarantine ``.errors.json`` report without the problems of `rows` (the rows of `ids` in the file)
     or naming one of `ids`; and how many problems were dropped."""
     source = report.get("source_key", "")
     row_prefixes = tuple(f"{source}: row {row}: " for row in rows)
-    patterns = [_token(ticket_id) for ticket_id in ids]
+    patterns = [ticket_id_pattern(ticket_id) for ticket_id in ids]
 
     def names_a_ticket(problem: str) -> bool:
         return problem.startswith(row_prefixes) or any(pattern.search(problem) for pattern in patterns)
@@ -370,94 +252,8 @@ def rows_of_tickets(rejected_csv: bytes, ids: set[str]) -> set[int]:
     frame = pd.read_csv(io.BytesIO(rejected_csv), dtype=str, keep_default_na=False)
     if TICKET_ID not in frame.columns or "source_row" not in frame.columns:
         return set()
-    hit = frame[TICKET_ID].map(lambda value: _identifier(value) in ids)
+    hit = frame[TICKET_ID].map(lambda value: ticket_id_of(value) in ids)
     return {int(row) for row in frame.loc[hit, "source_row"] if row.strip().isdigit()}
-
-
-def _csv_without(data: bytes, key: str, ids: set[str], id_names: set[str]) -> tuple[bytes, set[str]]:
-    """Drop the records of `ids`, keeping every other line byte for byte (quoted line ends included)."""
-    text = decode_text(data, key)
-    lines = io.StringIO(text, newline="").readlines()  # the lines the csv reader consumes, in order
-    reader = csv_reader(text)
-    kept, found, header, start = [], set(), None, 0
-    try:
-        for record in reader:
-            span, start = lines[start : reader.line_num], reader.line_num
-            if header is None and not is_blank_record(record):
-                header = record
-                positions = [index for index, name in enumerate(header) if name in id_names]
-            elif header is not None and not is_blank_record(record):
-                if len(record) != len(header):  # ingestion rejects such a file whole: so does erasure
-                    raise BatchFormatError(
-                        f"{key}: record at line {reader.line_num} has {len(record)} fields"
-                    )
-                hit = {_identifier(record[index]) for index in positions} & ids
-                if hit:
-                    found |= hit
-                    continue
-            kept.extend(span)
-    except csv.Error as error:
-        raise BatchFormatError(f"{key}: cannot parse CSV ({error})") from None
-    kept.extend(lines[start:])
-    bom = BYTE_ORDER_MARK if data.startswith(BYTE_ORDER_MARK.encode("utf-8")) else ""
-    return (bom + "".join(kept)).encode("utf-8"), found
-
-
-def _jsonl_without(data: bytes, key: str, ids: set[str], id_names: set[str]) -> tuple[bytes, set[str]]:
-    """Drop the lines whose object has one of `ids`; broken lines and every other line stay as they are."""
-    text = decode_text(data, key)
-    kept, found = [], set()
-    for line in text.splitlines(keepends=True):  # the lines ingestion reads
-        record = _json_object(line)
-        hit = {_identifier(record.get(name)) for name in id_names} & ids if record is not None else set()
-        if hit:
-            found |= hit
-        else:
-            kept.append(line)
-    bom = BYTE_ORDER_MARK if data.startswith(BYTE_ORDER_MARK.encode("utf-8")) else ""
-    return (bom + "".join(kept)).encode("utf-8"), found
-
-
-def _parquet_without(data: bytes, key: str, ids: set[str], id_names: set[str]) -> tuple[bytes, set[str]]:
-    """Drop the rows of `ids`, writing the same schema with the file's compression codec."""
-    try:
-        source = pq.ParquetFile(io.BytesIO(data))
-        table = source.read()
-    except (pyarrow.ArrowException, OSError) as error:
-        raise BatchFormatError(f"{key}: cannot read Parquet: {error}") from error
-    keep = [True] * table.num_rows
-    found: set[str] = set()
-    for name in id_names & set(table.column_names):
-        for index, value in enumerate(table.column(name).to_pylist()):
-            if _identifier(value) in ids:
-                keep[index] = False
-                found.add(_identifier(value))
-    buffer = io.BytesIO()
-    pq.write_table(table.filter(pyarrow.array(keep)), buffer, compression=_parquet_codec(source))
-    return buffer.getvalue(), found
-
-
-def _parquet_codec(source: pq.ParquetFile) -> str:
-    metadata = source.metadata
-    if metadata.num_row_groups == 0 or metadata.num_columns == 0:
-        return "snappy"  # pyarrow's default
-    codec = metadata.row_group(0).column(0).compression.lower()
-    return {"uncompressed": "none", "lz4_raw": "lz4"}.get(codec, codec)
-
-
-def _identifier(value) -> str | None:
-    """A ticket id as ingestion reads it: integers as text, strings stripped; a quarantine CSV's
-    spreadsheet-safety quote (``'=...``) is not part of it."""
-    value = as_identifier(value)
-    if not isinstance(value, str):
-        return None  # not an id validation would accept (a bool, a float, a null)
-    quoted = value.startswith("'") and re.match(FORMULA_PATTERN, value[1:])
-    return value[1:] if quoted else value
-
-
-def _token(ticket_id: str) -> re.Pattern[str]:
-    """A pattern finding `ticket_id` as a whole token: ``T-1`` does not match in ``T-10`` or ``AT-1``."""
-    return re.compile(rf"(?<![\w-]){re.escape(ticket_id)}(?![\w-])")
 
 
 # --- the steps, against the store -------------------------------------------------------------------

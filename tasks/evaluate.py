@@ -15,8 +15,7 @@ from retrainer.core.evaluation import ModelEvaluation
 from retrainer.core.labels import LABEL_TO_ID
 from retrainer.core.scoring import predict_label_ids, score_model
 from retrainer.core.training_plan import unseen_mask
-from retrainer.logs import run_logger
-from tasks.common import once_task
+from tasks.common import once_task, run_logger
 from tasks.dataset import EVAL
 
 

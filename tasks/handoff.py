@@ -16,8 +16,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling
 
-from retrainer.logs import run_logger
-from tasks.common import once_task
+from tasks.common import once_task, run_logger
 
 GPU_POOL = "gpu"
 """The work pool that `retrainer setup` creates for fine-tuning."""

@@ -26,10 +26,9 @@ from typing import Literal
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from retrainer.core.training_plan import ChampionLineage
-from retrainer.logs import run_logger
 from retrainer.records import SMOKE_PASSED, DecisionRecord, ProductionPointer
 from retrainer.storage import ObjectStore, PreconditionFailedError, StorageError
-from tasks.common import PermanentError, once_task, read_task
+from tasks.common import PermanentError, once_task, read_task, run_logger
 
 POINTER_NAME = "production.json"
 HISTORY_FOLDER = "history/"

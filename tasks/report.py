@@ -4,10 +4,9 @@
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from retrainer.core.validation import ValidatedBatch
-from retrainer.logs import run_logger
 from retrainer.records import RunRecord
 from retrainer.report.markdown import render_run_markdown, render_validation_markdown, validation_table
-from tasks.common import once_task
+from tasks.common import once_task, run_logger
 
 DECISION_ARTIFACT_KEY = "retrain-decision"
 VALIDATION_ARTIFACT_KEY = "validation-report"

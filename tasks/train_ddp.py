@@ -1,4 +1,5 @@
-"""Fine-tune on several processes of one machine (PyTorch DDP), launched by torch's own launcher.
+"""The fine-tune step on several processes of one machine (PyTorch DDP), launched by torch's own launcher;
+tasks/train.py is the same step in the task's own process (the fine-tune flow picks one).
 
 The fine-tune task (`fine_tune_on_processes`) restores the checkpoints, writes the rows (Parquet) and what
 to train (JSON) to its scratch folder, and starts ``python -m torch.distributed.run --standalone
@@ -35,12 +36,11 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from transformers import TrainerCallback
 
 from retrainer.core.training import TRAINING_RECORD, RunOptions, TrainingSpec, fine_tune
-from retrainer.logs import run_logger
+from retrainer.core.training_plan import TrainingPlan
 from retrainer.settings import ALL_GPUS, CLI_ENVIRONMENT_DEFAULTS, S3Settings, TrainingConfig
 from retrainer.storage import open_store
 from tasks.checkpoints import CheckpointSync
-from tasks.common import once_task
-from tasks.train import RunLogCallback
+from tasks.common import RunLogCallback, once_task, run_logger
 
 JOB_FILE = "job.json"
 ROWS_FILES = {"train": "train.parquet", "validation": "validation.parquet", "lexical": "lexical.parquet"}
@@ -129,6 +129,7 @@ def _write_job(
         "revision": spec.revision,
         "config": spec.config.model_dump(mode="json"),
         "warm_start": str(spec.warm_start) if spec.warm_start else None,
+        "plan": spec.plan.model_dump(mode="json") if spec.plan else None,
         "output_dir": str(output),
     }
 
@@ -193,7 +194,7 @@ def _stopped_with_parent() -> Callable[[], object]:
 
 @dataclass(frozen=True)
 class _RestoredCheckpoints:
-    """`retrainer.core.training.Checkpoints` in a training process: the task restored them before the
+    """`retrainer.core.checkpoints.Checkpoints` in a training process: the task restored them before the
     launch (every process resumes from `latest`), and `sync`, on the first process only, uploads the
     new ones."""
 
@@ -240,6 +241,7 @@ def main(job_file: str) -> None:
         job["revision"],
         TrainingConfig.model_validate(job["config"]),
         warm_start=Path(job["warm_start"]) if job["warm_start"] else None,
+        plan=TrainingPlan.model_validate(job["plan"]) if job["plan"] else None,
     )
     callbacks = tuple(_callback_class(path)() for path in job["callbacks"])
     options = RunOptions(

@@ -17,9 +17,8 @@ import pandas as pd
 
 from retrainer.core.row_rules import FORMULA_PATTERN
 from retrainer.core.validation import REASON_KIND, ValidatedBatch, validate_batches
-from retrainer.logs import run_logger
 from retrainer.storage import ObjectStore
-from tasks.common import once_task, read_task
+from tasks.common import once_task, read_task, run_logger
 
 
 def quarantine_batches(

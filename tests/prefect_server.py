@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from retrainer.seaweed import free_ports
+from app.seaweed import free_ports
 
 
 class PrefectServer:

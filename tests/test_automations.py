@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from retrainer.samples import generate_tickets, tickets_to_csv
+from app.samples import generate_tickets, tickets_to_csv
 from tests.http_receiver import Receiver
 from tests.prefect_server import PrefectServer
 

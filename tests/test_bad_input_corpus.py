@@ -6,12 +6,13 @@ from pathlib import Path
 import pytest
 from prefect.states import State
 
+from app.samples import generate_tickets, tickets_to_csv
 from flows.retrain import retrain
 from retrainer.core.validation import ValidationFailedError, validate_batches
-from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import IngestSettings, ValidationPolicy
 from retrainer.storage import ObjectStore
-from tasks.ingest import load_batches, read_manifest
+from tasks.ingest import load_batches
+from tasks.manifest import read_manifest
 
 CORPUS = Path(__file__).parent / "data" / "malformed"
 HUGE_FIELD = "huge-field.csv"  # 10 MB in one field: generated, not committed

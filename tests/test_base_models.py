@@ -10,12 +10,13 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
+from app.samples import generate_tickets, tickets_to_csv
 from flows.retrain import retrain
+from retrainer.core.base_models import model_config
 from retrainer.core.scoring import predict_probabilities
 from retrainer.core.text import InputRecipe, encode
-from retrainer.core.training import TrainingSpec, fine_tune, model_config
+from retrainer.core.training import TrainingSpec, fine_tune
 from retrainer.resources import Resources
-from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import MPNET_BASE, TRAINING_PRESETS, GatePolicy, RetrainerSettings, TrainingConfig
 from tasks.registry import read_production_pointer
 from tasks.train import warn_when_a_gpu_model_trains_on_cpu

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from retrainer.samples import generate_tickets, tickets_to_csv
+from app.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import TrainingConfig
 from tasks.registry import read_history, read_production_pointer
 from tests.prefect_server import PrefectServer, stop_worker

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 from prefect.settings import PREFECT_API_URL
 
+from app.seaweed import LocalS3
 from flows.retrain import retrain
-from retrainer.samples import generate_tickets, tickets_to_csv
-from retrainer.seaweed import LocalS3
 from retrainer.settings import S3Settings
-from retrainer.storage import ObjectStore, PreconditionFailedError
+from retrainer.storage import ObjectStore, PreconditionFailedError, S3Store
 from tasks.registry import (
     list_versions,
     read_history,
@@ -28,6 +27,7 @@ from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from tests.consistency import assert_consistent
 from tests.registry_helpers import promote, publish_fake_version
 from tests.retrain_process import QUICK  # one epoch: the faults come around ingest and publish
+from tests.tickets import drop_batch
 
 pytestmark = pytest.mark.chaos
 
@@ -62,17 +62,9 @@ def chaos_store(s3_server, monkeypatch, tiny_model_dir, tmp_path, prefect_api) -
         "RETRAINER_WORK_DIR": str(tmp_path / "work"),
     }.items():
         monkeypatch.setenv(name, value)
-    store = ObjectStore(settings)
+    store = S3Store(settings)
     store.ensure_bucket()
     return store
-
-
-def _drop_batch(store: ObjectStore, name: str, count: int, seed: int, bad_rows: int = 0) -> set[str]:
-    """Upload a batch of generated tickets (plus `bad_rows` empty texts); the good ticket ids."""
-    tickets = generate_tickets(count, seed=seed, id_prefix=name)
-    bad = "".join(f"{name}-bad-{n},,bug,\n" for n in range(bad_rows))  # an empty text
-    store.put(f"incoming/{name}", tickets_to_csv(tickets) + bad.encode())
-    return set(tickets["ticket_id"])
 
 
 def _kill_server_after_put(monkeypatch, server: LocalS3, key_prefix: str) -> threading.Event:
@@ -110,8 +102,8 @@ def _run_surviving_faults(**parameters):
 def test_s3_killed_mid_ingest_and_restarted_loses_and_doubles_no_row(
     chaos_store, s3_server, monkeypatch, killed_after
 ):
-    expected = _drop_batch(chaos_store, "a.csv", 150, seed=1, bad_rows=1)
-    expected |= _drop_batch(chaos_store, "b.csv", 90, seed=2)
+    expected = drop_batch(chaos_store, "a.csv", 150, seed=1, bad_rows=1)
+    expected |= drop_batch(chaos_store, "b.csv", 90, seed=2)
     killed = _kill_server_after_put(monkeypatch, s3_server, killed_after)
 
     first = _run_surviving_faults(training=QUICK)
@@ -128,9 +120,9 @@ def test_s3_killed_mid_ingest_and_restarted_loses_and_doubles_no_row(
 def test_s3_killed_mid_publish_keeps_the_champion_and_the_next_run_publishes_a_complete_version(
     chaos_store, s3_server, monkeypatch
 ):
-    _drop_batch(chaos_store, "a.csv", 150, seed=1)
+    drop_batch(chaos_store, "a.csv", 150, seed=1)
     champion = retrain(training=QUICK).production_version
-    _drop_batch(chaos_store, "b.csv", 90, seed=2)
+    drop_batch(chaos_store, "b.csv", 90, seed=2)
     killed = _kill_server_after_put(monkeypatch, s3_server, "models/m-")  # the new version's first file
     force = {"training": QUICK, "force": True, "force_reason": "chaos: the publish path"}
 
@@ -158,9 +150,9 @@ def _retrain_process(die_before_smoke_test: bool = False) -> subprocess.Popen:
 def test_sigkill_between_publish_and_flip_leaves_the_champion_serving_and_an_unservable_version(
     chaos_store,
 ):
-    _drop_batch(chaos_store, "a.csv", 150, seed=1)
+    drop_batch(chaos_store, "a.csv", 150, seed=1)
     champion = retrain(training=QUICK).production_version
-    _drop_batch(chaos_store, "b.csv", 90, seed=2)
+    drop_batch(chaos_store, "b.csv", 90, seed=2)
 
     killed = _retrain_process(die_before_smoke_test=True)
     output, _ = killed.communicate(timeout=600)
@@ -180,7 +172,7 @@ def test_sigkill_between_publish_and_flip_leaves_the_champion_serving_and_an_uns
 
 
 def test_two_runs_at_once_curate_each_row_once_and_flip_the_pointer_from_one_state_once(chaos_store):
-    expected = _drop_batch(chaos_store, "a.csv", 150, seed=1) | _drop_batch(chaos_store, "b.csv", 90, seed=2)
+    expected = drop_batch(chaos_store, "a.csv", 150, seed=1) | drop_batch(chaos_store, "b.csv", 90, seed=2)
 
     runs = [_retrain_process() for _ in range(2)]
     outputs = [run.communicate(timeout=600)[0] for run in runs]

@@ -3,11 +3,11 @@
 import pandas as pd
 import pytest
 
+from app.samples import generate_tickets, tickets_to_csv
 from flows.retrain import retrain
 from retrainer.core.labels import LABELS
-from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import GatePolicy, TrainingConfig
-from retrainer.storage import ObjectStore
+from retrainer.storage import S3Store
 from tasks.registry import read_history, read_production_pointer
 from tests.demo_run import DemoRun, run_retrainer
 
@@ -15,7 +15,7 @@ from tests.demo_run import DemoRun, run_retrainer
 @pytest.fixture
 def two_versions(retrain_env):
     """A registry with two published versions, the second in production."""
-    store = ObjectStore(retrain_env)
+    store = S3Store(retrain_env)
     store.ensure_bucket()
     store.put("incoming/b1.csv", tickets_to_csv(generate_tickets(300, seed=1, id_prefix="b1")))
     first = retrain(training=TrainingConfig(learning_rate=0.0, num_train_epochs=1, lexical_weight=0.0))

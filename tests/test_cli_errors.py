@@ -17,9 +17,9 @@ import pytest
 
 import tasks.registry as registry
 from app import cli
-from retrainer.samples import generate_tickets
+from app.samples import generate_tickets
 from retrainer.settings import CLI_ENVIRONMENT_DEFAULTS, S3Settings
-from retrainer.storage import BucketNotFoundError, ObjectStore
+from retrainer.storage import BucketNotFoundError, ObjectStore, S3Store
 from tasks.dataset import with_splits
 from tasks.registry import publish_model, read_production_pointer
 from tests.registry_helpers import damage, labelled_copy, promote, publish_fake_version
@@ -67,7 +67,7 @@ def test_a_missing_bucket_is_one_line_exit_1_and_is_not_created(cli_env, capsys)
         "create it with `retrainer setup --create-bucket` or your infrastructure",
     )
     with pytest.raises(BucketNotFoundError):
-        ObjectStore(cli_env).require_bucket()
+        S3Store(cli_env).require_bucket()
 
 
 def test_bad_credentials_are_one_line_exit_1(cli_env, store, monkeypatch, capsys):
@@ -179,7 +179,7 @@ def test_setup_creates_the_bucket_only_when_asked_and_idempotently(cli_env, pref
     assert f"created bucket {cli_env.bucket!r} at {cli_env.endpoint_url}" in capsys.readouterr().out
     assert cli.main(["setup", "--create-bucket"]) == 0
     assert f"found bucket {cli_env.bucket!r}" in capsys.readouterr().out
-    ObjectStore(cli_env).require_bucket()
+    S3Store(cli_env).require_bucket()
 
 
 def test_run_against_a_missing_bucket_fails_with_its_outcome_and_creates_nothing(retrain_env, capsys):
@@ -192,7 +192,7 @@ def test_run_against_a_missing_bucket_fails_with_its_outcome_and_creates_nothing
     assert outcome["status"] == "failed" and message in outcome["reasons"][-1]
     _assert_one_clear_error(err, message)
     with pytest.raises(BucketNotFoundError):
-        ObjectStore(retrain_env).require_bucket()
+        S3Store(retrain_env).require_bucket()
 
 
 def test_a_run_that_fails_validation_prints_its_outcome_and_one_error_line(flow_store_env, capsys):
@@ -355,7 +355,7 @@ def test_a_truncated_dataset_version_file_is_one_line_naming_it_exit_1(cli_env, 
 
 def test_a_run_whose_dataset_part_is_gone_fails_in_one_line_naming_it(flow_store_env, capsys):
     from tasks.dataset import version_parts, write_curated
-    from tasks.ingest import Manifest, commit_manifest
+    from tasks.manifest import Manifest, commit_manifest
 
     store = flow_store_env
     rows = generate_tickets(6, seed=1).assign(source_key="incoming/a.csv", source_etag='"e"', source_row=1)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from retrainer import config_doc
+from app import config_doc
 from retrainer.settings import RetrainerSettings
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def test_every_environment_variable_the_code_reads_is_documented():
     undocumented = read - set(config_doc.OTHER_ENVIRONMENT_VARIABLES) - set(_settings_variables())
     assert not undocumented, (
         f"the code reads {sorted(undocumented)}: add them to OTHER_ENVIRONMENT_VARIABLES in "
-        f"retrainer/config_doc.py, then run `{config_doc.REGENERATE_COMMAND}`"
+        f"app/config_doc.py, then run `{config_doc.REGENERATE_COMMAND}`"
     )
 
 

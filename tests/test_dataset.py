@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from app import cli
+from app.samples import generate_tickets, tickets_to_csv
 from flows.retrain import ingest_new_batches
 from retrainer.retention import SUPERSEDED_TAG
-from retrainer.samples import generate_tickets, tickets_to_csv
 from tasks import dataset
 from tasks.dataset import (
     EVAL,
@@ -26,7 +26,6 @@ from tasks.dataset import (
     latest_rows,
     legacy_key,
     mark_superseded,
-    merge_curated,
     parts_prefix,
     parts_to_merge,
     read_curated,
@@ -37,8 +36,9 @@ from tasks.dataset import (
     write_curated,
     write_part,
 )
-from tasks.ingest import commit_manifest, read_manifest
+from tasks.manifest import commit_manifest, read_manifest
 from tests.consistency import assert_curated_matches_manifest
+from tests.tickets import merge_curated, new_curated_rows
 
 
 def _rows(ids, label="bug", text="crash"):
@@ -99,11 +99,6 @@ def test_curated_versions_round_trip_through_s3_and_are_immutable(store):
 # --- versions stored as parts -------------------------------------------------------------------------
 
 
-def _curated(ids, curated=None, fractions=(0.2, 0.1), label="bug"):
-    """Rows for `ids` with their splits decided against `curated`, as a run would write them."""
-    return with_splits(curated, _rows(ids, label=label), *fractions)
-
-
 def _objects(store) -> dict[str, str]:
     return {info.key: info.etag for info in store.list_objects("datasets/")}
 
@@ -129,11 +124,13 @@ def test_a_run_writes_only_its_new_rows_and_leaves_every_older_part_untouched(an
 
 
 def test_a_later_part_updates_a_ticket_and_no_ticket_ever_changes_its_split(any_store):
-    first = _curated([f"T-{index}" for index in range(200)])
+    first = new_curated_rows([f"T-{index}" for index in range(200)])
     v1 = write_curated(any_store, first)
-    resent = _curated(["T-5", "T-6", "N-1"], first, fractions=(0.45, 0.45), label="feature_request")
+    resent = new_curated_rows(["T-5", "T-6", "N-1"], first, fractions=(0.45, 0.45), label="feature_request")
     v2 = write_curated(any_store, resent, v1)
-    many = _curated([f"U-{index}" for index in range(400)], latest_rows([first, resent]), (0.45, 0.45))
+    many = new_curated_rows(
+        [f"U-{index}" for index in range(400)], latest_rows([first, resent]), fractions=(0.45, 0.45)
+    )
     v3 = write_curated(any_store, many, v2)  # as big as every part before it: absorbs them
 
     assert [len(version_parts(any_store, version)) for version in (v1, v2, v3)] == [1, 2, 1]
@@ -165,7 +162,7 @@ def test_a_new_part_absorbs_the_newest_parts_while_it_holds_at_least_as_many_row
 def test_thirty_nights_keep_few_parts_and_write_each_row_a_few_times(any_store):
     curated, version, rows_written = None, None, 0
     for night in range(30):
-        new = _curated([f"N{night}-{index}" for index in range(20)], curated)
+        new = new_curated_rows([f"N{night}-{index}" for index in range(20)], curated)
         version = write_curated(any_store, new, version)
         curated = latest_rows([curated, new])
         rows_written += version_parts(any_store, version)[-1].rows
@@ -191,7 +188,7 @@ def test_a_version_written_before_parts_reads_as_it_was_and_the_next_run_absorbs
     pd.testing.assert_frame_equal(read_curated(any_store, upgraded), latest_rows([legacy, new]))
     assert any_store.get(legacy_key(any_store, "ds-legacy"))[0] == buffer.getvalue()  # untouched, and
     assert any_store.tags(legacy_key(any_store, "ds-legacy")) == dict([SUPERSEDED_TAG])  # listed nowhere
-    later = write_curated(any_store, _curated(["Z-1"], latest_rows([legacy, new])), upgraded)
+    later = write_curated(any_store, new_curated_rows(["Z-1"], latest_rows([legacy, new])), upgraded)
     assert version_parts(any_store, later)[0] == part  # from then on, in proportion
 
 
@@ -220,9 +217,9 @@ def test_writes_retried_or_racing_within_a_second_are_one_write_and_other_rows_a
     any_store, monkeypatch
 ):
     monkeypatch.setattr(dataset, "_now", lambda: datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
-    base_rows = _curated([f"T-{index}" for index in range(100)])
+    base_rows = new_curated_rows([f"T-{index}" for index in range(100)])
     base = write_curated(any_store, base_rows)
-    new, other = _curated(["N-1", "N-2"], base_rows), _curated(["O-1"], base_rows)
+    new, other = new_curated_rows(["N-1", "N-2"], base_rows), new_curated_rows(["O-1"], base_rows)
 
     with ThreadPoolExecutor(4) as pool:
         versions = list(pool.map(lambda rows: write_curated(any_store, rows, base), [new, new, new, other]))
@@ -236,13 +233,13 @@ def test_writes_retried_or_racing_within_a_second_are_one_write_and_other_rows_a
 def test_gc_deletes_only_old_parts_that_no_version_lists(any_store, monkeypatch, capsys):
     clock = [datetime(2026, 1, 1, tzinfo=UTC)]
     monkeypatch.setattr(dataset, "_now", lambda: clock[0])
-    first = _curated([f"T-{index}" for index in range(100)])
+    first = new_curated_rows([f"T-{index}" for index in range(100)])
     v1 = write_curated(any_store, first)
-    v2 = write_curated(any_store, _curated(["B-1"], first), v1)
-    v3 = write_curated(any_store, _curated(["C-1"], first), v2)  # absorbs v2's part
-    old_orphan = write_part(any_store, _curated(["F-1"]))  # a failed run's part
+    v2 = write_curated(any_store, new_curated_rows(["B-1"], first), v1)
+    v3 = write_curated(any_store, new_curated_rows(["C-1"], first), v2)  # absorbs v2's part
+    old_orphan = write_part(any_store, new_curated_rows(["F-1"]))  # a failed run's part
     clock[0] += timedelta(days=2)
-    young_orphan = write_part(any_store, _curated(["F-2"]))  # a run writing its version file now
+    young_orphan = write_part(any_store, new_curated_rows(["F-2"]))  # a run writing its version file now
     clock[0] += timedelta(hours=1)
 
     assert [info.key for info in delete_unreferenced_parts(any_store)] == [old_orphan.key]  # v2 lists its

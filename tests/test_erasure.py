@@ -11,10 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from app import cli
+from app.samples import generate_tickets, tickets_to_csv
 from flows.forget import forget
 from flows.retrain import ingest_new_batches
+from retrainer.core.batch_files import BatchFormatError
+from retrainer.core.batch_files.formats import ids_in_bytes, ids_in_unreadable, parse_batch, without_tickets
 from retrainer.resources import Resources
-from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import IngestSettings, RetrainerSettings
 from retrainer.storage import PreconditionFailedError
 from tasks.dataset import (
@@ -26,7 +28,6 @@ from tasks.dataset import (
     read_curated,
     version_key,
     version_parts,
-    with_splits,
     write_curated,
 )
 from tasks.erasure import (
@@ -35,17 +36,15 @@ from tasks.erasure import (
     drop_tickets,
     erase_curated_and_incoming,
     ids_by_split,
-    ids_in_bytes,
-    ids_in_unreadable,
     problems_without_tickets,
     read_erasures,
     requested_ids,
     rows_of_tickets,
-    without_tickets,
 )
-from tasks.ingest import BatchFormatError, Manifest, commit_manifest, parse_batch, read_manifest
+from tasks.manifest import Manifest, commit_manifest, read_manifest
 from tasks.registry import publish_model
 from tests.consistency import assert_consistent
+from tests.tickets import new_curated_rows
 
 LIMIT = 2**20
 ALIASES = {"id": "ticket_id", "body": "text"}
@@ -298,11 +297,6 @@ def test_forget_erases_a_ticket_everywhere_records_it_and_names_the_model_traine
     assert len(read_erasures(store)) == 2
 
 
-def _curated_rows(ids: list[str], curated: pd.DataFrame | None = None, label: str = "bug") -> pd.DataFrame:
-    rows = pd.DataFrame({"ticket_id": ids, "text": [f"crash {i}" for i in ids], "label": [label] * len(ids)})
-    return with_splits(curated, rows, 0.2, 0.1)
-
-
 def _parquet_bytes(frame: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
@@ -310,9 +304,9 @@ def _parquet_bytes(frame: pd.DataFrame) -> bytes:
 
 
 def test_erasure_rewrites_each_part_holding_a_ticket_and_deletes_what_held_it_elsewhere(store):
-    first = _curated_rows([f"T-{index}" for index in range(100)])
+    first = new_curated_rows([f"T-{index}" for index in range(100)])
     v1 = write_curated(store, first)
-    resent = _curated_rows(["T-3"], first, label="feature_request")  # a second part holds T-3 too
+    resent = new_curated_rows(["T-3"], first, label="feature_request")  # a second part holds T-3 too
     v2 = write_curated(store, resent, v1)
     without = write_curated(store, first[first["ticket_id"] != "T-3"])  # a version without T-3
     store.put(legacy_key(store, "ds-legacy"), _parquet_bytes(first))  # written before parts, holding T-3
@@ -342,7 +336,7 @@ def test_erasure_rewrites_each_part_holding_a_ticket_and_deletes_what_held_it_el
     assert set(stored) == listed and store.get_if_exists(version_key(store, without)) is not None
 
     # The next run's part absorbs the emptied one; asking again finds nothing.
-    later = write_curated(store, _curated_rows(["N-1"], read_curated(store, after)), after)
+    later = write_curated(store, new_curated_rows(["N-1"], read_curated(store, after)), after)
     assert [part.rows for part in version_parts(store, later)] == [99, 1]
     again = erase_curated_and_incoming(store, ["T-3"], IngestSettings())
     assert again.found == [] and delete_superseded_datasets(store, ["T-3"], later).versions == []

@@ -11,15 +11,16 @@ import pandas as pd
 import pyarrow
 import pyarrow.parquet as pq
 
+from app.samples import generate_tickets, tickets_to_csv
 from flows.forget import forget
 from flows.retrain import ingest_new_batches
-from retrainer.core.batches import ROW_NUMBER, LoadedBatch
+from retrainer.core.batch_files import ROW_NUMBER, LoadedBatch
+from retrainer.core.batch_files.formats import ids_in_bytes, parse_batch, parsed_batch
 from retrainer.core.validation import validate_batches
 from retrainer.report.markdown import render_validation_markdown, validation_table
-from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import IngestSettings, ValidationPolicy
-from tasks.erasure import ids_in_bytes, withhold_erased
-from tasks.ingest import Manifest, parse_batch, parsed_batch, read_manifest
+from tasks.erasure import withhold_erased
+from tasks.manifest import Manifest, read_manifest
 
 INGEST = IngestSettings()
 LIMIT = 2**20
@@ -138,7 +139,7 @@ def test_an_erased_ticket_sent_again_is_neither_curated_nor_quarantined_but_coun
         "incoming/replay-partial.jsonl": 1,
         "incoming/replay.csv": 1,
     }
-    assert ingestion.counts()["rows_erased"] == 2
+    assert ingestion.facts().rows_erased == 2
     assert "incoming/replay.csv: 1 record(s) of erased tickets withheld" in caplog.text
     assert x_text not in caplog.text
 

@@ -20,14 +20,15 @@ from prefect.client.schemas.objects import StateType, WorkerStatus
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL
 
+from app.samples import generate_tickets, tickets_to_csv
 from flows.retrain import failed_record, retrain
-from retrainer.samples import generate_tickets, tickets_to_csv
 from tasks.handoff import (
     FineTuneNotStartedError,
     FineTuneTimeoutError,
     hand_off_fine_tune,
     warn_if_a_worker_waits_unused,
 )
+from tests.conftest import wait_for
 from tests.prefect_server import stop_worker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +117,7 @@ def sleeper_worker(prefect_api):
         start_new_session=True,
     )
     try:
-        _wait_for(lambda: _live_workers(pool) == 1, 60, f"a live worker in work pool {pool!r}")
+        wait_for(lambda: _live_workers(pool) == 1, f"a live worker in work pool {pool!r}", 60)
         yield deployment
     finally:
         stop_worker(worker)
@@ -126,9 +127,9 @@ def sleeper_worker(prefect_api):
 def busy_worker(sleeper_worker):
     """The worker, busy for 6 s with a run of the stand-in deployment: a run handed off now waits."""
     blocker = run_deployment(sleeper_worker, parameters={"seconds": 6}, timeout=0)
-    _wait_for(lambda: _read_run(blocker.id).state.type == StateType.RUNNING, 60, "the blocker run to start")
+    wait_for(lambda: _read_run(blocker.id).state.type == StateType.RUNNING, "the blocker run to start", 60)
     yield sleeper_worker
-    _wait_for(lambda: _read_run(blocker.id).state.is_final(), 60, "the blocker run to end")
+    wait_for(lambda: _read_run(blocker.id).state.is_final(), "the blocker run to end", 60)
 
 
 def _live_workers(pool: str) -> int:
@@ -140,14 +141,6 @@ def _live_workers(pool: str) -> int:
 def _read_run(flow_run_id):
     with get_client(sync_client=True) as client:
         return client.read_flow_run(flow_run_id)
-
-
-def _wait_for(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s} s for {what}")
-        time.sleep(0.5)
 
 
 def test_a_live_but_busy_worker_keeps_the_hand_off_waiting_past_the_start_timeout(busy_worker, caplog):
@@ -175,7 +168,7 @@ def test_a_fine_tune_run_still_running_at_the_fine_tune_timeout_is_cancelled_and
 
     [run] = [run for run in _runs_of(sleeper_worker) if run.name in str(raised.value)]
     assert run.start_time is not None  # it ran: its worker is the one that stops it
-    _wait_for(lambda: _read_run(run.id).state.type == StateType.CANCELLED, 60, "the worker to cancel it")
+    wait_for(lambda: _read_run(run.id).state.type == StateType.CANCELLED, "the worker to cancel it", 60)
 
 
 def test_training_in_process_beside_a_live_gpu_worker_is_warned_about_and_a_missing_pool_is_no_error(

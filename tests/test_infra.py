@@ -23,9 +23,10 @@ from prefect.server.schemas.actions import validate_base_job_template
 from prefect.utilities.schema_tools.validation import ValidationError, is_valid_schema, validate
 from prefect.workers.base import BaseJobConfiguration
 
-from retrainer.seaweed import weed_binary
+from app.seaweed import weed_binary
 from tests.compose import COMPOSE, ENV_EXAMPLE, INFRA, INTERPOLATION, ROOT, read_compose, read_env_file
-from tests.compose_stack import ComposeStack, wait_for
+from tests.compose_stack import ComposeStack
+from tests.conftest import wait_for
 
 DOCKERFILE = INFRA / "Dockerfile.worker"
 GPU_TEMPLATE = INFRA / "k8s" / "gpu-base-job-template.json"

@@ -15,14 +15,14 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from app.samples import generate_tickets, tickets_to_csv
 from flows.retrain import failed_record, ingest_new_batches, retrain
 from retrainer.core.validation import ValidationFailedError, validation_failure
 from retrainer.resources import Resources
-from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import RetrainerSettings, S3Settings
 from retrainer.storage import InvalidKeyError, open_store
 from tasks.common import read_task
-from tasks.ingest import read_manifest
+from tasks.manifest import read_manifest
 from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
 
 RETRIES_S = 21  # what the read tasks' retries would add (1 + 5 + 15 s)

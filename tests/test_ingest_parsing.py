@@ -18,9 +18,11 @@ import zlib
 import pandas as pd
 import pytest
 
+from retrainer.core.batch_files import BatchFormatError
+from retrainer.core.batch_files.formats import parse_batch
 from retrainer.core.validation import validate_batches
 from retrainer.settings import IngestSettings, ValidationPolicy
-from tasks.ingest import BatchFormatError, load_batches, parse_batch
+from tasks.ingest import load_batches
 from tasks.validate import quarantine_batch
 
 MiB = 2**20

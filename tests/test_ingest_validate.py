@@ -7,21 +7,14 @@ import json
 import pandas as pd
 import pytest
 
+from app.samples import generate_tickets, tickets_to_csv
 from retrainer.core.validation import validate_batches
-from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import IngestSettings, ValidationPolicy
 from retrainer.storage import PreconditionFailedError
-from tasks.dataset import merge_curated
-from tasks.ingest import (
-    Manifest,
-    commit_manifest,
-    discover_new_batches,
-    load_batches,
-    manifest_entry,
-    read_manifest,
-    record_batches,
-)
+from tasks.ingest import discover_new_batches, load_batches
+from tasks.manifest import Manifest, commit_manifest, manifest_entry, read_manifest, record_batches
 from tasks.validate import quarantine_batch
+from tests.tickets import merge_curated
 
 LENIENT = ValidationPolicy(max_bad_row_share=1.0)
 ALIASES = IngestSettings().label_aliases

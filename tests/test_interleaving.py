@@ -17,14 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from app.samples import generate_tickets, tickets_to_csv
 from flows.forget import forget
 from flows.retrain import ingest_new_batches, retrain
 from retrainer.resources import Resources
-from retrainer.samples import generate_tickets, tickets_to_csv
-from retrainer.storage import ObjectStore, PreconditionFailedError
+from retrainer.storage import PreconditionFailedError, S3Store
 from tasks.dataset import VERSION_FILE, assign_split
 from tasks.erasure import read_erasures
-from tasks.ingest import discover_new_batches, read_manifest
+from tasks.ingest import discover_new_batches
+from tasks.manifest import read_manifest
 from tests.consistency import assert_consistent
 from tests.fault_proxy import Request, when
 from tests.retrain_process import QUICK  # one epoch: the faults come around ingest and publish
@@ -48,7 +49,7 @@ def _rewrite_of(key: str) -> Callable[[Request], bool]:
 def proxied(run_resources, fault_proxy) -> Resources:
     """The same bucket and settings, reached through the fault proxy."""
     s3 = run_resources.settings.s3.model_copy(update={"endpoint_url": fault_proxy.endpoint_url})
-    return Resources(run_resources.settings.model_copy(update={"s3": s3}), ObjectStore(s3))
+    return Resources(run_resources.settings.model_copy(update={"s3": s3}), S3Store(s3))
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ tickets a good champion gets right). The effect on a real model and real issues 
 
 import pandas as pd
 
+from app.samples import generate_tickets, tickets_to_csv
 from flows.retrain import retrain
 from retrainer.core.scoring import predict_label_ids
 from retrainer.resources import Resources
-from retrainer.samples import generate_tickets, tickets_to_csv
 from tasks.alerts import LABELS_SUSPECT_EVENT
 from tasks.registry import fetch_production_model, read_history
 from tests.test_retrain_flow import LEARNS, _event_payloads

@@ -11,13 +11,13 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
+from app.samples import generate_tickets
 from retrainer.core import lexical, ngram_hashing
 from retrainer.core.labels import LABEL_TO_ID, LABELS
 from retrainer.core.lexical import SETTINGS_FILE, LexicalModel, MissingLabelsError, fit_lexical_model
 from retrainer.core.scoring import load_lexical_half
 from retrainer.core.text import join_title
 from retrainer.report.model_card import lexical_note
-from retrainer.samples import generate_tickets
 
 # The NLBSE'24 tool competition's 1,500 labelled GitHub issues: not in this repository (its source,
 # https://github.com/nlbse2024/issue-report-classification, states no license), so the test that needs

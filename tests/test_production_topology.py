@@ -19,12 +19,13 @@ import urllib.request
 import boto3
 import pytest
 
-from retrainer.samples import generate_tickets, tickets_to_csv
+from app.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import S3Settings
-from retrainer.storage import ObjectStore
+from retrainer.storage import ObjectStore, S3Store
 from tasks.registry import read_history, read_production_pointer
 from tests.compose import ROOT, read_compose
-from tests.compose_stack import ComposeStack, postgres_binaries, wait_for
+from tests.compose_stack import ComposeStack, postgres_binaries
+from tests.conftest import wait_for
 from tests.http_receiver import Receiver
 
 # The compose services, natively: PostgreSQL, `prefect server start`, SeaweedFS, workers that train.
@@ -109,7 +110,7 @@ def producer_store(stack: ComposeStack, bucket: str) -> ObjectStore:
         aws_access_key_id=stack.env_file["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=stack.env_file["AWS_SECRET_ACCESS_KEY"],
     )
-    return ObjectStore(S3Settings(endpoint_url=stack.s3_endpoint, bucket=bucket), client=client)
+    return S3Store(S3Settings(endpoint_url=stack.s3_endpoint, bucket=bucket), client=client)
 
 
 def run_as_operator(arguments: list[str], env: dict[str, str]) -> str:

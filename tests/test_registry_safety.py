@@ -3,11 +3,11 @@
 import pytest
 
 import tasks.registry as registry
+from app.samples import generate_tickets, tickets_to_csv
 from flows.retrain import failed_record, retrain, smoke_and_flip
 from retrainer.records import RunRecord
 from retrainer.resources import Resources
 from retrainer.run_steps import Production
-from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import GatePolicy
 from retrainer.storage import PreconditionFailedError
 from tasks.registry import (

@@ -20,18 +20,18 @@ from prefect.client.schemas.filters import (
 )
 from prefect.logging.handlers import APILogHandler
 
+from app.samples import generate_tickets, tickets_to_csv
 from flows.retrain import failed_record, retrain
-from retrainer.core.batches import LoadedBatch
+from retrainer.core.batch_files import LoadedBatch
+from retrainer.core.batch_files.formats import parse_batch
 from retrainer.core.validation import validate_batches
 from retrainer.records import RunRecord
 from retrainer.report.markdown import render_run_markdown, render_validation_markdown
 from retrainer.resources import Resources
 from retrainer.run_steps import Ingestion
-from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import RetrainerSettings, ValidationPolicy
 from retrainer.storage import ObjectStore
 from tasks.alerts import validation_failed_payload
-from tasks.ingest import parse_batch
 from tasks.registry import read_history
 from tasks.report import DECISION_ARTIFACT_KEY, VALIDATION_ARTIFACT_KEY, VALIDATION_TABLE_KEY
 from tests.test_retrain_flow import LEARNS, _event_payloads
@@ -112,7 +112,9 @@ def test_the_event_payload_and_the_run_record_carry_reason_kinds_not_values():
     [batch] = _validated(good=40, bad=12)  # 23%: rejected whole
 
     payload = validation_failed_payload("run-2", batch)
-    record = RunRecord(status="validation-failed", run_id="run-2", **Ingestion(None, None, [batch]).counts())
+    record = RunRecord(
+        status="validation-failed", run_id="run-2", **dict(Ingestion(None, None, [batch]).facts())
+    )
 
     assert batch.rejected_whole and "(got" in batch.problems[-1]  # the quarantine's errors.json keeps them
     _assert_no_ticket_text("the event payload", json.dumps(payload))

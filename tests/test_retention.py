@@ -3,9 +3,9 @@ for curated data expire replaced versions only (SeaweedFS over HTTP; nothing her
 
 import pytest
 
+from app.samples import generate_tickets, tickets_to_csv
 from flows.retrain import ingest_new_batches
 from retrainer.retention import SUPERSEDED_TAG, retention_rules
-from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import S3Settings
 from tasks.dataset import parts_prefix, version_key
 

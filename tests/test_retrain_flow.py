@@ -16,17 +16,16 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, Ar
 from flows.retrain import retrain, smoke_and_flip
 from retrainer.core.labels import LABELS
 from retrainer.core.scoring import predict_label_ids
-from retrainer.directory_store import DirectoryStore
 from retrainer.records import RunRecord
 from retrainer.resources import Resources
 from retrainer.run_steps import Production
-from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import GatePolicy, RetrainerSettings, S3Settings, TrainingConfig
-from retrainer.storage import ObjectStore, open_store
-from tasks.ingest import read_manifest
+from retrainer.storage import FolderStore, ObjectStore, S3Store, open_store
+from tasks.manifest import read_manifest
 from tasks.registry import fetch_model, list_versions, publish_model, read_history, read_production_pointer
 from tasks.report import DECISION_ARTIFACT_KEY
 from tests.http_receiver import Receiver, webhook_receiver
+from tests.tickets import drop_batch
 
 # Two epochs: the published blend learns the tickets through its lexical half whatever the epochs, and
 # every assertion here compares it with a model that learns nothing (four took ~20 s more a run).
@@ -44,10 +43,6 @@ def flow_store(run_resources) -> ObjectStore:
 def _notifying(resources: Resources, block: str) -> Resources:
     """`resources` whose settings send each run's summary through the notification block `block`."""
     return Resources(resources.settings.model_copy(update={"notification_block": block}), resources.store)
-
-
-def _drop_batch(store: ObjectStore, name: str, count: int, seed: int) -> None:
-    store.put(f"incoming/{name}", tickets_to_csv(generate_tickets(count, seed=seed, id_prefix=name)))
 
 
 def _model_versions(store: ObjectStore) -> set[str]:
@@ -71,9 +66,9 @@ def first_run(local_s3, tiny_model_dir, tmp_path_factory, prefect_api) -> FirstR
     300 good tickets and a batch with one bad row, its summary sent through a notification block to a
     real receiver. The API's latest artifacts are read at once, before another test's run."""
     bucket = S3Settings(endpoint_url=local_s3.endpoint_url, bucket=f"t-{uuid.uuid4().hex[:16]}")
-    store = ObjectStore(bucket)
+    store = S3Store(bucket)
     store.ensure_bucket()
-    _drop_batch(store, "batch-1.csv", 300, seed=1)
+    drop_batch(store, "batch-1.csv", 300, seed=1)
     mostly_good = "ticket_id,text,label\n" + "".join(
         f"X-{n},Crash number {n} on save,bug\n" for n in range(9)
     )
@@ -148,7 +143,7 @@ def test_the_decision_summary_is_sent_through_the_configured_notification_block(
 
 
 def test_a_second_run_without_new_objects_ingests_nothing(flow_store, run_resources):
-    _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
+    drop_batch(flow_store, "batch-1.csv", 300, seed=1)
     first = retrain(resources=run_resources, training=LEARNS)
     manifest_etag = read_manifest(flow_store)[1]
 
@@ -172,10 +167,10 @@ def test_a_worse_challenger_is_not_published_unless_forced_with_a_reason_which_i
 ):
     """One champion for both halves (each trained its own): a worse challenger is kept out, then a worse
     one on the next batch is promoted only when forced, with a reason."""
-    _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
+    drop_batch(flow_store, "batch-1.csv", 300, seed=1)
     champion = retrain(resources=run_resources, training=LEARNS)
     pointer_before = read_production_pointer(flow_store)
-    _drop_batch(flow_store, "batch-2.csv", 150, seed=2)
+    drop_batch(flow_store, "batch-2.csv", 150, seed=2)
 
     outcome = retrain(resources=run_resources, training=LEARNS_NOTHING)
 
@@ -192,7 +187,7 @@ def test_a_worse_challenger_is_not_published_unless_forced_with_a_reason_which_i
     assert left == {outcome.run_id}  # the rejected challenger waits for the lifecycle rule; no checkpoints
 
     # Forced: refused without a reason; with one, the worse challenger of the next batch is promoted.
-    _drop_batch(flow_store, "batch-3.csv", 150, seed=3)
+    drop_batch(flow_store, "batch-3.csv", 150, seed=3)
     with pytest.raises(ValueError, match="force_reason"):
         retrain(resources=run_resources, training=LEARNS_NOTHING, force=True)
 
@@ -222,13 +217,13 @@ def test_a_better_challenger_is_published_and_the_old_version_is_kept_also_witho
     )
     local = Resources(settings, open_store(settings.s3))
     local.store.ensure_bucket()
-    _drop_batch(local.store, "batch-1.csv", 300, seed=1)
+    drop_batch(local.store, "batch-1.csv", 300, seed=1)
     weak = retrain(resources=local, training=LEARNS_NOTHING)
-    _drop_batch(local.store, "batch-2.csv", 150, seed=2)
+    drop_batch(local.store, "batch-2.csv", 150, seed=2)
 
     outcome = retrain(resources=local, training=LEARNS, gate=NO_RECALL_GUARD)
 
-    assert isinstance(local.store, DirectoryStore)
+    assert isinstance(local.store, FolderStore)
     assert (weak.status, outcome.status) == ("promoted", "promoted")
     assert outcome.challenger_accuracy > outcome.champion_accuracy
     # The second night starts from the champion's weights (the incremental policy, on by default).
@@ -257,7 +252,7 @@ def test_a_better_challenger_is_published_and_the_old_version_is_kept_also_witho
 
 
 def test_a_smoke_test_failure_blocks_publication(flow_store, run_resources):
-    _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
+    drop_batch(flow_store, "batch-1.csv", 300, seed=1)
     impossible = GatePolicy(min_canary_accuracy=1.0)  # a random model cannot get all canaries right
 
     outcome = retrain(resources=run_resources, training=LEARNS_NOTHING, gate=impossible)
@@ -274,7 +269,7 @@ def test_a_smoke_test_failure_blocks_publication(flow_store, run_resources):
 def test_a_crash_between_upload_and_flip_leaves_the_champion_and_the_next_run_works(
     flow_store, run_resources, tmp_path
 ):
-    _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
+    drop_batch(flow_store, "batch-1.csv", 300, seed=1)
     champion = retrain(resources=run_resources, training=LEARNS_NOTHING)  # any model: it only serves
     # A run that died after uploading (one complete version, one half-uploaded) but before the flip:
     orphan = shutil.copytree(
@@ -285,7 +280,7 @@ def test_a_crash_between_upload_and_flip_leaves_the_champion_and_the_next_run_wo
     flow_store.put("models/m-orphan-partial/config.json", b"{}")
     assert read_production_pointer(flow_store)[0].version == champion.challenger_version
 
-    _drop_batch(flow_store, "batch-2.csv", 150, seed=2)
+    drop_batch(flow_store, "batch-2.csv", 150, seed=2)
     outcome = retrain(resources=run_resources, training=LEARNS, gate=NO_RECALL_GUARD)
 
     assert outcome.status in {"promoted", "kept"}
@@ -294,7 +289,7 @@ def test_a_crash_between_upload_and_flip_leaves_the_champion_and_the_next_run_wo
 
 
 def test_a_notification_that_cannot_be_delivered_fails_the_run_loudly(flow_store, run_resources):
-    _drop_batch(flow_store, "batch-1.csv", 60, seed=1)
+    drop_batch(flow_store, "batch-1.csv", 60, seed=1)
     with Receiver() as closed:
         url = closed.url  # the port is closed once the receiver stops
     block_name = f"alerts-{uuid.uuid4().hex[:8]}"
@@ -333,7 +328,7 @@ def _latest_report_markdown() -> str:
 def test_a_run_that_loses_the_promotion_race_reports_it_and_changes_nothing(
     flow_store, run_resources, tmp_path
 ):
-    _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
+    drop_batch(flow_store, "batch-1.csv", 300, seed=1)
     champion = retrain(resources=run_resources, training=LEARNS_NOTHING)  # any model: it only serves
     pointer, etag_read_by_both = read_production_pointer(flow_store)
     model_dir = fetch_model(flow_store, champion.challenger_version, tmp_path / "cache")
@@ -363,7 +358,7 @@ def test_a_run_that_loses_the_promotion_race_reports_it_and_changes_nothing(
 def test_a_rejected_batch_fails_the_run_alerts_and_skips_training_but_keeps_the_good_batch(
     flow_store, run_resources, webhook
 ):
-    _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
+    drop_batch(flow_store, "batch-1.csv", 300, seed=1)
     flow_store.put("incoming/bad.csv", b"ticket_id,label\nB-1,bug\n")  # no text column
 
     state = retrain(resources=_notifying(run_resources, webhook.block), training=LEARNS, return_state=True)
@@ -418,7 +413,7 @@ def test_a_scratch_delete_that_fails_is_a_warning_and_the_decision_stands(
     monkeypatch.setattr(ObjectStore, "delete_scratch", refuse)
     # Without the back-off (1 + 5 + 15 s) of the real task: the retry policy is Prefect's to keep.
     monkeypatch.setattr("flows.retrain.discard_scratch_task", discard_scratch_task.with_options(retries=0))
-    _drop_batch(flow_store, "batch-1.csv", 300, seed=1)
+    drop_batch(flow_store, "batch-1.csv", 300, seed=1)
 
     outcome = retrain(resources=run_resources, training=LEARNS)
 

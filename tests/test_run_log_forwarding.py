@@ -20,8 +20,8 @@ from prefect.client.schemas.filters import (
 )
 from prefect.logging.handlers import APILogHandler
 
+from app.samples import generate_tickets
 from retrainer.core.training import TrainingSpec
-from retrainer.samples import generate_tickets
 from retrainer.settings import TrainingConfig
 from tasks.common import core_logs_in_run_log
 from tasks.train import fine_tune_task

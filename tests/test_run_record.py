@@ -15,7 +15,7 @@ from retrainer.records import DecisionRecord, ProductionPointer, RunRecord
 from retrainer.resources import Resources
 from retrainer.run_steps import Ingestion, Production, Publication, RunProgress, Scores
 from retrainer.settings import RetrainerSettings, S3Settings
-from retrainer.storage import ObjectStore
+from retrainer.storage import S3Store
 from tasks.registry import smoke_verdicts
 
 NOW = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
@@ -63,7 +63,6 @@ def _progress_of_a_promotion() -> RunProgress:
     progress.scores = Scores(
         challenger_version="m-challenger",
         challenger=ModelEvaluation(overall=_report(0.9), correct=[True] * 10),
-        champion_version="m-champion",
         champion=ModelEvaluation(overall=_report(0.7), correct=[True] * 7 + [False] * 3),
         decision=Decision(promote=True, reasons=["accuracy: beats"], p_value=0.25),
     )
@@ -126,6 +125,11 @@ def test_a_status_outside_the_vocabulary_is_refused():
         RunRecord(status="published", run_id="run-1")
 
 
+def test_a_field_the_record_does_not_declare_is_refused_not_dropped():
+    with pytest.raises(ValidationError, match="rows_acepted"):
+        RunRecord(status="kept", run_id="run-1", rows_acepted=3)
+
+
 def test_history_written_under_the_old_names_still_reads():
     old = {
         "run_id": "run-1",
@@ -153,9 +157,7 @@ def test_history_written_under_the_old_names_still_reads():
 def test_resources_are_recorded_by_prefect_as_a_name_not_as_their_secrets():
     from flows.retrain import retrain
 
-    store = ObjectStore(
-        S3Settings(endpoint_url="http://127.0.0.1:9"), credentials=("AKIDEXAMPLE", "s3cr3t-key")
-    )
+    store = S3Store(S3Settings(endpoint_url="http://127.0.0.1:9"), credentials=("AKIDEXAMPLE", "s3cr3t-key"))
     resources = Resources(RetrainerSettings(s3=store.settings), store)
 
     # What Prefect stores as a flow run's parameters (Flow.serialize_parameters, as in create_flow_run).
@@ -186,7 +188,6 @@ def test_the_label_check_figures_reach_the_record_the_history_metrics_and_the_re
     progress.scores = Scores(
         challenger_version="m-challenger",
         challenger=ModelEvaluation(overall=_report(0.9), established=_report(0.8), correct=[True] * 10),
-        champion_version="m-champion",
         champion=ModelEvaluation(overall=_report(0.7), established=_report(0.9), correct=[True] * 10),
         decision=blocked,
         agreement=agreement,

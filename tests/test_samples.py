@@ -1,8 +1,8 @@
 """The demo's ticket generator."""
 
+from app.samples import generate_tickets, tickets_to_csv
+from retrainer.core.batch_files.formats import parse_batch
 from retrainer.core.labels import LABELS
-from retrainer.samples import generate_tickets, tickets_to_csv
-from tasks.ingest import parse_batch
 
 
 def test_same_seed_same_tickets_and_balanced_labels():

@@ -3,9 +3,9 @@
 import psutil
 import pytest
 
-from retrainer.seaweed import LocalS3
+from app.seaweed import LocalS3
 from retrainer.settings import S3Settings
-from retrainer.storage import ObjectStore
+from retrainer.storage import S3Store
 
 pytestmark = pytest.mark.s3
 
@@ -29,12 +29,12 @@ def test_a_restarted_server_serves_its_data_at_once(tmp_path):
     server = LocalS3(tmp_path / "data", "k", "s", tmp_path / "weed.log").start()
     settings = S3Settings(endpoint_url=server.endpoint_url, bucket="restarts", max_attempts=1)
     try:
-        ObjectStore(settings, credentials=("k", "s")).ensure_bucket()
+        S3Store(settings, credentials=("k", "s")).ensure_bucket()
         for round_ in range(3):
-            ObjectStore(settings, credentials=("k", "s")).put(f"before-{round_}", b"kept")
+            S3Store(settings, credentials=("k", "s")).put(f"before-{round_}", b"kept")
             server.kill()
             server.start()
-            store = ObjectStore(settings, credentials=("k", "s"))
+            store = S3Store(settings, credentials=("k", "s"))
             assert store.get(f"before-{round_}")[0] == b"kept"
             store.put(f"after-{round_}", b"new", if_none_match=True)
     finally:

@@ -6,7 +6,7 @@ from typing import get_args
 import pytest
 from pydantic import ValidationError
 
-from retrainer.core.training import resolve_base_model
+from retrainer.core.base_models import resolve_base_model
 from retrainer.settings import (
     PACKAGED_BASE_MODEL,
     REFERENCE_RECIPE,
@@ -14,7 +14,6 @@ from retrainer.settings import (
     InvalidSettingError,
     RetrainerSettings,
     TrainingConfig,
-    load_settings,
 )
 
 
@@ -115,7 +114,10 @@ def test_an_empty_attention_dropout_means_the_base_models_own(monkeypatch):
 def test_run_overrides_win_over_the_environment(monkeypatch):
     monkeypatch.setenv("RETRAINER_TRAINING__LEARNING_RATE", "5e-5")
 
-    settings = load_settings(training=TrainingConfig(learning_rate=1e-4), base_model="bert-base-uncased")
+    # a run's overrides on top of the settings from the environment
+    settings = RetrainerSettings().with_overrides(
+        training=TrainingConfig(learning_rate=1e-4), base_model="bert-base-uncased"
+    )
     assert settings.training.learning_rate == 1e-4
     assert settings.base_model == "bert-base-uncased"
 
@@ -169,7 +171,7 @@ def test_training_samples_as_configured_with_the_precision_this_hardware_support
     import torch
 
     from retrainer.core.devices import cpu_supports_bf16
-    from retrainer.core.training import training_arguments
+    from retrainer.core.trainer_arguments import training_arguments
 
     arguments = training_arguments(TrainingConfig(), tmp_path)
     shuffled = training_arguments(TrainingConfig(length_grouping=False, label_smoothing=0.1), tmp_path)

@@ -1,6 +1,6 @@
 """`retrainer setup` refuses what cannot work, and the deployments find their code at run time.
 
-The pull step `retrainer.deploy_steps.enter_checkout` is tested as a function and as `prefect deploy`
+The pull step `app.deploy_steps.enter_checkout` is tested as a function and as `prefect deploy`
 stores it; setup and `alerts apply` against no server, against a real `prefect server start` with
 basic auth (as in infra/docker-compose.yml), and with an alert webhook on a private address that the
 server must then really deliver to.
@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app.deploy_steps import CheckoutNotFoundError, enter_checkout
 from app.platform import ALERTS_BLOCK
-from retrainer.deploy_steps import CheckoutNotFoundError, enter_checkout
-from retrainer.storage import BucketNotFoundError, ObjectStore
+from retrainer.storage import BucketNotFoundError, S3Store
 from tasks.alerts import RESOURCE_PREFIX, VALIDATION_FAILED_EVENT
 from tests.http_receiver import Receiver
 from tests.prefect_server import PrefectServer
@@ -29,7 +29,7 @@ from tests.prefect_server import PrefectServer
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
 AUTH = "operator:s3cret-auth-string"
-PULL_STEP = "retrainer.deploy_steps.enter_checkout"
+PULL_STEP = "app.deploy_steps.enter_checkout"
 
 
 # --- the pull step, as a function -------------------------------------------------------------
@@ -175,7 +175,7 @@ def test_without_prefect_api_url_setup_and_alerts_refuse_and_name_the_variables(
     assert "PREFECT_API_URL" in line and "PREFECT_API_AUTH_STRING (user:password)" in line
     assert _no_temporary_server_was_started(env)
     with pytest.raises(BucketNotFoundError):  # refused before anything was done
-        ObjectStore(s3_settings).require_bucket()
+        S3Store(s3_settings).require_bucket()
 
 
 def test_make_deploy_without_prefect_api_url_refuses_and_names_the_variables(tmp_path):
@@ -202,7 +202,7 @@ def test_setup_bucket_only_needs_no_prefect_server(s3_settings, tmp_path):
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"created bucket {s3_settings.bucket!r} at {s3_settings.endpoint_url}")
-    ObjectStore(s3_settings).require_bucket()
+    S3Store(s3_settings).require_bucket()
     assert _no_temporary_server_was_started(env)
 
 

@@ -1,5 +1,6 @@
-"""The storage seam's contract, against a real SeaweedFS over HTTP and against the local-directory store
-(`retrainer.directory_store`): the tests taking `any_store` (tests/conftest.py) run on both."""
+"""The storage seam's contract (`retrainer.storage.contract`), against a real SeaweedFS over HTTP (`S3Store`)
+and against the local-folder store (`FolderStore`): the tests taking `any_store` (tests/conftest.py) run on
+both."""
 
 import os
 import time
@@ -16,10 +17,12 @@ from retrainer.settings import CLI_ENVIRONMENT_DEFAULTS, S3Settings
 from retrainer.storage import (
     BucketNotFoundError,
     ExpiryRule,
+    FolderStore,
     InvalidKeyError,
     LifecycleUnsupportedError,
     ObjectStore,
     PreconditionFailedError,
+    S3Store,
     StorageError,
     open_store,
 )
@@ -123,7 +126,7 @@ def test_a_missing_bucket_is_named_not_created(any_store: ObjectStore):
         missing.require_bucket()
 
 
-def test_the_directory_store_keeps_keys_inside_its_bucket_and_has_no_lifecycle_rules(tmp_path):
+def test_the_folder_store_keeps_keys_inside_its_bucket_and_has_no_lifecycle_rules(tmp_path):
     store = open_store(S3Settings(endpoint_url=tmp_path.as_uri(), bucket="local"))
     store.ensure_bucket()
 
@@ -275,7 +278,7 @@ def test_a_conditional_write_that_never_landed_fails_naming_the_object(store, fa
     fault_proxy.fail(when(method="PUT"), times=None, status=500, code="InternalError")
 
     with pytest.raises(StorageError, match=r"conditional write to s3://.*/state/manifest.json failed"):
-        ObjectStore(settings).put("state/manifest.json", b"m", if_none_match=True)
+        S3Store(settings).put("state/manifest.json", b"m", if_none_match=True)
     assert store.get_if_exists("state/manifest.json") is None
 
 
@@ -371,3 +374,29 @@ def test_a_key_that_clashes_with_the_folder_stores_own_names_is_refused_naming_i
         with pytest.raises(InvalidKeyError, match=f"key '{key}' cannot be stored .* the store's"):
             operation()
     assert store.list_objects("") == []
+
+
+# -- the contract is explicit: two sibling stores (issue 36, item 2) ----------------------------------
+
+
+def test_both_stores_implement_every_primitive_of_the_contract_themselves():
+    primitives = ObjectStore.__abstractmethods__
+
+    assert {"get", "delete", "list_folders", "_iter_objects", "_write", "_ambiguous"} <= primitives
+    for store in (S3Store, FolderStore):
+        assert store.__bases__ == (ObjectStore,), store  # siblings: neither inherits the other's code
+        assert not store.__abstractmethods__
+        assert sorted(primitives - vars(store).keys()) == [], store
+    with pytest.raises(TypeError, match="abstract"):
+        ObjectStore(S3Settings(bucket="abstract"))
+
+
+def test_open_store_picks_the_store_by_the_endpoints_scheme(tmp_path):
+    local = open_store(S3Settings(endpoint_url=tmp_path.as_uri(), bucket="local"))
+    remote = open_store(
+        S3Settings(endpoint_url="http://127.0.0.1:9", bucket="remote"), credentials=("k", "s")
+    )
+
+    assert type(local) is FolderStore and local.bucket_dir == tmp_path / "local"
+    assert type(remote) is S3Store and remote.endpoint == "http://127.0.0.1:9"
+    assert local.uri("a/b") == "s3://local/a/b" and remote.uri("a/b") == "s3://remote/a/b"

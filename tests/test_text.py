@@ -120,12 +120,6 @@ def test_keep_head_and_tail_cuts_on_token_boundaries():
     assert keep_head_and_tail(text, spans, budget=10, head_tokens=3) == text
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    """The packaged model's tokenizer (the tiny BERT of the training tests has the same one)."""
-    return AutoTokenizer.from_pretrained(get_model_path())
-
-
 class _Messages(logging.Handler):
     """Keeps the messages of the records it handles."""
 

@@ -4,7 +4,7 @@ text, and an older version may hold tickets erased since."""
 import os
 import time
 
-from retrainer.core.training import prune_tokenized_caches
+from retrainer.core.tokenized_cache import prune_tokenized_caches
 
 
 def test_other_dataset_versions_idle_caches_are_deleted_and_the_current_and_busy_ones_kept(tmp_path):

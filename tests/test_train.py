@@ -8,18 +8,19 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from retrainer.core import training
+from app.samples import generate_tickets
+from retrainer.core import base_models, checkpoints
 from retrainer.core.calibration import MAX_TEMPERATURE, MIN_TEMPERATURE, fit_temperature, soften
 from retrainer.core.labels import LABEL_TO_ID
 from retrainer.core.lexical import LexicalModel
 from retrainer.core.scoring import predict_probabilities
 from retrainer.core.text import RECIPE_FILE, InputRecipe
 from retrainer.core.training import RunOptions, TrainingSpec, fine_tune
-from retrainer.samples import generate_tickets
 from retrainer.settings import S3Settings, TrainingConfig
 from retrainer.storage import BucketNotFoundError, open_store
 from tasks.checkpoints import CheckpointSync
-from tasks.dataset import EVAL, TRAIN, VALIDATION, check_splits, merge_curated
+from tasks.dataset import EVAL, TRAIN, VALIDATION, check_splits
+from tests.tickets import merge_curated
 
 
 class MachineLostError(RuntimeError):
@@ -135,15 +136,16 @@ def test_a_checkpoint_trained_with_another_batch_size_is_not_resumed(tmp_path, c
     (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 40, "train_batch_size": 32}))
 
     assert (
-        training.resumable_checkpoint(checkpoint, TrainingConfig(per_device_train_batch_size=32))
+        checkpoints.resumable_checkpoint(checkpoint, TrainingConfig(per_device_train_batch_size=32))
         == checkpoint
     )
-    with caplog.at_level("WARNING", logger="retrainer.core.training"):
+    with caplog.at_level("WARNING", logger="retrainer.core.checkpoints"):
         assert (
-            training.resumable_checkpoint(checkpoint, TrainingConfig(per_device_train_batch_size=16)) is None
+            checkpoints.resumable_checkpoint(checkpoint, TrainingConfig(per_device_train_batch_size=16))
+            is None
         )
     assert "trained 32 tickets a step, this device trains 16" in caplog.text
-    assert training.resumable_checkpoint(None, TrainingConfig()) is None
+    assert checkpoints.resumable_checkpoint(None, TrainingConfig()) is None
 
 
 def test_averaging_publishes_the_mean_weights_of_the_last_epochs(store, tiny_model_dir, splits, tmp_path):
@@ -230,9 +232,9 @@ def test_attention_dropout_is_the_runs_or_the_base_models_own(
 def test_an_attention_dropout_the_architecture_lacks_is_reported_not_silently_ignored(
     tiny_model_dir, monkeypatch, caplog
 ):
-    monkeypatch.setattr(training, "ATTENTION_DROPOUT_FIELDS", ("attn_dropout_of_another_architecture",))
+    monkeypatch.setattr(base_models, "ATTENTION_DROPOUT_FIELDS", ("attn_dropout_of_another_architecture",))
 
-    config = training.model_config(str(tiny_model_dir), "main", TrainingConfig(attention_dropout=0.0))
+    config = base_models.model_config(str(tiny_model_dir), "main", TrainingConfig(attention_dropout=0.0))
 
     assert config.attention_probs_dropout_prob == 0.1  # untouched
     assert "attention_dropout=0.0 ignored" in caplog.text and "(bert)" in caplog.text

@@ -10,16 +10,17 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, TrainerCallback
 
+from app.samples import generate_tickets
 from flows.fine_tune import checkpoint_prefix
-from retrainer.core import training
+from retrainer.core import trainer_arguments
 from retrainer.core.labels import LABELS
 from retrainer.core.training import TrainingSpec, training_record
-from retrainer.samples import generate_tickets
 from retrainer.settings import RetrainerSettings, TrainingConfig
 from tasks.checkpoints import CheckpointSync
-from tasks.dataset import TRAIN, VALIDATION, check_splits, merge_curated
+from tasks.dataset import TRAIN, VALIDATION, check_splits
 from tasks.train import upload_challenger
 from tasks.train_ddp import TrainingProcessesError, fine_tune_on_processes, training_process_count
+from tests.tickets import merge_curated
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "runs/checkpoints/ds-ddp/abc/"
@@ -128,8 +129,8 @@ def test_checkpoints_of_another_process_count_are_not_resumed_and_one_process_ke
 
 def test_on_cpus_a_process_group_trains_distributed_over_gloo(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert training.distributed_arguments() == {}  # alone: the Trainer's arguments as before
-    monkeypatch.setattr(training, "process_group", lambda: (1, 2))
-    assert training.distributed_arguments() == {"use_cpu": True, "ddp_backend": "gloo"}
+    assert trainer_arguments.distributed_arguments() == {}  # alone: the Trainer's arguments as before
+    monkeypatch.setattr(trainer_arguments, "process_group", lambda: (1, 2))
+    assert trainer_arguments.distributed_arguments() == {"use_cpu": True, "ddp_backend": "gloo"}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert training.distributed_arguments() == {}  # on GPUs the Trainer picks NCCL
+    assert trainer_arguments.distributed_arguments() == {}  # on GPUs the Trainer picks NCCL

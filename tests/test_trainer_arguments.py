@@ -5,7 +5,7 @@ Fast: builds `TrainingArguments`, trains nothing.
 
 import pytest
 
-from retrainer.core.training import training_arguments
+from retrainer.core.trainer_arguments import training_arguments
 from retrainer.settings import RecipeOnly, TrainerArgument, TrainingConfig
 
 

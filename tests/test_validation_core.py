@@ -7,12 +7,12 @@ import gzip
 import io
 import json
 
-import pandas as pd
 import pytest
 
-from retrainer.core.validation import CURATED_COLUMNS, validate_batches, validation_failure
+from retrainer.core.batch_files.formats import parsed_batch
+from retrainer.core.validation import validate_batches, validation_failure
 from retrainer.settings import IngestSettings, ValidationPolicy
-from tasks.ingest import parsed_batch
+from tests.tickets import curated_from
 
 INGEST = IngestSettings()
 LENIENT = ValidationPolicy(max_bad_row_share=1.0)
@@ -25,13 +25,6 @@ def _validated(files: dict[str, str | bytes], policy: ValidationPolicy = LENIENT
         for key, body in files.items()
     ]
     return validate_batches(batches, policy, INGEST.label_aliases, curated)
-
-
-def _curated(rows: list[tuple[str, str, str]], source_key: str = "incoming/earlier.csv") -> pd.DataFrame:
-    """Curated tickets with their lineage, in the columns validation accepts rows into."""
-    frame = pd.DataFrame(rows, columns=["ticket_id", "text", "label"])
-    lineage = {"source_key": source_key, "source_etag": '"old"', "source_row": range(1, len(frame) + 1)}
-    return frame.assign(created_at="", **lineage)[list(CURATED_COLUMNS)]
 
 
 def _csv(rows: list[tuple[str, str, str]]) -> str:
@@ -175,7 +168,7 @@ def _uniform_tickets(prefix: str, count: int, labels: list[str], width: int) -> 
 
 def test_label_and_length_drift_against_the_curated_data_reject_a_batch():
     labels = ["bug", "feature_request", "general_inquiry"]
-    curated = _curated(_uniform_tickets("C", 150, labels, 40))
+    curated = curated_from(_uniform_tickets("C", 150, labels, 40))
     only_bugs = _csv(_uniform_tickets("B", 120, ["bug"], 40))
     three_times_longer = _csv(_uniform_tickets("L", 120, labels, 120))
 
@@ -199,7 +192,7 @@ def test_label_and_length_drift_against_the_curated_data_reject_a_batch():
 
 
 def test_drift_is_not_judged_below_its_minimum_and_a_run_without_rejections_does_not_fail():
-    curated = _curated(_uniform_tickets("C", 150, ["bug", "feature_request", "general_inquiry"], 40))
+    curated = curated_from(_uniform_tickets("C", 150, ["bug", "feature_request", "general_inquiry"], 40))
 
     results = _validated(
         {"incoming/few-bugs.csv": _csv(_uniform_tickets("B", 99, ["bug"], 40))}, curated=curated
@@ -213,7 +206,7 @@ def test_drift_is_not_judged_below_its_minimum_and_a_run_without_rejections_does
 
 
 def test_rows_repeating_curated_tickets_are_merged_or_rejected_by_their_label_and_id():
-    curated = _curated(
+    curated = curated_from(
         [
             ("C-1", "How do I reset my password?", "general_inquiry"),
             ("C-2", "Export to PDF crashes", "bug"),
@@ -242,7 +235,7 @@ def test_rows_repeating_curated_tickets_are_merged_or_rejected_by_their_label_an
 
 def test_a_rewritten_object_may_send_its_own_curated_tickets_again():
     rows = [("S-1", "Sync stops after an hour", "bug"), ("S-2", "Add a CSV export", "feature_request")]
-    curated = _curated(rows, source_key="incoming/same.csv")
+    curated = curated_from(rows, source_key="incoming/same.csv")
 
     [result] = _validated(
         {"incoming/same.csv": _csv([rows[0], ("S-2", "Add a CSV and XLSX export", "feature")])},

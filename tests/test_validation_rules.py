@@ -10,19 +10,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from app.samples import generate_tickets, tickets_to_csv
 from retrainer.core import curated_profile
-from retrainer.core.batches import LoadedBatch
+from retrainer.core.batch_files import BatchFormatError, LoadedBatch
+from retrainer.core.batch_files.formats import parse_batch
 from retrainer.core.curated_profile import CuratedProfile, KeyedRows, string_hashes
 from retrainer.core.row_rules import FORMULA_PATTERN, looks_like_formula
 from retrainer.core.validation import validate_batch, validate_batches
 from retrainer.records import RunRecord
 from retrainer.report.markdown import render_run_markdown, render_validation_markdown, validation_table
 from retrainer.run_steps import Ingestion
-from retrainer.samples import generate_tickets, tickets_to_csv
 from retrainer.settings import IngestSettings, ValidationPolicy
-from tasks.dataset import merge_curated
-from tasks.ingest import BatchFormatError, manifest_entry, parse_batch
+from tasks.manifest import manifest_entry
 from tasks.validate import quarantine_batch
+from tests.tickets import curated_from
 
 CORPUS = Path(__file__).parent / "data" / "malformed"
 ALIASES = IngestSettings().label_aliases
@@ -39,12 +40,6 @@ def _batch(rows: list[tuple], key: str = "incoming/b.csv", columns=("ticket_id",
 def _validate(batch: LoadedBatch, policy=LENIENT, curated: pd.DataFrame | None = None):
     [result] = validate_batches([batch], policy, ALIASES, curated)
     return result
-
-
-def _curated(rows: list[tuple]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=["ticket_id", "text", "label"])
-    lineage = {"source_key": "incoming/old.csv", "source_etag": '"old"', "source_row": 1}
-    return merge_curated(None, frame.assign(created_at="", **lineage), 0.2, 0.1)
 
 
 # A. A text without a visible character is empty.
@@ -142,8 +137,8 @@ def test_curated_data_read_from_several_parts_is_compared_too():
     third night of a bucket failed to validate)."""
     parts = []
     for part in (
-        _curated([("C-1", "The app  crashes\u200b on save", "bug")]),
-        _curated([("C-2", "Add a dark mode", "feature_request")]),
+        curated_from([("C-1", "The app  crashes\u200b on save", "bug")]),
+        curated_from([("C-2", "Add a dark mode", "feature_request")]),
     ):
         buffer = io.BytesIO()
         part.to_parquet(buffer, index=False)
@@ -193,7 +188,7 @@ def test_keyed_rows_find_the_latest_value_of_each_key_across_chunks():
 def test_colliding_hashes_never_match_a_wrong_row(monkeypatch):
     """Every string hashing alike is the worst case: the results must not change, only the speed."""
     batch = _batch([*_thirty_rows_three_texts(), ("C-1", "Crash", "bug"), ("C-2", "crash", "feature")])
-    curated = _curated([("old-pw", PASSWORD, "general_inquiry"), ("old-x", "Exports fail", "bug")])
+    curated = curated_from([("old-pw", PASSWORD, "general_inquiry"), ("old-x", "Exports fail", "bug")])
     expected = _validate(batch, curated=curated)
 
     monkeypatch.setattr(
@@ -258,7 +253,7 @@ def test_merged_rows_do_not_count_as_bad_but_bad_rows_still_do():
 
 
 def test_the_same_text_as_a_curated_ticket_is_merged_with_its_label_and_rejected_without():
-    curated = _curated(
+    curated = curated_from(
         [(f"old-{n}", f"Curated ticket number {n} about exports", "bug") for n in range(40)]
         + [("old-pw", PASSWORD, "general_inquiry")]
     )
@@ -317,7 +312,7 @@ def test_the_run_counts_merged_rows_apart_from_quarantined_ones():
 
     result = _validate(_batch([*_thirty_rows_three_texts(), ("X-1", "", "bug")]))
 
-    record = RunRecord(status="no-data", run_id="run-5", **Ingestion(None, "ds-1", [result]).counts())
+    record = RunRecord(status="no-data", run_id="run-5", **dict(Ingestion(None, "ds-1", [result]).facts()))
 
     assert (record.rows_accepted, record.rows_merged, record.rows_quarantined) == (3, 27, 1)
     assert "rows accepted 3, merged 27, quarantined 1" in render_run_markdown(record)

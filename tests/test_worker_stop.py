@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from retrainer.seaweed import free_ports
-from retrainer.worker import KILL_GRACE_S
+from app.seaweed import free_ports
+from app.worker import KILL_GRACE_S
+from tests.conftest import wait_for
 from tests.prefect_server import PrefectServer, stop_worker
 
 pytestmark = pytest.mark.prefect  # a `prefect server start` of its own (one test checks its absence)
@@ -97,12 +98,21 @@ class Pool:
             return False
         return True
 
+    def wait_until(self, check, what: str, timeout_s: float) -> None:
+        """Wait for `check` while the worker lives; the worker's log when `what` does not come."""
+        try:
+            wait_for(check, what, timeout_s, self.worker)
+        except (RuntimeError, TimeoutError) as error:
+            raise AssertionError(f"{error}:\n{self.log_tail()}") from None
+
     def wait_for_log(self, text: str, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while text not in self.log.read_text(errors="replace"):
-            assert self.worker.poll() is None, f"worker exited {self.worker.returncode}:\n{self.log_tail()}"
-            assert time.monotonic() < deadline, f"no {text!r} in the worker log:\n{self.log_tail()}"
-            time.sleep(0.2)
+        self.wait_until(
+            lambda: text in self.log.read_text(errors="replace"), f"{text!r} in its log", timeout_s
+        )
+
+    def wait_for_start(self, marker: Path) -> None:
+        """Wait until the run given `marker` (`create_run`) has started."""
+        self.wait_until(Path(f"{marker}.started").exists, f"{marker}.started written", 60)
 
     def log_tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -111,6 +121,12 @@ class Pool:
         """SIGTERM the worker (as `docker stop` does: to it alone); the time it was sent."""
         self.worker.send_signal(signal.SIGTERM)
         return time.monotonic()
+
+    def stop_and_wait(self, timeout_s: float) -> tuple[int, float]:
+        """SIGTERM the worker (`stop`) and wait for it to exit: its return code and the seconds it took."""
+        signalled_at = self.stop()
+        returncode = self.worker.wait(timeout_s)
+        return returncode, time.monotonic() - signalled_at
 
     def health(self) -> int:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/health", timeout=5) as response:
@@ -134,19 +150,11 @@ def pool(server, tmp_path):
     work_pool.clean_up()
 
 
-def _wait_for(path: Path, pool: Pool, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
-        assert pool.worker.poll() is None, pool.log_tail()
-        assert time.monotonic() < deadline, f"{path.name} not written:\n{pool.log_tail()}"
-        time.sleep(0.2)
-
-
 def test_sigterm_lets_the_run_in_flight_complete_takes_no_new_run_and_exits_0(pool):
     # --limit 2: room for the second run, so only the drain keeps this worker from taking it.
     pool.start_worker("--drain-seconds", "60", "--with-healthcheck", "--limit", "2", "--name", "drain-test")
     first, marker = pool.create_run(seconds=6)
-    _wait_for(Path(f"{marker}.started"), pool)
+    pool.wait_for_start(marker)
 
     pool.stop()
     pool.wait_for_log("waiting up to 60 s for 1 flow run(s) in flight", timeout_s=10)
@@ -165,11 +173,9 @@ def test_sigterm_lets_the_run_in_flight_complete_takes_no_new_run_and_exits_0(po
 def test_sigterm_with_a_short_drain_stops_the_run_in_flight_which_ends_crashed(pool):
     pool.start_worker("--drain-seconds", "3")
     run, marker = pool.create_run(seconds=300)
-    _wait_for(Path(f"{marker}.started"), pool)
+    pool.wait_for_start(marker)
 
-    signalled_at = pool.stop()
-    returncode = pool.worker.wait(60)
-    took_s = time.monotonic() - signalled_at
+    returncode, took_s = pool.stop_and_wait(60)
 
     assert returncode == 0, pool.log_tail()
     assert 3 <= took_s < 3 + KILL_GRACE_S, f"exited {took_s:.1f} s after SIGTERM:\n{pool.log_tail()}"
@@ -181,13 +187,11 @@ def test_sigterm_with_a_short_drain_stops_the_run_in_flight_which_ends_crashed(p
 def test_a_second_sigterm_stops_the_run_in_flight_without_waiting_for_the_drain(pool):
     pool.start_worker("--drain-seconds", "600")
     run, marker = pool.create_run(seconds=300)
-    _wait_for(Path(f"{marker}.started"), pool)
+    pool.wait_for_start(marker)
 
     pool.stop()
     pool.wait_for_log("waiting up to 600 s", timeout_s=10)
-    signalled_at = pool.stop()
-    returncode = pool.worker.wait(60)
-    took_s = time.monotonic() - signalled_at
+    returncode, took_s = pool.stop_and_wait(60)
 
     assert returncode == 0, pool.log_tail()
     assert took_s < KILL_GRACE_S, f"exited {took_s:.1f} s after the second SIGTERM:\n{pool.log_tail()}"
@@ -197,7 +201,7 @@ def test_a_second_sigterm_stops_the_run_in_flight_without_waiting_for_the_drain(
 def test_a_third_sigterm_kills_a_run_that_ignores_sigterm_which_ends_crashed(pool):
     pool.start_worker("--drain-seconds", "600")
     run, marker = pool.create_run(seconds=300, ignore_sigterm=True)
-    _wait_for(Path(f"{marker}.started"), pool)
+    pool.wait_for_start(marker)
 
     pool.stop()
     pool.wait_for_log("waiting up to 600 s", timeout_s=10)
@@ -205,9 +209,7 @@ def test_a_third_sigterm_kills_a_run_that_ignores_sigterm_which_ends_crashed(poo
     pool.wait_for_log("Sending SIGTERM to 1 flow-run process", timeout_s=10)
     time.sleep(1)
     assert pool.worker.poll() is None and pool.process_alive(run)  # SIGTERM alone did not stop it
-    signalled_at = pool.stop()
-    returncode = pool.worker.wait(60)
-    took_s = time.monotonic() - signalled_at
+    returncode, took_s = pool.stop_and_wait(60)
 
     assert returncode == 0, pool.log_tail()
     assert took_s < 10, f"exited {took_s:.1f} s after the third SIGTERM:\n{pool.log_tail()}"
@@ -220,9 +222,7 @@ def test_an_idle_worker_exits_0_within_seconds_of_sigterm(pool):
     pool.start_worker(env={"RETRAINER_WORKER_DRAIN_S": "45"})  # the default of --drain-seconds
     time.sleep(2)  # a few polls
 
-    signalled_at = pool.stop()
-    returncode = pool.worker.wait(30)
-    took_s = time.monotonic() - signalled_at
+    returncode, took_s = pool.stop_and_wait(30)
 
     assert returncode == 0, pool.log_tail()
     assert took_s < 5, f"exited {took_s:.1f} s after SIGTERM:\n{pool.log_tail()}"

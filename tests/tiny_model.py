@@ -11,8 +11,8 @@ from transformers import (
     MPNetTokenizerFast,
 )
 
+from retrainer.core.base_models import resolve_base_model
 from retrainer.core.labels import LABELS
-from retrainer.core.training import resolve_base_model
 from retrainer.settings import PACKAGED_BASE_MODEL
 
 TINY = {

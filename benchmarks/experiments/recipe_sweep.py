@@ -172,9 +172,9 @@ def prepare(out: Path, issues_file: Path | None) -> None:
     from quality import SPLIT_SEED, VALIDATION_SHARE, stratified_folds, stratified_split
     from transformers import AutoModel, AutoTokenizer
 
+    from retrainer.core.base_models import resolve_base_model
     from retrainer.core.labels import LABEL_TO_ID
     from retrainer.core.text import encode
-    from retrainer.core.training import resolve_base_model
     from retrainer.settings import PACKAGED_BASE_MODEL, TrainingConfig
 
     from baseline import NLBSE, config_with, load_issues

@@ -8,8 +8,13 @@ prediction of the transformer alone.
 """
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # the types only: calibrating a probability needs neither
+    from datasets import Dataset
+    from transformers import Trainer
 
 MIN_TEMPERATURE = 0.5
 MAX_TEMPERATURE = 10.0
@@ -51,3 +56,10 @@ def soften(probabilities: torch.Tensor, temperature: float) -> torch.Tensor:
     if temperature == 1.0:
         return probabilities
     return (probabilities.log() / temperature).softmax(dim=-1)
+
+
+def calibrated_temperature(trainer: "Trainer", validation_dataset: "Dataset") -> float:
+    """The temperature that makes the trained model's probabilities on the validation split (never
+    trained on) most likely (`fit_temperature`; 1.0 when the split is too small to tell)."""
+    scored = trainer.predict(validation_dataset)
+    return fit_temperature(torch.from_numpy(scored.predictions).float(), scored.label_ids.tolist())

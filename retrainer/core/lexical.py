@@ -18,11 +18,13 @@ plain-text vocabularies, unmasked) still load and score as they always did.
 """
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors.numpy import load_file, save_file
 from scipy.sparse import csr_matrix, hstack
@@ -31,21 +33,23 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import normalize
 
 from retrainer.core.calibration import soften
-from retrainer.core.masking import MaskKind, mask_text
+from retrainer.core.labels import LABEL_TO_ID, LABELS
+from retrainer.core.masking import Masker, MaskKind, mask_text
 from retrainer.core.ngram_hashing import ANALYZERS, HASH_BITS, hashed_counts
 
+logger = logging.getLogger(__name__)
 SETTINGS_FILE = "lexical.json"
 WEIGHTS_FILE = "lexical.safetensors"
 FORMAT_VERSION = 2
 VOCABULARY_FORMAT = 1
 """Models saved before hashing: plain-text vocabularies, unmasked text (loaded, never written)."""
 INVERSE_REGULARISATION = 10.0
-"""Logistic regression's C (measured: C=10 0.769, C=3 0.760 macro-F1 alone, 5 folds of 1,500 issues)."""
+"""Logistic regression's C, the better of those measured (docs/experiments/2026-11-26-training-recipe-cpu.md,
+the TF-IDF baseline)."""
 MIN_DOCUMENT_FREQUENCY = 5
 """A bucket seen in fewer training texts than this has no weight: what one customer wrote in up to four
-tickets cannot move a prediction. Measured, 5 folds of the 1,500 NLBSE'24 issues, the lexical half alone:
-0.770 macro-F1 against 0.769 with every n-gram of two texts in plain text (min_df 2 hashed: 0.769,
-min_df 3: 0.767): no cost, and 70k kept features instead of 170k."""
+tickets cannot move a prediction. It cost no macro-F1 and kept far fewer features
+(docs/experiments/2026-12-01-lexical-privacy.md)."""
 MAX_FEATURES = 250_000
 """Per feature group, the buckets in most texts kept: bounds the saved model (~5 MB) as the curated
 data grows."""
@@ -114,10 +118,10 @@ class LexicalModel:
     mask: tuple[MaskKind, ...] = ()
     """Kinds of customer data masked before the n-grams are counted, in training and scoring alike."""
 
-    def probabilities(self, texts: list[str]) -> torch.Tensor:
-        """Class probabilities per text, columns in `labels` order."""
+    def probabilities(self, texts: list[str], masker: Masker = mask_text) -> torch.Tensor:
+        """Class probabilities per text, columns in `labels` order; the texts masked by `masker`."""
         if self.mask:
-            texts = [mask_text(text, self.mask) for text in texts]
+            texts = [masker(text, self.mask) for text in texts]
         logits = features(self.vectorizers, texts) @ self.classifier_weights.T + self.classifier_bias
         return torch.from_numpy(np.asarray(logits, dtype=np.float32)).softmax(dim=-1)
 
@@ -273,3 +277,49 @@ def fit_lexical_model(
         blend_weight=blend_weight,
         mask=tuple(mask),
     )
+
+
+@dataclass(frozen=True)
+class LexicalFit:
+    """A fitted lexical half (`model`), or why there is none (`skipped`), and how many texts it saw."""
+
+    model: LexicalModel | None
+    texts: int
+    skipped: str | None = None
+
+
+def fit_lexical_half(
+    rows: pd.DataFrame, blend_weight: float, mask: tuple[MaskKind, ...] = ()
+) -> LexicalFit | None:
+    """The lexical half fitted on `rows` (masked as `mask` says), or why it could not learn; None when
+    `blend_weight` asks for none."""
+    if not blend_weight:
+        return None
+    label_ids = [LABEL_TO_ID[label] for label in rows["label"]]
+    try:
+        model = fit_lexical_model(rows["text"].tolist(), label_ids, list(LABELS), blend_weight, mask)
+    except MissingLabelsError as error:  # the transformer alone is still a model; the gate judges it
+        return LexicalFit(None, len(rows), str(error))
+    return LexicalFit(model, len(rows))
+
+
+def save_lexical_half(
+    fit: LexicalFit | None, model_dir: Path, transformer_temperature: float = 1.0
+) -> dict | None:
+    """Save the lexical half of `fit` beside the transformer, blending with its logits divided by
+    `transformer_temperature`; what was done, for ``training.json`` (None: not asked for)."""
+    if fit is None:
+        return None
+    if fit.model is None:
+        logger.warning("published without its lexical half: %s", fit.skipped)
+        return {"skipped": fit.skipped}
+    lexical = fit.model
+    lexical.transformer_temperature = transformer_temperature
+    lexical.save(model_dir)
+    return {
+        "blend_weight": lexical.blend_weight,
+        "transformer_temperature": lexical.transformer_temperature,
+        "texts": fit.texts,
+        "hashed_features": lexical.feature_counts(),
+        "masked": list(lexical.mask),
+    }

@@ -348,3 +348,8 @@ def mask_text(text: str, kinds: Iterable[MaskKind] = MASK_KINDS) -> str:
         if kind in kinds:
             text = _apply(_RULES[kind], text)
     return text
+
+
+Masker = Callable[[str, tuple[MaskKind, ...]], str]
+"""What masks a text of the given kinds: `mask_text`, or a memo of it shared by the two halves of a
+model when scoring (`retrainer.core.scoring`), so a text both read is masked once."""

@@ -4,6 +4,7 @@ Both models are scored here, in the same run, on the same rows, so their numbers
 Metrics come from the project's local `evaluate` modules (accuracy, classification_report).
 """
 
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +15,7 @@ from retrainer.core.devices import inference_device, inference_dtype
 from retrainer.core.evaluation import EvalReport, ModelEvaluation
 from retrainer.core.labels import LABEL_TO_ID, LABELS
 from retrainer.core.lexical import LexicalModel
+from retrainer.core.masking import mask_text
 from retrainer.core.metrics import load_metric
 from retrainer.core.text import InputRecipe, encode
 
@@ -43,18 +45,26 @@ def predict_probabilities(
     tokenizer, model = load_classifier(model_dir)
     recipe = InputRecipe.of_model(model_dir, max_length)
     order = sorted(range(len(texts)), key=lambda index: len(texts[index]))  # little padding per batch
+    # One masking for both halves: the encoder masks a ticket after cleaning it, the lexical half the whole
+    # ticket; where cleaning changes nothing (most short support tickets) that is the same text.
+    masker = cache(mask_text)
     probabilities = torch.empty((len(texts), len(LABELS)))
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             encoded = encode(
-                [texts[index] for index in chunk], tokenizer, recipe, padding=True, return_tensors="pt"
+                [texts[index] for index in chunk],
+                tokenizer,
+                recipe,
+                masker,
+                padding=True,
+                return_tensors="pt",
             )
             probabilities[chunk] = model(**encoded.to(model.device)).logits.float().softmax(dim=-1).cpu()
     lexical_model = load_lexical_half(model_dir) if lexical else None
     if lexical_model is None:
         return probabilities
-    return lexical_model.blend(probabilities, lexical_model.probabilities(texts))
+    return lexical_model.blend(probabilities, lexical_model.probabilities(texts, masker))
 
 
 def load_lexical_half(model_dir: Path) -> LexicalModel | None:

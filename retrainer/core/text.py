@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from retrainer.core.masking import MASK_KINDS, MaskKind, mask_text
+from retrainer.core.masking import MASK_KINDS, Masker, MaskKind, mask_text
 
 RECIPE_FILE = "input_recipe.json"
 
@@ -156,15 +156,16 @@ def normalise_whitespace(text: str) -> str:
     return _BLANK_RUNS.sub("\n\n", _SPACE_RUNS.sub(" ", text)).strip()
 
 
-def prepare_texts(texts: list[str], tokenizer, recipe: InputRecipe) -> list[str]:
-    """Texts as the model reads them: cleaned and masked if the recipe says so, and for ``head_tail``,
-    cut to their first and last tokens so that the tokenizer's own truncation no longer has to cut."""
+def prepare_texts(texts: list[str], tokenizer, recipe: InputRecipe, masker: Masker = mask_text) -> list[str]:
+    """Texts as the model reads them: cleaned and masked (by `masker`) if the recipe says so, and for
+    ``head_tail``, cut to their first and last tokens so that the tokenizer's own truncation no longer
+    has to cut."""
     if recipe.clean:
         texts = [clean_text(text) for text in texts]
     if recipe.mask:
         # After cleaning: links are host names by then, so their paths (ids, versions, hashes) cannot
         # be mistaken for customer data, and no placeholder's "]" can end a link early.
-        texts = [mask_text(text, recipe.mask) for text in texts]
+        texts = [masker(text, recipe.mask) for text in texts]
     if recipe.truncation != "head_tail":
         return list(texts)
     budget = recipe.max_length - tokenizer.num_special_tokens_to_add()
@@ -199,11 +200,14 @@ def keep_head_and_tail(text: str, token_spans: list[tuple[int, int]], budget: in
     return f"{head}\n{tail}" if tail else head
 
 
-def encode(texts: list[str], tokenizer, recipe: InputRecipe, **tokenizer_arguments):
-    """Tokenize `texts` as `recipe` says (the one way both training and scoring encode text)."""
+def encode(
+    texts: list[str], tokenizer, recipe: InputRecipe, masker: Masker = mask_text, **tokenizer_arguments
+):
+    """Tokenize `texts` as `recipe` says (the one way both training and scoring encode text), masked by
+    `masker`."""
     tokenizer.truncation_side = "left" if recipe.truncation == "tail" else "right"
     return tokenizer(
-        prepare_texts(texts, tokenizer, recipe),
+        prepare_texts(texts, tokenizer, recipe, masker),
         truncation=True,
         max_length=recipe.max_length,
         **tokenizer_arguments,

@@ -4,6 +4,10 @@ champion's weights on the tickets it has not seen plus a replayed sample of thos
 A full retrain costs time in proportion to every ticket ever curated; an incremental one in proportion to
 what is new (`docs/experiments/2026-12-01-growing-data.md` measures both through the real gate). These
 are pure functions: the flows read the champion and the curated data, decide here, and record the plan.
+
+`TrainingRecipe` is the decision as one value: base model, revision, the config as trained and the plan,
+made once by the retrain flow and handed to the fine-tune flow (in-process or as a deployment
+parameter), which picks the rows and calls `retrainer.core.training.fine_tune`.
 """
 
 import math
@@ -14,7 +18,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from retrainer.settings import IncrementalPolicy, TrainingConfig
+from retrainer.settings import IncrementalPolicy, RetrainerSettings, TrainingConfig
 
 FULL, INCREMENTAL = "full", "incremental"
 
@@ -33,6 +37,44 @@ class TrainingPlan(BaseModel):
         """One line for logs and reports."""
         source = f" from {self.warm_start_from}" if self.warm_start_from else ""
         return f"{self.mode}{source}: {self.reason}"
+
+
+UNPLANNED = TrainingPlan(mode=FULL, reason="no plan given")
+"""The plan of a fine-tune started without one (the fine-tune deployment run on its own)."""
+
+
+class TrainingRecipe(BaseModel):
+    """What a run's challenger is trained from and how, decided once for the run: `base_model` at
+    `base_model_revision`, trained as `config` says (the settings' preset and the run's overrides, and for
+    an incremental `plan` its epochs and learning rate), the rows picked as `incremental` says.
+
+    The hardware's own adjustment (on CUDA, larger batches: `TrainingConfig.for_device`) is made where
+    the run trains (`TrainingSpec.on_device`), as only that machine knows its device. A pydantic model:
+    the retrain flow passes it to a fine-tune deployment as a parameter, and the run validates it back.
+    """
+
+    base_model: str
+    base_model_revision: str
+    config: TrainingConfig
+    plan: TrainingPlan = UNPLANNED
+    incremental: IncrementalPolicy = IncrementalPolicy()
+
+    @classmethod
+    def for_run(cls, settings: RetrainerSettings, plan: TrainingPlan = UNPLANNED) -> "TrainingRecipe":
+        """The recipe of a run with these settings (a run's overrides applied) and this plan."""
+        warm = plan.mode == INCREMENTAL
+        return cls(
+            base_model=settings.base_model,
+            base_model_revision=settings.base_model_revision,
+            config=incremental_config(settings.training, settings.incremental) if warm else settings.training,
+            plan=plan,
+            incremental=settings.incremental,
+        )
+
+    @property
+    def warm(self) -> bool:
+        """Whether the run starts from the champion's weights (an incremental plan)."""
+        return self.plan.mode == INCREMENTAL
 
 
 @dataclass(frozen=True)

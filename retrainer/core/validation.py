@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from retrainer.core.batches import PARSE_ERROR, ROW_NUMBER, LoadedBatch, column_names_for_messages
+from retrainer.core.batch_files import PARSE_ERROR, ROW_NUMBER, LoadedBatch, column_names_for_messages
 from retrainer.core.curated_profile import CuratedProfile, RowKeys, merge_targets, relational_problems
 from retrainer.core.labels import LABELS
 from retrainer.core.row_rules import normalise_text, schema_problems

@@ -42,7 +42,7 @@ _REPORT_GRACE_S = 5.0  # for a killed run's executor to record its exit before t
 _API_GRACE_S = 10.0  # bounds the safety net's API calls
 _POLL_S = 0.2
 
-logger = get_logger("retrainer.worker")
+logger = get_logger("app.worker")
 
 
 class DrainingProcessWorker(ProcessWorker):

@@ -1,8 +1,10 @@
-"""A bucket in a local directory, for one host without an S3 server (`RETRAINER_S3__ENDPOINT_URL=file:///PATH`).
+"""`FolderStore`: the store contract on a local folder, for one host without an S3 server
+(`RETRAINER_S3__ENDPOINT_URL=file:///PATH`).
 
 Why it exists: a GPU host often has no S3 server, and SeaweedFS's 150 MB binary cannot always be
 brought there; the product still has to run its whole nightly cycle on such a host. It keeps the
-contract the product relies on from S3 (tests/test_storage.py runs the same tests against both):
+contract (`retrainer.storage.contract`; tests/test_storage.py runs the same tests against both stores)
+this way:
 
 - a write is all or nothing: the bytes and their ETag (MD5, as S3's for a single-part upload) are one
   file, written beside it and renamed into place, so a reader sees the old object or the new one;
@@ -31,7 +33,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from retrainer.settings import S3Settings
-from retrainer.storage import (
+from retrainer.storage.contract import (
     BucketAccessDeniedError,
     BucketNotFoundError,
     ExpiryRule,
@@ -59,13 +61,12 @@ def directory_of(endpoint_url: str) -> Path:
     return Path(unquote(parsed.path))
 
 
-class DirectoryStore(ObjectStore):
+class FolderStore(ObjectStore):
     """The `ObjectStore` contract on a local folder: bucket `settings.bucket` under the folder that
-    `settings.endpoint_url` (``file:///PATH``) names. Everything not overridden here is shared."""
+    `settings.endpoint_url` (``file:///PATH``) names."""
 
     def __init__(self, settings: S3Settings) -> None:  # no client: nothing here speaks HTTP
-        self.settings = settings
-        self.bucket = settings.bucket
+        super().__init__(settings)
         self.root = directory_of(settings.endpoint_url or "")
         self.bucket_dir = self.root / self.bucket
 
@@ -181,10 +182,6 @@ class DirectoryStore(ObjectStore):
         with self._path(key).open("rb") as source, target.open("wb") as out:
             source.readline()  # the header
             shutil.copyfileobj(source, out)
-
-    def _delete_keys(self, keys: list[str]) -> None:
-        for key in keys:
-            self.delete(key)
 
     def delete(self, key: str) -> None:
         with self._key_lock(key):

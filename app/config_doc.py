@@ -1,6 +1,6 @@
 """Renders docs/configuration.md from the settings models, so the reference cannot drift from the code.
 
-    .venv/bin/python -m retrainer.config_doc > docs/configuration.md
+    .venv/bin/python -m app.config_doc > docs/configuration.md
 
 The field descriptions in `retrainer/settings.py` are the source of every row; the environment
 variables that are not settings are listed here (`OTHER_ENVIRONMENT_VARIABLES`).
@@ -25,7 +25,7 @@ from retrainer.settings import (
     TrainingConfig,
 )
 
-REGENERATE_COMMAND = ".venv/bin/python -m retrainer.config_doc > docs/configuration.md"
+REGENERATE_COMMAND = ".venv/bin/python -m app.config_doc > docs/configuration.md"
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 OTHER_ENVIRONMENT_VARIABLES: dict[str, str] = {

@@ -98,7 +98,7 @@ class LocalS3:
         a file written through the filer reads back from the volume server (outside /buckets, so no S3
         listing shows it), and a signed S3 request is answered by the gateway after asking the filer."""
         from retrainer.settings import S3Settings  # here: the settings are not needed to start weed
-        from retrainer.storage import BucketNotFoundError, ObjectStore
+        from retrainer.storage import BucketNotFoundError, S3Store
 
         probe = f"http://127.0.0.1:{self.ports['filer.port']}/{_PROBE_PATH}"
         body = os.urandom(16).hex().encode()
@@ -117,7 +117,7 @@ class LocalS3:
             read_timeout_s=2,
         )
         try:
-            ObjectStore(settings, credentials=(self.access_key, self.secret_key)).require_bucket()
+            S3Store(settings, credentials=(self.access_key, self.secret_key)).require_bucket()
         except BucketNotFoundError:
             return True  # answered after asking the filer: the gateway serves
         except Exception:  # any other failure of the signed request (5xx, reset, timeout): not ready yet
