@@ -1,6 +1,6 @@
-"""The fine-tune step inside Prefect, in this process: the Trainer's progress in the run log and a progress
-artifact (`tasks.common.RunLogCallback`), the ML core's warnings in the run log, and the challenger's
-upload to the run scratch.
+"""The fine-tune step inside Prefect, in this process: the Trainer's progress in the run log and a
+progress artifact (`tasks.training_progress.RunLogCallback`), the ML core's warnings in the run log, and
+the challenger's upload to the run scratch.
 
 Where "train" lives: the fine-tune flow (flows/fine_tune.py) reads the rows by reference and calls this
 step, or tasks/train_ddp.py on several processes; both run `retrainer.core.training.fine_tune` (no
@@ -16,7 +16,8 @@ import torch
 from retrainer.core.training import RunOptions, fine_tune
 from retrainer.settings import RetrainerSettings
 from retrainer.storage import ObjectStore
-from tasks.common import RunLogCallback, core_logs_in_run_log, once_task, read_task, run_logger
+from tasks.common import core_logs_in_run_log, once_task, read_task, run_logger
+from tasks.training_progress import RunLogCallback
 
 
 @functools.wraps(fine_tune, assigned=())  # its signature: Prefect binds the task's parameters by it

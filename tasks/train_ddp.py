@@ -40,7 +40,8 @@ from retrainer.core.training_plan import TrainingPlan
 from retrainer.settings import ALL_GPUS, CLI_ENVIRONMENT_DEFAULTS, S3Settings, TrainingConfig
 from retrainer.storage import open_store
 from tasks.checkpoints import CheckpointSync
-from tasks.common import RunLogCallback, once_task, run_logger
+from tasks.common import once_task, run_logger
+from tasks.training_progress import RunLogCallback
 
 JOB_FILE = "job.json"
 ROWS_FILES = {"train": "train.parquet", "validation": "validation.parquet", "lexical": "lexical.parquet"}

@@ -60,10 +60,11 @@ SHARED_TASK_MODULES = (
     "tasks.dataset",
     "tasks.registry",
     "tasks.checkpoints",
+    "tasks.training_progress",
 )
 """Task modules that own shared state or policy (retries, the manifest, curated parts, the model registry,
-checkpoints): any task step may import them; they import only `tasks.common` of the task modules. Every
-other task module is a step, which imports no other step."""
+checkpoints, the Trainer's progress in the run): any task step may import them; they import only
+`tasks.common` of the task modules. Every other task module is a step, which imports no other step."""
 STORES = ("retrainer.storage.s3", "retrainer.storage.folder")
 STORE_CONTRACT = "retrainer.storage.contract"
 
