@@ -148,6 +148,14 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--text-column", default="text")
     score.set_defaults(handler=_score)
 
+    serve = commands.add_parser(
+        "serve",
+        help="answer tickets over HTTP with the production model, following it (RETRAINER_SERVE__* settings)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    serve.set_defaults(handler=_serve)
+
     alerts = commands.add_parser("alerts", help="server-side alerting (Prefect automations)")
     alerts_commands = alerts.add_subparsers(required=True, metavar="COMMAND")
     apply = alerts_commands.add_parser("apply", help="create or replace the project's automations")
@@ -372,6 +380,13 @@ def _score(args) -> int:
     output = args.output or args.input.with_suffix(".scored.csv")
     rows.to_csv(output, index=False)
     print(f"scored {len(rows)} rows with {version} -> {output}")
+    return 0
+
+
+def _serve(args) -> int:
+    from app.serving.server import run_service
+
+    run_service(RetrainerSettings(), args.host, args.port)
     return 0
 
 

@@ -61,6 +61,7 @@ SECTION_TITLES = {
     "gate": "Gate",
     "ingest": "Ingestion",
     "validation": "Validation",
+    "serve": "Serving",
 }
 """Titles of the nested settings' sections (a new section without one is titled by its field name)."""
 

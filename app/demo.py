@@ -1,15 +1,22 @@
 """The two-cycle demo on the embedded default: local SeaweedFS, ephemeral Prefect, packaged model.
 
 Cycle 1 bootstraps a champion from a first batch of generated tickets (plus a small batch with bad
-rows, to show quarantine); cycle 2 ingests a new batch and shows the gate's decision.
+rows, to show quarantine); cycle 2 ingests a new batch and shows the gate's decision. Then `retrainer
+serve` starts on the demo's store and classifies a few tickets over HTTP.
 """
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from app.samples import generate_tickets, tickets_to_csv
-from app.seaweed import LocalS3
+from app.seaweed import LocalS3, free_ports
 from retrainer.records import RunRecord
 from retrainer.report.markdown import render_run_markdown
 from retrainer.resources import Resources
@@ -62,6 +69,7 @@ def run_demo(workdir: Path, first_batch: int = 600, second_batch: int = 300) -> 
         _drop(store, "batch-0002.csv", tickets_to_csv(generate_tickets(second_batch, seed=2, id_prefix="N2")))
         record = _cycle(2, workdir, resources)
         _print_locations(store, record, workdir)
+        _classify_over_http(s3, workdir)
     print(f"\ndemo finished in {time.monotonic() - started:.0f}s")
 
 
@@ -114,6 +122,92 @@ def _print_locations(store, record, workdir: Path) -> None:
     print(f"  decision history    {store.uri(store.settings.models_prefix + 'history/')}")
     print(f"  reports             {workdir / 'reports'}")
     print(f"  S3 data dir         {workdir / 'seaweedfs'} (serve it again: retrainer s3 --dir ...)")
+
+
+SERVE_EXAMPLES = (
+    ("D-1", "The app crashes every time I export a report to PDF"),
+    ("D-2", "Please add a dark mode to the mobile app"),
+    ("D-3", "How do I change the e-mail address of my account?"),
+)
+
+
+def _classify_over_http(s3: LocalS3, workdir: Path, timeout_s: float = 180) -> None:
+    """Start `retrainer serve` on the demo's store, classify a few tickets over HTTP, stop it (SIGTERM)."""
+    port = free_ports(("serve",))["serve"]
+    env = {
+        **os.environ,
+        **_serve_environment(s3.endpoint_url),
+        "RETRAINER_WORK_DIR": str((workdir / "work").resolve()),
+    }
+    log = workdir / "serve.log"
+    print(f"\n=== serving the production model: retrainer serve --port {port} (log: {log}) ===")
+    with log.open("wb") as out:
+        service = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_ready(f"{url}/readyz", service, log, timeout_s)
+        tickets = [{"id": ticket_id, "text": text} for ticket_id, text in SERVE_EXAMPLES]
+        response = httpx.post(f"{url}/v1/classify", json={"tickets": tickets}, timeout=60)
+        response.raise_for_status()
+        texts = dict(SERVE_EXAMPLES)
+        print(f"POST {url}/v1/classify with {len(tickets)} tickets:")
+        for prediction in response.json()["predictions"]:
+            print(
+                f"  {prediction['id']} {prediction['label']:<16} {prediction['confidence']:.2f}  "
+                f"{texts[prediction['id']]}  ({prediction['model_version']})"
+            )
+    finally:
+        _stop_service(service)
+    print("serve it again (two shells; the first prints the endpoint):")
+    print(f"  retrainer s3 --dir {workdir / 'seaweedfs'}")
+    variables = " ".join(f"{name}={value}" for name, value in _serve_environment("<endpoint>").items())
+    print(f"  {variables} retrainer serve --port 8080")
+    print(
+        "  curl -s localhost:8080/v1/classify -H 'Content-Type: application/json' "
+        """-d '{"tickets": [{"id": "T-1", "text": "The app crashes on save"}]}'"""
+    )
+
+
+def _serve_environment(endpoint_url: str) -> dict[str, str]:
+    """What `retrainer serve` needs to read the demo's store (loopback-only demo credentials)."""
+    return {
+        "RETRAINER_S3__ENDPOINT_URL": endpoint_url,
+        "RETRAINER_S3__BUCKET": DEMO_BUCKET,
+        "AWS_ACCESS_KEY_ID": DEMO_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": DEMO_SECRET_KEY,
+    }
+
+
+def _wait_until_ready(url: str, service: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if service.poll() is not None:
+            raise RuntimeError(f"retrainer serve exited with {service.returncode}; see {log}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass  # not listening yet
+        time.sleep(0.5)
+    raise RuntimeError(f"retrainer serve was not ready within {timeout_s:.0f}s; see {log}")
+
+
+def _stop_service(service: subprocess.Popen) -> None:
+    """SIGTERM (the service drains and exits), SIGKILL if it does not within 30 s."""
+    if service.poll() is None:
+        service.send_signal(signal.SIGTERM)
+        try:
+            service.wait(30)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            service.wait(10)
 
 
 def _fmt(value: float | None) -> str:

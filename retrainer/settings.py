@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SettingsSourceError
 
@@ -603,6 +611,52 @@ class ValidationPolicy(BaseModel):
     )
 
 
+class ServeSettings(BaseModel):
+    """`retrainer serve`: the HTTP service that answers with the production model and follows it."""
+
+    poll_interval_s: float = Field(
+        5.0,
+        gt=0.0,
+        description="Seconds between two reads of the production pointer (a conditional GET on its ETag); "
+        "a new version is loaded, checked and swapped in after it changed.",
+    )
+    max_batch: int = Field(
+        32, ge=1, description="Most tickets scored together, across concurrent requests, in one model call."
+    )
+    max_wait_ms: float = Field(
+        5.0, ge=0.0, description="How long a batch waits for more tickets before it is scored (ms)."
+    )
+    max_tickets_per_request: int = Field(
+        64, ge=1, description="Most tickets one /v1/classify request may carry; more: 422."
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1, description="Largest request body accepted; larger: 413.")
+    token: Annotated[SecretStr | None, EmptyMeansUnset] = Field(
+        None,
+        description="Set: every /v1/* request needs `Authorization: Bearer <token>` (401 otherwise); "
+        "/healthz, /readyz and /metrics stay open. A secret, never printed.",
+    )
+    confidence_threshold: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Predictions less confident than this are counted in "
+        "retrainer_serve_low_confidence_total (/metrics).",
+    )
+    feedback_max_wait_ms: float = Field(
+        200.0,
+        ge=0.0,
+        description="Feedback records arriving within this window (ms) are written as one JSON Lines "
+        "object under incoming/feedback/ (group commit); each is acknowledged once its object is written.",
+    )
+    feedback_max_batch: int = Field(500, ge=1, description="Most feedback records in one written object.")
+    drain_s: float = Field(
+        20.0,
+        ge=0.0,
+        description="After SIGTERM the service accepts no new connection and answers the requests in "
+        "flight for at most this many seconds, then exits.",
+    )
+
+
 class InvalidSettingError(ValueError):
     """A setting is invalid: one line naming each bad ``RETRAINER_*`` variable and its problem, never
     its value (a value may be secret)."""
@@ -642,6 +696,7 @@ class RetrainerSettings(BaseSettings):
     incremental: IncrementalPolicy = Field(default_factory=IncrementalPolicy)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     validation: ValidationPolicy = Field(default_factory=ValidationPolicy)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
     fine_tune_deployment: Annotated[str | None, EmptyMeansUnset] = Field(
         None,
         description="Run fine-tuning as this deployment (e.g. fine-tune/fine-tune on the gpu pool); unset: "

@@ -23,7 +23,7 @@ from app.seaweed import free_ports, weed_binary
 from tests.compose import INFRA, read_compose, read_env_file, service_command, service_environment
 from tests.conftest import wait_for
 
-SECRETS = ("POSTGRES_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+SECRETS = ("POSTGRES_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "SERVE_TOKEN")
 _GRPC = ("s3.grpc", "master.grpc", "volume.grpc", "filer.grpc")
 
 

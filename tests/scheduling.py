@@ -29,6 +29,7 @@ LONGEST_MODULES = (
     "tests/test_chaos.py",
     "tests/test_interleaving.py",
     "tests/test_label_poisoning.py",
+    "tests/test_serving.py",
     "tests/test_browser.py",
     "tests/test_setup_and_checkout.py",
     "tests/test_worker_stop.py",

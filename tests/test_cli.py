@@ -83,3 +83,7 @@ def test_demo_runs_both_cycles_on_the_packaged_model(demo_run: DemoRun):
     assert (demo_run.workdir / "reports" / "cycle-2.md").is_file()
     production = demo_run.production_models()
     assert len(production) == 1 and (production[0] / "model.safetensors").is_file()
+    # It ends by classifying three tickets over HTTP from `retrainer serve` on its store.
+    served = result.stdout.split("/v1/classify with 3 tickets:\n")[1].splitlines()[:3]
+    assert [line.split()[0] for line in served] == ["D-1", "D-2", "D-3"], served
+    assert all(line.split()[1] in LABELS and line.endswith(f"({production[0].name})") for line in served)

@@ -10,12 +10,16 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
+import sys
 import tomllib
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import pytest
 import yaml
 from botocore.exceptions import ClientError
@@ -23,17 +27,37 @@ from prefect.server.schemas.actions import validate_base_job_template
 from prefect.utilities.schema_tools.validation import ValidationError, is_valid_schema, validate
 from prefect.workers.base import BaseJobConfiguration
 
-from app.seaweed import weed_binary
-from tests.compose import COMPOSE, ENV_EXAMPLE, INFRA, INTERPOLATION, ROOT, read_compose, read_env_file
-from tests.compose_stack import ComposeStack
+from app.seaweed import free_ports, weed_binary
+from retrainer.settings import S3Settings
+from retrainer.storage import S3Store
+from tests.compose import (
+    COMPOSE,
+    ENV_EXAMPLE,
+    INFRA,
+    INTERPOLATION,
+    ROOT,
+    read_compose,
+    read_env_file,
+    service_command,
+)
+from tests.compose_stack import ComposeStack, run_healthcheck
 from tests.conftest import wait_for
+from tests.registry_helpers import promote
+from tests.serving_helpers import publish_served_version
 
 DOCKERFILE = INFRA / "Dockerfile.worker"
 GPU_TEMPLATE = INFRA / "k8s" / "gpu-base-job-template.json"
 CREATE_POOL = INFRA / "k8s" / "create-gpu-pool.sh"
+SERVE_MANIFEST = INFRA / "k8s" / "serve.yaml"
 
-SERVICES = {"postgres", "prefect-server", "seaweedfs", "cpu-worker", "gpu-worker"}
-SECRETS = {"POSTGRES_PASSWORD", "PREFECT_AUTH_STRING", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+SERVICES = {"postgres", "prefect-server", "seaweedfs", "cpu-worker", "gpu-worker", "serve"}
+SECRETS = {
+    "POSTGRES_PASSWORD",
+    "PREFECT_AUTH_STRING",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "SERVE_TOKEN",
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +73,7 @@ def env_example() -> dict[str, str]:
 # --- docker-compose.yml ---------------------------------------------------------------------------
 
 
-def test_compose_defines_the_five_services(compose):
+def test_compose_defines_the_six_services(compose):
     assert set(compose["services"]) == SERVICES
 
 
@@ -112,6 +136,8 @@ def test_dependencies_wait_for_healthy_services(compose):
     for worker in ("cpu-worker", "gpu-worker"):
         conditions = {dep: spec["condition"] for dep, spec in services[worker]["depends_on"].items()}
         assert conditions == {"prefect-server": "service_healthy", "seaweedfs": "service_healthy"}
+    # The model service needs only the store: it serves while the Prefect server is down.
+    assert services["serve"]["depends_on"] == {"seaweedfs": {"condition": "service_healthy"}}
 
 
 def test_workers_use_the_compose_services_and_their_pools(compose, env_example):
@@ -381,3 +407,113 @@ def test_services_get_time_to_stop_gracefully_and_worker_health_stays_inside(com
         assert service["init"] is True, worker  # tini hands SIGTERM to the worker alone
         assert service["environment"]["PREFECT_WORKER_WEBSERVER_HOST"] == "127.0.0.1", worker
     assert _seconds(compose["services"]["seaweedfs"]["stop_grace_period"]) >= 30
+    # The model service answers the requests in flight for SERVE_DRAIN_S after SIGTERM.
+    serve = compose["services"]["serve"]
+    assert serve["environment"]["RETRAINER_SERVE__DRAIN_S"] == "${SERVE_DRAIN_S:-20}"
+    assert _seconds(serve["stop_grace_period"]) >= int(env_example["SERVE_DRAIN_S"]) + 10
+    assert serve["init"] is True
+
+
+# --- the model service: compose and Kubernetes ----------------------------------------------------
+
+
+def test_serve_runs_the_cpu_worker_image_with_only_the_store_settings_and_its_token(compose):
+    serve, cpu = compose["services"]["serve"], compose["services"]["cpu-worker"]
+    assert shlex.split(serve["command"]) == ["retrainer", "serve", "--host", "0.0.0.0", "--port", "8080"]
+    assert (serve["image"], serve["build"]) == (cpu["image"], cpu["build"])
+    # It faces clients: neither the whole env file nor the database password or Prefect auth string.
+    assert "env_file" not in serve
+    environment = serve["environment"]
+    assert not [name for name in environment if name.startswith(("POSTGRES", "PREFECT"))]
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "RETRAINER_S3__BUCKET"} <= set(environment)
+    assert environment["RETRAINER_S3__ENDPOINT_URL"] == "${RETRAINER_S3__ENDPOINT_URL:-}"
+    assert environment["RETRAINER_SERVE__TOKEN"].startswith("${SERVE_TOKEN:?")  # compose refuses a blank one
+    assert serve["ports"] == ["${SERVE_PUBLISH_ADDRESS:-127.0.0.1}:8080:8080"]
+    assert any(volume.endswith(":/home/retrainer/.cache") for volume in serve["volumes"])
+
+
+@pytest.mark.s3  # starts a SeaweedFS of its own and `retrainer serve`
+def test_the_compose_serve_service_turns_healthy_once_a_model_is_promoted(tmp_path, tiny_model_dir):
+    """The serve service's command, environment and health check as written, run natively beside the
+    compose SeaweedFS (only addresses and the port made native): unhealthy while nothing is published,
+    healthy once a version is promoted, its token guarding /v1/*, and SIGTERM ending it with 0."""
+    stack = ComposeStack(tmp_path)
+    service = None
+    try:
+        stack.start_seaweedfs()
+        env = {**os.environ, **stack.environment("serve"), "HOME": str(tmp_path / "serve")}
+        s3 = S3Settings(endpoint_url=env["RETRAINER_S3__ENDPOINT_URL"], bucket=env["RETRAINER_S3__BUCKET"])
+        store = S3Store(s3, credentials=(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]))
+        store.ensure_bucket()  # what `retrainer setup --create-bucket` does for the operator
+        port = free_ports(("serve",))["serve"]
+        command = service_command(stack.service("serve"))
+        assert command[-4:] == ["--host", "0.0.0.0", "--port", "8080"]
+        native = [str(Path(sys.executable).with_name("retrainer")), *command[1:-4], "--port", str(port)]
+        service = stack._popen("serve", native, {**env, "RETRAINER_SERVE__POLL_INTERVAL_S": "0.5"})
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(f"{url}/healthz"), "serve alive", 120, service)
+        test = stack.service("serve")["healthcheck"]["test"]
+        healthy = lambda: run_healthcheck(test, env, {"127.0.0.1:8080": f"127.0.0.1:{port}"})  # noqa: E731
+        assert not healthy(), "healthy with no model published"
+
+        version = publish_served_version(store, tiny_model_dir, tmp_path)
+        promote(store, version, None)
+        wait_for(healthy, "serve healthy after the promotion", 60, service)
+        body = {"tickets": [{"id": "T-1", "text": "The app crashes when I save"}]}
+        assert httpx.post(f"{url}/v1/classify", json=body, timeout=30).status_code == 401
+        token = {"Authorization": f"Bearer {stack.env_file['SERVE_TOKEN']}"}
+        answer = httpx.post(f"{url}/v1/classify", json=body, headers=token, timeout=30)
+        assert answer.status_code == 200 and answer.json()["model_version"] == version, stack.log("serve")
+        service.send_signal(signal.SIGTERM)  # what `docker compose stop` sends, through tini
+        assert service.wait(_seconds(stack.service("serve")["stop_grace_period"])) == 0
+    finally:
+        stack.stop_all(None)
+
+
+def test_serve_is_healthy_only_when_ready(compose):
+    """/readyz, not /healthz: healthy means a production model is loaded and answering."""
+    check = compose["services"]["serve"]["healthcheck"]
+    assert check["test"][:3] == ["CMD", "python", "-c"]
+    assert "urlopen('http://127.0.0.1:8080/readyz'" in check["test"][3]
+    assert _seconds(check["start_period"]) >= 60  # a cold cache downloads the model first
+
+
+@pytest.fixture(scope="module")
+def serve_manifests() -> dict[str, dict[str, Any]]:
+    documents = [doc for doc in yaml.safe_load_all(SERVE_MANIFEST.read_text()) if doc]
+    return {doc["kind"]: doc for doc in documents}
+
+
+def test_serve_manifests_are_a_deployment_and_its_service(serve_manifests):
+    deployment, service = serve_manifests["Deployment"], serve_manifests["Service"]
+    assert set(serve_manifests) == {"Deployment", "Service"}
+    assert (deployment["apiVersion"], service["apiVersion"]) == ("apps/v1", "v1")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert [port["targetPort"] for port in service["spec"]["ports"]] == ["http"] and ports == {"http": 8080}
+    assert container["args"] == ["retrainer", "serve", "--host", "0.0.0.0", "--port", "8080"]
+
+
+def test_serve_pod_probes_drain_and_resources(serve_manifests):
+    pod = serve_manifests["Deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    env = {entry["name"]: entry for entry in container["env"]}
+    drain_s = float(env["RETRAINER_SERVE__DRAIN_S"]["value"])
+    assert pod["terminationGracePeriodSeconds"] > drain_s
+    assert container["resources"]["requests"]["memory"] and container["resources"]["limits"]["memory"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_serve_pod_reads_the_store_and_token_from_secrets(serve_manifests):
+    """The same Secret as the gpu pool's flow runs (S3 endpoint and credentials), the token apart."""
+    container = serve_manifests["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    template_secret = json.loads(GPU_TEMPLATE.read_text())["variables"]["properties"]["env_from_secret"]
+    assert container["envFrom"] == [{"secretRef": {"name": template_secret["default"], "optional": True}}]
+    token = {entry["name"]: entry for entry in container["env"]}["RETRAINER_SERVE__TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "ticket-retrainer-serve", "key": "token"}
+    assert not [entry for entry in container["env"] if "value" in entry and "TOKEN" in entry["name"]]

@@ -95,6 +95,18 @@ def test_etags_follow_the_content_and_listings_give_keys_sizes_and_folders(any_s
     assert any_store.list_objects("nothing/") == [] and any_store.list_folders("nothing/") == []
 
 
+def test_a_conditional_read_returns_nothing_while_the_etag_is_unchanged(any_store: ObjectStore):
+    first = any_store.put("models/production.json", b"v1")
+
+    assert any_store.get_if_changed("models/production.json", None) == (b"v1", first)
+    assert any_store.get_if_changed("models/production.json", first) is None
+    second = any_store.put("models/production.json", b"v2")
+    assert any_store.get_if_changed("models/production.json", first) == (b"v2", second)
+    assert any_store.get_if_changed("models/production.json", second) is None
+    with pytest.raises(KeyError):
+        any_store.get_if_changed("models/missing.json", first)
+
+
 def test_tags_belong_to_one_object_and_a_new_write_clears_them(any_store: ObjectStore):
     any_store.put("datasets/v1/curated.parquet", b"rows")
     any_store.put("datasets/v2/curated.parquet", b"rows")

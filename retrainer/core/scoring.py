@@ -4,8 +4,10 @@ Both models are scored here, in the same run, on the same rows, so their numbers
 Metrics come from the project's local `evaluate` modules (accuracy, classification_report).
 """
 
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -16,7 +18,6 @@ from retrainer.core.evaluation import EvalReport, ModelEvaluation
 from retrainer.core.labels import LABEL_TO_ID, LABELS
 from retrainer.core.lexical import LexicalModel
 from retrainer.core.masking import mask_text
-from retrainer.core.metrics import load_metric
 from retrainer.core.text import InputRecipe, encode
 
 
@@ -33,10 +34,43 @@ def load_classifier(model_dir: Path):
     return tokenizer, model.to(device).eval()
 
 
-def predict_probabilities(
-    model_dir: Path, texts: list[str], max_length: int, batch_size: int = 64, lexical: bool = True
-) -> torch.Tensor:
-    """Class probabilities (one row per text, columns in label order), batched by similar length.
+@dataclass(frozen=True)
+class ScoringModel:
+    """A published model loaded once, ready to score many calls (a service holds one): the tokenizer and
+    transformer, the input recipe it was trained with, and its lexical half (None: the transformer alone)."""
+
+    tokenizer: Any
+    model: Any
+    recipe: InputRecipe
+    lexical: LexicalModel | None
+
+    def probabilities(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """Class probabilities (one row per text, columns in label order), batched by similar length."""
+        order = sorted(range(len(texts)), key=lambda index: len(texts[index]))  # little padding per batch
+        # One masking for both halves: the encoder masks a ticket after cleaning it, the lexical half the
+        # whole ticket; where cleaning changes nothing (most short support tickets) that is the same text.
+        masker = cache(mask_text)
+        probabilities = torch.empty((len(texts), len(LABELS)))
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                encoded = encode(
+                    [texts[index] for index in chunk],
+                    self.tokenizer,
+                    self.recipe,
+                    masker,
+                    padding=True,
+                    return_tensors="pt",
+                )
+                logits = self.model(**encoded.to(self.model.device)).logits
+                probabilities[chunk] = logits.float().softmax(dim=-1).cpu()
+        if self.lexical is None:
+            return probabilities
+        return self.lexical.blend(probabilities, self.lexical.probabilities(texts, masker))
+
+
+def load_scoring_model(model_dir: Path, max_length: int, lexical: bool = True) -> ScoringModel:
+    """Load the model in `model_dir` for scoring.
 
     Texts are encoded with the model's own input recipe; `max_length` only applies to models saved
     before recipes were (they read raw text cut at the end). A model saved with a lexical half
@@ -44,27 +78,15 @@ def predict_probabilities(
     """
     tokenizer, model = load_classifier(model_dir)
     recipe = InputRecipe.of_model(model_dir, max_length)
-    order = sorted(range(len(texts)), key=lambda index: len(texts[index]))  # little padding per batch
-    # One masking for both halves: the encoder masks a ticket after cleaning it, the lexical half the whole
-    # ticket; where cleaning changes nothing (most short support tickets) that is the same text.
-    masker = cache(mask_text)
-    probabilities = torch.empty((len(texts), len(LABELS)))
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            encoded = encode(
-                [texts[index] for index in chunk],
-                tokenizer,
-                recipe,
-                masker,
-                padding=True,
-                return_tensors="pt",
-            )
-            probabilities[chunk] = model(**encoded.to(model.device)).logits.float().softmax(dim=-1).cpu()
-    lexical_model = load_lexical_half(model_dir) if lexical else None
-    if lexical_model is None:
-        return probabilities
-    return lexical_model.blend(probabilities, lexical_model.probabilities(texts, masker))
+    return ScoringModel(tokenizer, model, recipe, load_lexical_half(model_dir) if lexical else None)
+
+
+def predict_probabilities(
+    model_dir: Path, texts: list[str], max_length: int, batch_size: int = 64, lexical: bool = True
+) -> torch.Tensor:
+    """Class probabilities of `texts` by the model in `model_dir` (`load_scoring_model`, then
+    `ScoringModel.probabilities`)."""
+    return load_scoring_model(model_dir, max_length, lexical).probabilities(texts, batch_size)
 
 
 def load_lexical_half(model_dir: Path) -> LexicalModel | None:
@@ -84,6 +106,10 @@ def predict_label_ids(model_dir: Path, texts: list[str], max_length: int, batch_
 
 def evaluation_report(predicted: list[int], references: list[int]) -> EvalReport:
     """Accuracy, macro F1, per-class precision/recall/F1 and the confusion matrix."""
+    # Imported here: `evaluate` (and `datasets`) take seconds to import, and what only predicts (`retrainer
+    # predict`, `retrainer serve`) never needs them.
+    from retrainer.core.metrics import load_metric
+
     accuracy = load_metric("accuracy").compute(predictions=predicted, references=references)["accuracy"]
     report = load_metric("classification_report").compute(
         predictions=predicted, references=references, num_labels=len(LABELS)

@@ -211,6 +211,14 @@ def _prepare(batch: LoadedBatch, label_aliases: dict[str, str]) -> pd.DataFrame:
     return rows.drop(columns=[ROW_NUMBER])
 
 
+def canonical_label(label: str, label_aliases: dict[str, str]) -> str | None:
+    """One label as validation reads a batch's label column (`_prepare`): stripped, lower-cased, then
+    aliased; None when the result is not in the label set (validation rejects such a row)."""
+    lowered = label.strip().lower()
+    canonical = label_aliases.get(lowered, lowered)
+    return canonical if canonical in LABELS else None
+
+
 def normalise_ticket_ids(column: pd.Series) -> pd.Series:
     """A ``ticket_id`` column as validation reads it: strings stripped, integers as text."""
     return _strip_or_map(column, as_identifier)

@@ -10,7 +10,8 @@ Every byte the project reads or writes goes through an `ObjectStore`. Two implem
 - a conditional write (`put` with `if_none_match` or `if_match`) is decided by the store: of writers
   racing to create a key, or to move a pointer from one ETag, exactly one wins and the others get
   `PreconditionFailedError`; and a conditional write knows its own success (`put` says how);
-- an ETag follows the content (the same bytes, the same ETag; quotes kept, as S3 spells it);
+- an ETag follows the content (the same bytes, the same ETag; quotes kept, as S3 spells it), and a read
+  can be conditional on it (`get_if_changed`: a follower polls a pointer without downloading it again);
 - listings are sorted by key; a prefix is a string prefix, not a folder;
 - a key a store cannot hold or reach safely raises `InvalidKeyError`, and nothing is read or written.
 
@@ -158,6 +159,12 @@ class ObjectStore(ABC):
     @abstractmethod
     def get(self, key: str) -> tuple[bytes, str]:
         """The object's bytes and ETag. Raises `KeyError` when it does not exist."""
+
+    @abstractmethod
+    def get_if_changed(self, key: str, etag: str | None) -> tuple[bytes, str] | None:
+        """The object's bytes and ETag, or None when its ETag is still `etag` (a conditional GET,
+        If-None-Match: the bytes do not travel). `etag=None` always reads. Raises `KeyError` when it
+        does not exist."""
 
     @abstractmethod
     def delete(self, key: str) -> None:

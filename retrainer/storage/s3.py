@@ -28,6 +28,7 @@ from retrainer.storage.contract import (
 )
 
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+_NOT_MODIFIED_CODES = {"304", "NotModified"}
 _PRECONDITION_CODES = {"412", "PreconditionFailed", "ConditionalRequestConflict"}
 _DELETE_BATCH = 1000  # the most keys one DeleteObjects request may carry
 _DENIED_CODES = {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
@@ -130,6 +131,21 @@ class S3Store(ObjectStore):
             response = self._client.get_object(Bucket=self.bucket, Key=key)
         except ClientError as error:
             if _error_code(error) in _NOT_FOUND_CODES:
+                raise KeyError(key) from error
+            raise
+        return response["Body"].read(), response["ETag"]
+
+    def get_if_changed(self, key: str, etag: str | None) -> tuple[bytes, str] | None:
+        """One GetObject with If-None-Match: S3 answers 304 (None here) while the ETag is `etag`."""
+        if etag is None:
+            return self.get(key)
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=key, IfNoneMatch=etag)
+        except ClientError as error:
+            code = _error_code(error)
+            if code in _NOT_MODIFIED_CODES:
+                return None
+            if code in _NOT_FOUND_CODES:
                 raise KeyError(key) from error
             raise
         return response["Body"].read(), response["ETag"]
