@@ -624,7 +624,12 @@ class ServeSettings(BaseModel):
         32, ge=1, description="Most tickets scored together, across concurrent requests, in one model call."
     )
     max_wait_ms: float = Field(
-        5.0, ge=0.0, description="How long a batch waits for more tickets before it is scored (ms)."
+        0.0,
+        ge=0.0,
+        description="How long a batch waits for more tickets before it is scored (ms). 0: it is scored at "
+        "once with what queued while the previous batch was scored (batches grow with the load, a lone "
+        "request waits for nothing; measured on 2 cores: 0.85x the baseline's rate at concurrency 1 "
+        "against 0.62x with 5 ms, the same at 32).",
     )
     max_tickets_per_request: int = Field(
         64, ge=1, description="Most tickets one /v1/classify request may carry; more: 422."
