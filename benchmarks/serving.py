@@ -9,7 +9,9 @@ one ticket per request at concurrency 1, 8 and 32, for short tickets and for Git
 (the NLBSE'24 issues with `--data` or at the default place, else generated long texts). Each cell is
 bounded by `--requests` and `--seconds`. The load generator (httpx, asyncio) shares the CPU with the
 servers. Then the production pointer is flipped to a second version while a client sends requests, and
-the seconds until the first answer from the new version are printed.
+the seconds until the first answer from the new version are printed. Last, with the servers stopped,
+each side's scoring alone is timed in this process (the pipeline one text a call, the service's scoring
+32 a call): the quotient is the most throughput the service can have over the baseline on this CPU.
 
 The model is the packaged base model with a seeded random head, the default input recipe and a lexical
 half fitted on generated tickets (speed does not depend on the weights), or `--model-dir`, a published
@@ -325,6 +327,42 @@ def check_targets(rows: list[dict]) -> None:
             )
 
 
+def compute_ceiling(model_dir: Path, texts: dict[str, list[str]], count: int = 64) -> dict[str, dict]:
+    """What the CPU allows, in this process with the servers stopped: the milliseconds of scoring per
+    ticket of the baseline (the pipeline, one text a call) and of the service (its scoring, batches of
+    32), and their quotient: the most throughput the service can have over the baseline once both keep
+    the cores busy, whatever the HTTP side does."""
+    from transformers import pipeline
+
+    from retrainer.core.scoring import load_scoring_model
+
+    classifier = pipeline("text-classification", model=str(model_dir), device="cpu")
+    scoring = load_scoring_model(model_dir, MAX_LENGTH)
+    ceilings = {}
+    for name, kind in texts.items():
+        sample = kind[:count]
+        per_text = _ms_per_text(
+            lambda text: classifier(text, top_k=None, truncation=True, max_length=MAX_LENGTH), sample, 1
+        )
+        batched = _ms_per_text(scoring.probabilities, sample, 32)
+        ceilings[name] = {"baseline_ms": per_text, "service_ms": batched, "ratio": per_text / batched}
+        print(
+            f"compute per ticket, {name}: baseline {per_text:.1f} ms (one a call), service {batched:.1f} ms "
+            f"(32 a call, masking and lexical half included): at most {per_text / batched:.2f}x the "
+            "baseline's throughput on this CPU"
+        )
+    return ceilings
+
+
+def _ms_per_text(score, texts: list[str], batch: int) -> float:
+    """Milliseconds per text of `score` over `texts`, `batch` at a time (one call first as a warm-up)."""
+    score(texts[0] if batch == 1 else texts[:batch])
+    started = time.perf_counter()
+    for start in range(0, len(texts), batch):
+        score(texts[start] if batch == 1 else texts[start : start + batch])
+    return (time.perf_counter() - started) * 1000 / len(texts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -404,12 +442,13 @@ def run(args, scratch: Path, s3_settings: S3Settings, keys: tuple[str, str] | No
         )
         memory["service_after_flip"] = rss_mb(service)
         print(f"service memory after the swap: {memory['service_after_flip']:.0f} MB")
-        if args.json:
-            summary = {"cells": results, "flip": flip, "memory_mb": memory, "store": args.store}
-            args.json.write_text(json.dumps(summary, indent=2))
+        summary = {"cells": results, "flip": flip, "memory_mb": memory, "store": args.store}
     finally:
         stop(service)
         stop(baseline)
+    summary["compute_ceiling"] = compute_ceiling(model_dir, texts)
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
 
 
 def batch_totals(service: Target) -> tuple[float, float]:

@@ -191,3 +191,89 @@ def test_measuring_a_long_text_to_cut_it_warns_of_no_indexing_errors(transformer
     ][0]
     assert len(ids) == 16
     assert not [message for message in transformers_warnings if "sequence length is longer" in message]
+
+
+def _trained_tokenizer(kind: str):
+    """A small byte-level BPE (as RoBERTa's) or Unigram + Metaspace (as SentencePiece models') tokenizer,
+    trained here: no hub is reachable, and the packaged model's is WordPiece."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [_long_text(seed) for seed in range(20)]
+    if kind == "bpe":
+        backend = Tokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=800, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    else:
+        backend = Tokenizer(models.Unigram())
+        backend.pre_tokenizer = pre_tokenizers.Metaspace()
+        backend.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=800, unk_token="<unk>", special_tokens=["<unk>"])
+    backend.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+
+
+def _long_text(seed: int) -> str:
+    """Ticket-like prose, code, logs and an unbroken blob, long enough to be measured in windows."""
+    import random
+
+    rng = random.Random(seed)
+    words = [
+        "crash",
+        "save",
+        "file",
+        "login",
+        "page",
+        "export",
+        "report",
+        "error",
+        "timeout",
+        "user",
+        "admin",
+        "button",
+        "broken",
+    ]
+    prose = " ".join(rng.choice(words) for _ in range(rng.randint(300, 3000)))
+    log = "\n".join(
+        f"2026-12-0{rng.randint(1, 9)}T10:00:00 ERROR worker[{n}] failed id={n * 7919}" for n in range(60)
+    )
+    return f"Title {seed}: {rng.choice(words)}\n{prose}\n```\n{log}\n```\n" + prose[: rng.randint(0, 900)]
+
+
+def _edge_texts() -> list[str]:
+    blob = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo" * 400  # one 14,000-character token run
+    words = " ".join(["word"] * 3000)
+    return [
+        *[_long_text(seed) for seed in range(100, 130)],
+        f"{' '.join(['long title'] * 1500)}\n{words}",  # a title past the head window
+        f"Title\n{blob}",  # nothing to cut at but the first line
+        f"Title\n{words} {blob}",  # the tail window is inside the blob
+        f"Title\n{blob} {words}",
+        f"Title\n{'报告错误 ' * 2000}",  # CJK: a token a character
+        f"Title\n{' '.join(['x'] * 5000)}",  # one-character words
+        "\t".join(["tab\tseparated"] * 3000),
+        "\n".join(["line"] * 6000),  # no first-line title past its one word
+        f"Title\n{'a' * 3000} {words}",
+        *(f"T\n{' '.join(['w'] * size)}" for size in (1500, 1510, 1520, 4600, 4700)),  # around the threshold
+    ]
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe", "unigram"])
+@pytest.mark.parametrize(("max_length", "head_share"), [(128, 0.5), (64, 0.25), (512, 0.9)])
+def test_long_texts_measured_in_windows_are_cut_as_when_measured_whole(
+    kind, max_length, head_share, tokenizer
+):
+    """The head+tail cut of a long text, measured in two windows, equals the cut measured on the whole
+    text, for the three kinds of tokenizer the hub's models use."""
+    from retrainer.core.text import _head_tokens, _token_spans
+
+    chosen = tokenizer if kind == "wordpiece" else _trained_tokenizer(kind)
+    texts = _edge_texts()
+    recipe = InputRecipe(max_length=max_length, truncation="head_tail", head_share=head_share)
+    budget = max_length - chosen.num_special_tokens_to_add()
+    whole = [
+        keep_head_and_tail(text, spans, budget, _head_tokens(text, spans, budget, head_share))
+        for text, spans in zip(texts, _token_spans(chosen, texts), strict=True)
+    ]
+    assert prepare_texts(texts, chosen, recipe) == whole
