@@ -30,7 +30,6 @@ from safetensors.numpy import load_file, save_file
 from scipy.sparse import csr_matrix, hstack
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import normalize
 
 from retrainer.core.calibration import soften
 from retrainer.core.labels import LABEL_TO_ID, LABELS
@@ -84,8 +83,8 @@ class HashedNgrams:
         kept = self._kept(counts.tocsr())
         if not kept.shape[1]:
             return kept  # nothing kept (too few texts share an n-gram): no features to weigh
-        kept.data = 1.0 + np.log(kept.data)
-        return normalize(csr_matrix(kept.multiply(self.idf)), norm="l2", copy=False)
+        kept.data = (1.0 + np.log(kept.data)) * self.idf[kept.indices]
+        return _unit_rows(kept)
 
     def _kept(self, counts: csr_matrix) -> csr_matrix:
         """`counts[:, self.columns]`, by looking each stored entry up in the kept buckets: scipy's column
@@ -94,9 +93,20 @@ class HashedNgrams:
         position = np.searchsorted(self.columns, counts.indices)
         found = position < len(self.columns)
         found[found] = self.columns[position[found]] == counts.indices[found]
-        rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+        kept_before = np.concatenate(([0], np.cumsum(found)))  # entries kept before each stored entry
         shape = (counts.shape[0], len(self.columns))
-        return csr_matrix((counts.data[found], (rows[found], position[found])), shape=shape)
+        return csr_matrix((counts.data[found], position[found], kept_before[counts.indptr]), shape=shape)
+
+
+def _unit_rows(matrix: csr_matrix) -> csr_matrix:
+    """`matrix` with each row of unit L2 length (rows of zeros left so), in place: what scikit-learn's
+    `normalize` computes, to the bit (squares summed in row order, then divided by their root), without
+    its ~0.5 ms of input checks a call, paid by every one-ticket request of the service."""
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    norms = np.sqrt(np.bincount(rows, weights=matrix.data**2, minlength=matrix.shape[0]))
+    norms[norms == 0.0] = 1.0
+    matrix.data /= norms[rows]
+    return matrix
 
 
 def fit_hashed_ngrams(name: str, texts: list[str]) -> tuple[HashedNgrams, csr_matrix]:
