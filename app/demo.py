@@ -167,7 +167,9 @@ def _classify_over_http(s3: LocalS3, workdir: Path, timeout_s: float = 180) -> N
         _stop_service(service)
     print("serve it again (two shells; the first prints the endpoint):")
     print(f"  retrainer s3 --dir {workdir / 'seaweedfs'}")
-    variables = " ".join(f"{name}={value}" for name, value in _serve_environment("<endpoint>").items())
+    # the secret by name only: even a loopback demo's secret key does not go to a terminal or a CI log
+    shown = _serve_environment("<endpoint>") | {"AWS_SECRET_ACCESS_KEY": "<DEMO_SECRET_KEY in app/demo.py>"}
+    variables = " ".join(f"{name}={value}" for name, value in shown.items())
     print(f"  {variables} retrainer serve --port 8080")
     print(
         "  curl -s localhost:8080/v1/classify -H 'Content-Type: application/json' "

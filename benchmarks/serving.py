@@ -11,7 +11,8 @@ bounded by `--requests` and `--seconds`. The load generator (aiohttp, asyncio) s
 servers. Then the production pointer is flipped to a second version while a client sends requests, and
 the seconds until the first answer from the new version are printed. Last, with the servers stopped,
 each side's scoring alone is timed in this process (the pipeline one text a call, the service's scoring
-32 a call): the quotient is the most throughput the service can have over the baseline on this CPU.
+32 a call): the requests/s the service's scoring alone allows, against the baseline's throughput, is
+the most the service can have over the baseline on this CPU.
 
 The model is the packaged base model with a seeded random head, the default input recipe and a lexical
 half fitted on generated tickets (speed does not depend on the weights), or `--model-dir`, a published
@@ -333,11 +334,13 @@ def check_targets(rows: list[dict]) -> None:
             )
 
 
-def compute_ceiling(model_dir: Path, texts: dict[str, list[str]], count: int = 64) -> dict[str, dict]:
-    """What the CPU allows, in this process with the servers stopped: the milliseconds of scoring per
-    ticket of the baseline (the pipeline, one text a call) and of the service (its scoring, batches of
-    32), and their quotient: the most throughput the service can have over the baseline once both keep
-    the cores busy, whatever the HTTP side does."""
+def compute_ceiling(
+    model_dir: Path, texts: dict[str, list[str]], cells: list[dict], count: int = 64
+) -> dict[str, dict]:
+    """What the CPU allows, timed in this process with the servers stopped: each side's milliseconds of
+    scoring per ticket (the pipeline one text a call, the service's scoring 32 a call, masking and the
+    lexical half included), and the requests/s the service's scoring alone allows on these cores against
+    the baseline's measured throughput at the highest concurrency: no HTTP side can beat that ratio."""
     from transformers import pipeline
 
     from retrainer.core.scoring import load_scoring_model
@@ -351,11 +354,19 @@ def compute_ceiling(model_dir: Path, texts: dict[str, list[str]], count: int = 6
             lambda text: classifier(text, top_k=None, truncation=True, max_length=MAX_LENGTH), sample, 1
         )
         batched = _ms_per_text(scoring.probabilities, sample, 32)
-        ceilings[name] = {"baseline_ms": per_text, "service_ms": batched, "ratio": per_text / batched}
+        busiest = max((cell for cell in cells if cell["texts"] == name), key=lambda cell: cell["concurrency"])
+        baseline_per_s = busiest["baseline"]["per_s"]
+        ceilings[name] = {
+            "baseline_ms": per_text,
+            "service_ms": batched,
+            "service_max_per_s": 1000 / batched,
+            "max_ratio": 1000 / batched / baseline_per_s,
+        }
         print(
             f"compute per ticket, {name}: baseline {per_text:.1f} ms (one a call), service {batched:.1f} ms "
-            f"(32 a call, masking and lexical half included): at most {per_text / batched:.2f}x the "
-            "baseline's throughput on this CPU"
+            f"(32 a call): the service's scoring alone allows {1000 / batched:.0f} requests/s on this CPU, "
+            f"{ceilings[name]['max_ratio']:.2f}x the baseline's {baseline_per_s:.1f}/s at concurrency "
+            f"{busiest['concurrency']}"
         )
     return ceilings
 
@@ -452,7 +463,7 @@ def run(args, scratch: Path, s3_settings: S3Settings, keys: tuple[str, str] | No
     finally:
         stop(service)
         stop(baseline)
-    summary["compute_ceiling"] = compute_ceiling(model_dir, texts)
+    summary["compute_ceiling"] = compute_ceiling(model_dir, texts, summary["cells"])
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
 
