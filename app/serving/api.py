@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field
 
 from app.serving.batching import MicroBatcher, NoModelError
 from app.serving.feedback import FeedbackWriter, feedback_record
@@ -27,18 +27,21 @@ API_VERSION = "v1"
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
 
 
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("the text is blank")
+    return text
+
+
+TicketText = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
+"""A ticket's title and body: not empty, not only whitespace."""
+
+
 class Ticket(BaseModel):
     """A ticket to classify."""
 
     id: str = Field(min_length=1, max_length=200, description="The helpdesk's ticket id (echoed back).")
-    text: str = Field(min_length=1, description="Title and body as the helpdesk holds them.")
-
-    @field_validator("text")
-    @classmethod
-    def _not_blank(cls, text: str) -> str:
-        if not text.strip():
-            raise ValueError("the text is blank")
-        return text
+    text: TicketText = Field(description="Title and body as the helpdesk holds them.")
 
 
 class ClassifyRequest(BaseModel):
@@ -68,15 +71,8 @@ class FeedbackRequest(BaseModel):
     """An agent's label for a ticket (a confirmation or a correction)."""
 
     ticket_id: str = Field(min_length=1, max_length=200)
-    text: str = Field(min_length=1)
+    text: TicketText
     label: str = Field(min_length=1, description=f"One of {', '.join(LABELS)} (or a configured alias).")
-
-    @field_validator("text")
-    @classmethod
-    def _not_blank(cls, text: str) -> str:
-        if not text.strip():
-            raise ValueError("the text is blank")
-        return text
 
 
 class FeedbackResponse(BaseModel):
