@@ -66,7 +66,8 @@ class FeedbackWriter:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="feedback-writer")
 
     async def stop(self) -> None:
-        """Stop writing; a write in progress is finished first."""
+        """Stop writing. The server calls it once its requests are answered (or `drain_s` passed), so no
+        acknowledged record is waiting; a write a thread has started still completes in the store."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
