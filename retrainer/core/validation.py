@@ -202,20 +202,25 @@ def _prepare(batch: LoadedBatch, label_aliases: dict[str, str]) -> pd.DataFrame:
         if column not in rows.columns:
             rows[column] = None if column == PARSE_ERROR else ""
     rows["ticket_id"] = normalise_ticket_ids(rows["ticket_id"])
-    labels = _strip_or_map(rows["label"], _stripped)
-    labels = labels.str.lower() if isinstance(labels.dtype, pd.StringDtype) else labels.map(_lower)
-    rows["label"] = labels.replace(label_aliases) if label_aliases else labels
+    rows["label"] = canonical_labels(rows["label"], label_aliases)
     rows["source_key"] = batch.key
     rows["source_etag"] = batch.etag
     rows["source_row"] = rows[ROW_NUMBER].astype(int)
     return rows.drop(columns=[ROW_NUMBER])
 
 
+def canonical_labels(labels: pd.Series, label_aliases: dict[str, str]) -> pd.Series:
+    """A label column as validation reads it: stripped, lower-cased, then aliased (the schema then
+    rejects what is not in the label set)."""
+    labels = _strip_or_map(labels, _stripped)
+    labels = labels.str.lower() if isinstance(labels.dtype, pd.StringDtype) else labels.map(_lower)
+    return labels.replace(label_aliases) if label_aliases else labels
+
+
 def canonical_label(label: str, label_aliases: dict[str, str]) -> str | None:
-    """One label as validation reads a batch's label column (`_prepare`): stripped, lower-cased, then
-    aliased; None when the result is not in the label set (validation rejects such a row)."""
-    lowered = label.strip().lower()
-    canonical = label_aliases.get(lowered, lowered)
+    """One label read as a batch's label column is (`canonical_labels`); None when it is not in the
+    label set (validation rejects such a row)."""
+    [canonical] = canonical_labels(pd.Series([label], dtype=object), label_aliases)
     return canonical if canonical in LABELS else None
 
 
