@@ -20,14 +20,16 @@ from tasks.erasure import (
     published_exposure_task,
     record_erasure_task,
 )
+from tasks.known_predictions import erase_from_predictions_task
 
 
 @flow(name="forget")
 def forget(
     ticket_ids: list[str], requested_by: str, note: str = "", resources: Resources | None = None
 ) -> ErasureRecord:
-    """Erase the tickets `ticket_ids` from the curated data, ``incoming/`` and the quarantine; report the
-    published model versions trained or evaluated on them; record the request in ``state/erasure/``.
+    """Erase the tickets `ticket_ids` from the curated data, ``incoming/``, the quarantine and the models'
+    stored predictions; report the published model versions trained or evaluated on them; record the
+    request in ``state/erasure/``.
 
     Args:
         ticket_ids: the ids to forget (ids only: no ticket text is needed or recorded).
@@ -51,7 +53,10 @@ def forget(
     # Only what was listed before the erasure's manifest commit: a version written since may be named
     # by a run's commit still to come (tasks/erasure.py, erase_curated_and_incoming).
     datasets = delete_superseded_datasets_task(store, ids, curated.dataset_version_after, curated.existing)
-    record = record_erasure_task(store, erasure_record(request, curated, quarantine, models, datasets))
+    predictions = erase_from_predictions_task(store, ids)
+    record = record_erasure_task(
+        store, erasure_record(request, curated, quarantine, models, datasets, predictions)
+    )
     for line in record.summary():
         run_logger().info("%s", line)
     return record

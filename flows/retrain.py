@@ -54,9 +54,10 @@ from tasks.dataset import (
     write_curated_task,
 )
 from tasks.erasure import erased_ticket_ids_task, withhold_erased
-from tasks.evaluate import champion_label_agreement_task, score_model_task
+from tasks.evaluate import ScoredModel, champion_label_agreement_task, score_on_eval_task
 from tasks.handoff import hand_off_fine_tune_task, warn_if_a_worker_waits_unused
 from tasks.ingest import discover_new_batches_task, load_batches_task
+from tasks.known_predictions import read_known_predictions_task, record_predictions_task
 from tasks.manifest import (
     commit_manifest_task,
     manifest_entry,
@@ -330,17 +331,47 @@ def score_both(
         champion_dir = fetch_champion(resources, production, progress.run_id)
         seen = trained_on(champion_dir)
     established = rows_from_sources(eval_rows, seen)
-    challenger = score_model_task(challenger_dir, eval_rows, max_length, new_rows, established)
+    challenger = score_on_eval_task(challenger_dir, eval_rows, max_length, new_rows, established)
     champion = agreement = None
     if champion_dir:
-        champion = score_model_task(champion_dir, eval_rows, max_length, new_rows, established)
-        agreement = champion_label_agreement_task(
-            champion_dir, champion, eval_rows, ingestion.curated, seen, max_length
+        champion = score_champion(
+            resources, champion_dir, production, progress.run_id, eval_rows, new_rows, established
         )
-    decision = decide_promotion(challenger, champion, settings.gate, progress.forced_reason, agreement)
+        agreement = champion_label_agreement_task(
+            champion_dir, champion.evaluation, eval_rows, ingestion.curated, seen, max_length
+        )
+    decision = decide_promotion(
+        challenger.evaluation,
+        champion.evaluation if champion else None,
+        settings.gate,
+        progress.forced_reason,
+        agreement,
+    )
     if decision.label_alarm:
         alert_labels_suspect_task(settings.notification_block, progress.run_id, agreement, decision)
     return Scores(new_version_id(), challenger, champion, decision, agreement)
+
+
+def score_champion(
+    resources: Resources,
+    champion_dir: Path,
+    production: Production,
+    run_id: str,
+    eval_rows: pd.DataFrame,
+    new_rows: list[bool],
+    established: list[bool],
+) -> ScoredModel:
+    """Score the champion on the eval rows, reusing the predictions its version made in earlier runs
+    (`gate.reuse_champion_predictions`), and store the ones computed now for the next run."""
+    store, settings = resources.store, resources.settings
+    reuse = settings.gate.reuse_champion_predictions
+    known = read_known_predictions_task(store, production.version) if reuse else None
+    champion = score_on_eval_task(
+        champion_dir, eval_rows, settings.training.max_length, new_rows, established, known
+    )
+    if reuse:
+        record_predictions_task(store, production.version, run_id, champion.new_predictions)
+    return champion
 
 
 def publish_or_keep(
@@ -357,6 +388,10 @@ def publish_or_keep(
     metadata = published_metadata(gated, resources.settings, lineage(curated), lexical_half)
     (challenger_dir / "README.md").write_text(render_model_card(gated, metadata))
     publish_model_task(store, challenger_dir, gated.challenger_version, metadata)
+    if resources.settings.gate.reuse_champion_predictions:  # the next run's champion has scored these
+        record_predictions_task(
+            store, gated.challenger_version, gated.run_id, progress.scores.challenger.new_predictions
+        )
     folder = f"{store.settings.models_prefix}{gated.challenger_version}/reports/"
     uris = [store.uri(folder + name) for name in (CONFUSION_PNG, ACCURACY_PNG)]
     return smoke_and_flip(resources, gated, challenger_dir, progress.production, uris)

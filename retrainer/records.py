@@ -102,6 +102,9 @@ class ScoringFacts(BaseModel):
 
     challenger_version: str | None = None
     champion_version: str | None = None  # what production served when the run started
+    # eval tickets the champion was scored on in this run, and those whose predictions it had made before
+    champion_scored: int | None = None
+    champion_reused: int | None = None
     challenger: EvalReport | None = None
     champion: EvalReport | None = None
     challenger_new_data: EvalReport | None = None

@@ -59,27 +59,45 @@ class Production:
 
 
 @dataclass(frozen=True)
+class ScoredModel:
+    """A model's evaluation on the eval rows, and the predictions it computed for them in this run (the
+    others were known from earlier runs): the part stored under its version for the next run."""
+
+    evaluation: ModelEvaluation
+    new_predictions: pd.DataFrame  # `retrainer.core.known_predictions.COLUMNS`
+    reused: int = 0  # eval tickets whose predictions were known
+
+    @property
+    def scored(self) -> int:
+        """Eval tickets the model scored in this run."""
+        return len(self.new_predictions)
+
+
+@dataclass(frozen=True)
 class Scores:
     """Both models scored on the same eval rows, and the gate's decision. The champion is the model
     production served when the run started (`Production`)."""
 
     challenger_version: str
-    challenger: ModelEvaluation
-    champion: ModelEvaluation | None
+    challenger: ScoredModel
+    champion: ScoredModel | None
     decision: Decision
     agreement: LabelAgreement | None = None  # the champion against the labels new to it
 
     def facts(self, production: Production) -> ScoringFacts:
         """The scoring facts of the run record; `production`: as the run read it (the champion's version)."""
-        champion = self.champion
+        champion = self.champion.evaluation if self.champion else None
+        challenger = self.challenger.evaluation
         return ScoringFacts(
             challenger_version=self.challenger_version,
             champion_version=production.version,
-            challenger=self.challenger.overall,
+            champion_scored=self.champion.scored if self.champion else None,
+            champion_reused=self.champion.reused if self.champion else None,
+            challenger=challenger.overall,
             champion=champion.overall if champion else None,
-            challenger_new_data=self.challenger.new_data,
+            challenger_new_data=challenger.new_data,
             champion_new_data=champion.new_data if champion else None,
-            challenger_established=self.challenger.established,
+            challenger_established=challenger.established,
             champion_established=champion.established if champion else None,
             label_agreement=self.agreement,
             suspect_batches=self.decision.suspect_batches,

@@ -95,6 +95,11 @@ class S3Settings(BaseModel):
     )
     models_prefix: str = Field("models/", description="Published model versions and the production pointer.")
     reports_prefix: str = Field("reports/", description="Decision reports of runs that published nothing.")
+    predictions_prefix: str = Field(
+        "predictions/",
+        description="Each published version's eval predictions (ticket id, text digest, probabilities; no "
+        "text), so that a champion is scored only on tickets new to it.",
+    )
     runs_prefix: str = Field(
         "runs/",
         description="Per-run scratch: checkpoints (deleted once the run decides) and the challenger before "
@@ -509,6 +514,12 @@ class GatePolicy(BaseModel):
         0.05, ge=0.0, le=1.0, description="No class's recall may fall by more than this."
     )
     significance_level: float = Field(0.05, gt=0.0, lt=1.0, description="Alpha of the exact McNemar test.")
+    reuse_champion_predictions: bool = Field(
+        True,
+        description="Score the champion only on eval tickets it has not scored before: each published "
+        "version's eval predictions are kept under `predictions_prefix` (ticket id, text digest, "
+        "probabilities; no text). False: score it on every eval ticket each run.",
+    )
     require_significance: bool = Field(
         False, description="Also require McNemar p < significance_level (otherwise it is only reported)."
     )

@@ -133,6 +133,9 @@ class ErasureRecord(BaseModel):
         default_factory=list, description="parts holding the tickets that no version kept lists"
     )
     models: list[ModelExposure] = Field(default_factory=list)
+    predictions_rewritten: list[str] = Field(
+        default_factory=list, description="stored model predictions rewritten without the tickets' rows"
+    )
     not_found: list[str] = Field(default_factory=list, description="requested ids found nowhere")
     statements: list[str] = Field(default_factory=lambda: list(STATEMENTS))
     log_key: str | None = None
@@ -165,7 +168,8 @@ class ErasureRecord(BaseModel):
             f"{len(curated.incoming_deleted)} deleted; "
             f"quarantine: {len(quarantine.rewritten)} rewritten, {len(quarantine.deleted)} deleted; "
             f"superseded dataset versions deleted: {len(self.datasets_deleted)} "
-            f"(and {len(self.dataset_parts_deleted)} part(s))",
+            f"(and {len(self.dataset_parts_deleted)} part(s)); "
+            f"stored model predictions: {len(self.predictions_rewritten)} part(s) rewritten",
             f"published models trained on them: {', '.join(self.trained_on_versions) or 'none'}; "
             f"evaluated on them: {', '.join(evaluated) or 'none'}"
             + (f"; unknown (dataset gone): {', '.join(unknown)}" if unknown else ""),
@@ -488,8 +492,10 @@ def erase_from_quarantine(
     # Problems are matched to rows through the .rejected.csv, so errors.json goes before it is rewritten.
     for info in sorted(objects, key=lambda info: not info.key.endswith(ERRORS_SUFFIX)):
         if info.key.endswith(ERRORS_SUFFIX):
-            if _rewrite_if_changed(
-                store, info.key, lambda raw, key=info.key: _problems_erased(store, key, raw, ids)
+            if store.rewrite(
+                info.key,
+                lambda raw, key=info.key: _problems_erased(store, key, raw, ids),
+                content_type="application/json",
             ):
                 result.rewritten.append(info.key)
         elif info.key.endswith((REJECTED_SUFFIX, MERGED_SUFFIX)):
@@ -529,7 +535,7 @@ def _erase_rows(
         return kept if found else None
 
     try:
-        rewritten = _rewrite_if_changed(store, key, without, content_type="text/csv")
+        rewritten = store.rewrite(key, without, content_type="text/csv")
     except BatchFormatError as error:  # not written by this project's validation, or damaged
         result.unchecked.append(f"{key}: cannot be read ({error}): not searched")
         return
@@ -543,26 +549,6 @@ def _problems_erased(store: ObjectStore, key: str, raw: bytes, ids: set[str]) ->
     rows = rows_of_tickets(rejected[0], ids) if rejected else set()
     report, dropped = problems_without_tickets(json.loads(raw), rows, ids)
     return json.dumps(report, indent=2).encode() if dropped else None
-
-
-def _rewrite_if_changed(
-    store: ObjectStore, key: str, rewrite, content_type: str = "application/json"
-) -> bool:
-    """Put `rewrite(bytes)` over `key` If-Match the ETag read (None: nothing to change); read again and
-    redo when another erasure rewrote it meanwhile. Whether it was rewritten."""
-    for _ in range(MANIFEST_ATTEMPTS):
-        found = store.get_if_exists(key)
-        if found is None:
-            return False
-        kept = rewrite(found[0])
-        if kept is None:
-            return False
-        try:
-            store.put(key, kept, if_match=found[1], content_type=content_type)
-            return True
-        except PreconditionFailedError:
-            continue
-    raise StorageError(f"{store.uri(key)} changed during every attempt to erase from it: run again")
 
 
 def published_exposure(store: ObjectStore, ticket_ids: list[str]) -> list[ModelExposure]:
@@ -650,6 +636,7 @@ def erasure_record(
     quarantine: QuarantineErasure,
     models: list[ModelExposure],
     datasets: DatasetsErasure,
+    predictions_rewritten: list[str] | None = None,
 ) -> ErasureRecord:
     """The record of a request (`request`: request_id, ticket_ids, requested_at, requested_by, note) from
     what each step returned; an id found in none of them is "not found"."""
@@ -662,6 +649,7 @@ def erasure_record(
         datasets_deleted=datasets.versions,
         dataset_parts_deleted=datasets.parts,
         models=models,
+        predictions_rewritten=predictions_rewritten or [],
         # A deleted superseded version held them too, but then so did a step above or a model's dataset.
         not_found=[ticket_id for ticket_id in request["ticket_ids"] if ticket_id not in found],
     )

@@ -12,11 +12,40 @@ import pandas as pd
 
 from retrainer.core.agreement import LabelAgreement, measure_agreement
 from retrainer.core.evaluation import ModelEvaluation
+from retrainer.core.known_predictions import KnownPredictions, predict_reusing
 from retrainer.core.labels import LABEL_TO_ID
-from retrainer.core.scoring import predict_label_ids, score_model
+from retrainer.core.scoring import evaluate_predictions, predict_label_ids
 from retrainer.core.training_plan import unseen_mask
+from retrainer.run_steps import ScoredModel
 from tasks.common import once_task, run_logger
 from tasks.dataset import EVAL
+
+
+def score_on_eval(
+    model_dir: Path,
+    eval_rows: pd.DataFrame,
+    max_length: int,
+    new_rows: list[bool],
+    established_rows: list[bool],
+    known: KnownPredictions | None = None,
+) -> ScoredModel:
+    """Score the model in `model_dir` on `eval_rows` (`retrainer.core.scoring.score_model`), computing
+    only the predictions `known` does not hold."""
+    started = time.perf_counter()
+    predicted = predict_reusing(
+        model_dir, eval_rows["text"].tolist(), max_length, known or KnownPredictions()
+    )
+    evaluation = evaluate_predictions(predicted.label_ids, eval_rows, new_rows, established_rows)
+    new_predictions = predicted.new_part(eval_rows["ticket_id"].tolist())
+    run_logger().info(
+        "scored %s on %d eval ticket(s): %d computed in %.1f s, %d known",
+        model_dir.name,
+        len(eval_rows),
+        len(new_predictions),
+        time.perf_counter() - started,
+        len(eval_rows) - len(predicted.scored),
+    )
+    return ScoredModel(evaluation, new_predictions, reused=len(eval_rows) - len(predicted.scored))
 
 
 def champion_label_agreement(
@@ -76,5 +105,5 @@ def _share(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-score_model_task = once_task(score_model, "score-model")
+score_on_eval_task = once_task(score_on_eval, "score-on-eval")
 champion_label_agreement_task = once_task(champion_label_agreement, "champion-label-agreement")

@@ -1,12 +1,14 @@
 """The retrain flow end to end: real SeaweedFS, a real Prefect API, a tiny random BERT."""
 
 import asyncio
+import io
 import json
 import shutil
 import time
 import uuid
 from dataclasses import dataclass
 
+import pandas as pd
 import pytest
 import yaml
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
@@ -243,6 +245,19 @@ def test_a_better_challenger_is_published_and_the_old_version_is_kept_also_witho
         weak.challenger_version,
     )
     assert _model_versions(local.store) == {weak.challenger_version, outcome.challenger_version}
+    # The champion was scored only on the eval tickets new to it: night 1 stored its eval predictions
+    # when it was published; night 2 reused them and stored the ones it computed.
+    stored = {info.key for info in local.store.list_objects("predictions/")}
+    assert stored == {
+        f"predictions/{weak.challenger_version}/{weak.run_id}.parquet",
+        f"predictions/{weak.challenger_version}/{outcome.run_id}.parquet",
+        f"predictions/{outcome.challenger_version}/{outcome.run_id}.parquet",
+    }
+    assert outcome.champion_reused + outcome.champion_scored == outcome.challenger.examples
+    assert outcome.champion_reused >= weak.challenger.examples >= 1  # every eval ticket of night 1
+    assert outcome.champion_scored >= 1  # night 2's new eval tickets
+    night_two = local.store.get(f"predictions/{weak.challenger_version}/{outcome.run_id}.parquet")[0]
+    assert len(pd.read_parquet(io.BytesIO(night_two))) == outcome.champion_scored
     model_dir = fetch_model(local.store, pointer.version, tmp_path / "cache")
     assert len(predict_label_ids(model_dir, ["The app crashes on save"], 64)) == 1
     assert not local.store.list_objects("runs/")  # checkpoints and challenger copies gone once decided

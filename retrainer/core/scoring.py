@@ -135,6 +135,17 @@ def score_model(
     """Score the model in `model_dir` on `eval_rows`; `new_rows` marks the rows ingested in this run,
     `established_rows` those from batches the champion was trained on (each also scored on its own)."""
     predicted = predict_label_ids(model_dir, eval_rows["text"].tolist(), max_length)
+    return evaluate_predictions(predicted, eval_rows, new_rows, established_rows)
+
+
+def evaluate_predictions(
+    predicted: list[int],
+    eval_rows: pd.DataFrame,
+    new_rows: list[bool],
+    established_rows: list[bool] | None = None,
+) -> ModelEvaluation:
+    """A model's evaluation from its predicted label ids for `eval_rows` (in order); `new_rows` and
+    `established_rows` as for `score_model`."""
     references = [LABEL_TO_ID[label] for label in eval_rows["label"]]
     return ModelEvaluation(
         overall=evaluation_report(predicted, references),

@@ -19,11 +19,15 @@ This module imports neither boto3 nor anything of a particular store.
 """
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from retrainer.settings import S3Settings
+
+REWRITE_ATTEMPTS = 5
+"""`ObjectStore.rewrite` reads and changes an object again at most this often when other writers keep
+replacing it (a nightly run committing meanwhile, say)."""
 
 
 class StorageError(Exception):
@@ -252,6 +256,33 @@ class ObjectStore(ABC):
         raise StorageError(
             f"conditional write to {self.uri(key)} failed ({_one_line(error)}); it does not hold this write"
         ) from error
+
+    def rewrite(
+        self,
+        key: str,
+        change: Callable[[bytes], bytes | None],
+        *,
+        content_type: str = "application/octet-stream",
+        attempts: int = REWRITE_ATTEMPTS,
+    ) -> bool:
+        """Replace `key` with `change(its bytes)` If-Match the ETag read (None from `change`: nothing to
+        change), reading and changing again when another writer replaced it meanwhile. Whether it was
+        rewritten (False also when the object does not exist)."""
+        for _ in range(attempts):
+            found = self.get_if_exists(key)
+            if found is None:
+                return False
+            changed = change(found[0])
+            if changed is None:
+                return False
+            try:
+                self.put(key, changed, if_match=found[1], content_type=content_type)
+                return True
+            except PreconditionFailedError:
+                continue
+        raise StorageError(
+            f"{self.uri(key)} changed during each of {attempts} attempts to rewrite it: run again"
+        )
 
     def upload_dir(self, local_dir: Path, prefix: str, *, immutable: bool = True) -> list[str]:
         """Upload every file below `local_dir` under `prefix`; `immutable` refuses to overwrite."""

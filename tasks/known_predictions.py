@@ -1,0 +1,58 @@
+"""The registry's store of each published version's predictions (`retrainer.core.known_predictions`):
+``<predictions_prefix><version>/<run_id>.parquet``, one part per run that scored the version, written once
+(If-None-Match) and never changed except by an erasure, which rewrites the parts holding an erased id."""
+
+import io
+
+import pandas as pd
+
+from retrainer.core.known_predictions import COLUMNS, KnownPredictions
+from retrainer.storage import ObjectStore
+from tasks.common import once_task, read_task
+
+PARQUET = "application/vnd.apache.parquet"
+
+
+def predictions_prefix(store: ObjectStore, version: str) -> str:
+    """Where `version`'s parts are."""
+    return f"{store.settings.predictions_prefix}{version}/"
+
+
+def read_known_predictions(store: ObjectStore, version: str) -> KnownPredictions:
+    """Every stored prediction of `version` (none yet: empty)."""
+    keys = sorted(info.key for info in store.list_objects(predictions_prefix(store, version)))
+    return KnownPredictions.from_frames([pd.read_parquet(io.BytesIO(store.get(key)[0])) for key in keys])
+
+
+def record_predictions(store: ObjectStore, version: str, run_id: str, part: pd.DataFrame) -> str | None:
+    """Store `part` (`COLUMNS`) as `version`'s predictions from run `run_id`; None when it is empty."""
+    if part.empty:
+        return None
+    key = f"{predictions_prefix(store, version)}{run_id}.parquet"
+    store.put(key, _parquet(part), if_none_match=True, content_type=PARQUET)
+    return key
+
+
+def erase_from_predictions(store: ObjectStore, ticket_ids: list[str]) -> list[str]:
+    """Rewrite every stored part holding one of `ticket_ids` without their rows (If-Match, redone when
+    rewritten meanwhile); the keys rewritten. Idempotent."""
+    ids = set(ticket_ids)
+
+    def without_ids(raw: bytes) -> bytes | None:
+        part = pd.read_parquet(io.BytesIO(raw))
+        erased = part["ticket_id"].isin(ids)
+        return _parquet(part[~erased]) if erased.any() else None
+
+    keys = [info.key for info in store.list_objects(store.settings.predictions_prefix)]
+    return [key for key in keys if store.rewrite(key, without_ids, content_type=PARQUET)]
+
+
+def _parquet(part: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    part[list(COLUMNS)].to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+read_known_predictions_task = read_task(read_known_predictions, "read-known-predictions")
+record_predictions_task = once_task(record_predictions, "record-predictions")
+erase_from_predictions_task = once_task(erase_from_predictions, "erase-from-predictions")
