@@ -412,3 +412,22 @@ def test_open_store_picks_the_store_by_the_endpoints_scheme(tmp_path):
     assert type(local) is FolderStore and local.bucket_dir == tmp_path / "local"
     assert type(remote) is S3Store and remote.endpoint == "http://127.0.0.1:9"
     assert local.uri("a/b") == "s3://local/a/b" and remote.uri("a/b") == "s3://remote/a/b"
+
+
+def test_a_rewrite_changes_an_object_and_redoes_its_change_when_another_writer_came_between(
+    any_store: ObjectStore,
+):
+    any_store.put("rewrite/log.txt", b"a")
+    calls: list[bytes] = []
+
+    def append_b(current: bytes) -> bytes | None:
+        calls.append(current)
+        if len(calls) == 1:  # another writer replaces the object between this read and the write
+            any_store.put("rewrite/log.txt", current + b"x")
+        return None if current.endswith(b"b") else current + b"b"
+
+    assert any_store.rewrite("rewrite/log.txt", append_b) is True
+    assert any_store.get("rewrite/log.txt")[0] == b"axb"  # the change made again on the newer bytes
+    assert calls == [b"a", b"ax"]
+    assert any_store.rewrite("rewrite/log.txt", append_b) is False  # nothing to change
+    assert any_store.rewrite("rewrite/missing.txt", append_b) is False

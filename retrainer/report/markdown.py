@@ -32,6 +32,11 @@ def render_run_markdown(record: RunRecord) -> str:
         f"- dataset version: `{record.dataset_version}`; eval tickets: {record.eval_examples}",
         f"- production model now: `{record.production_version}`",
     ]
+    if record.champion_scored is not None:
+        lines.append(
+            f"- champion `{record.champion_version}` scored on {record.champion_scored} eval ticket(s) new to "
+            f"it; its predictions for the other {record.champion_reused} were known from earlier runs"
+        )
     if record.challenger:
         lines += ["", *comparison_table(record), "", *_per_class_table(record)]
         lines += ["", f"McNemar exact p-value: {_number(record.p_value)}"]
