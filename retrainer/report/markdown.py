@@ -34,8 +34,8 @@ def render_run_markdown(record: RunRecord) -> str:
     ]
     if record.champion_scored is not None:
         lines.append(
-            f"- champion `{record.champion_version}` scored on {record.champion_scored} eval ticket(s) new to "
-            f"it; its predictions for the other {record.champion_reused} were known from earlier runs"
+            f"- champion `{record.champion_version}` scored on {record.champion_scored} eval ticket(s) "
+            f"new to it; its predictions for the other {record.champion_reused} were known from earlier runs"
         )
     if record.challenger:
         lines += ["", *comparison_table(record), "", *_per_class_table(record)]
