@@ -16,6 +16,7 @@ from flows.forget import forget
 from flows.retrain import ingest_new_batches
 from retrainer.core.batch_files import BatchFormatError
 from retrainer.core.batch_files.formats import ids_in_bytes, ids_in_unreadable, parse_batch, without_tickets
+from retrainer.core.known_predictions import PROBABILITY_COLUMNS
 from retrainer.resources import Resources
 from retrainer.settings import IngestSettings, RetrainerSettings
 from retrainer.storage import PreconditionFailedError
@@ -41,6 +42,7 @@ from tasks.erasure import (
     requested_ids,
     rows_of_tickets,
 )
+from tasks.known_predictions import record_predictions
 from tasks.manifest import Manifest, commit_manifest, read_manifest
 from tasks.registry import publish_model
 from tests.consistency import assert_consistent
@@ -213,6 +215,10 @@ def erasable(run_resources, tmp_path):
     older = write_curated(store, without_x[without_x["ticket_id"] != x])  # a superseded version without X
     first_version = read_manifest(store)[0].dataset_version
     _publish(store, tmp_path, "m-1", first_version)
+    kept = first["ticket_id"][first["ticket_id"] != x].iloc[0]
+    predictions = {column: [0.2, 0.3] for column in PROBABILITY_COLUMNS}
+    stored = pd.DataFrame({"ticket_id": [x, kept], "text_sha256": [b"x" * 32, b"k" * 32], **predictions})
+    record_predictions(store, "m-1", "run-1", stored)  # m-1's eval predictions, X among them
 
     second = generate_tickets(12, seed=2, id_prefix="b")
     bad_row = pd.DataFrame([{"ticket_id": x, "text": "Refund my second order please", "label": "nonsense"}])
@@ -272,6 +278,11 @@ def test_forget_erases_a_ticket_everywhere_records_it_and_names_the_model_traine
     assert record.trained_on_versions == ["m-1"]
     assert record.models[0].trained_on == [x] and record.models[0].evaluated_on == []
 
+    # The model's stored predictions lose X's row and keep the others.
+    assert record.predictions_rewritten == ["predictions/m-1/run-1.parquet"]
+    left = pd.read_parquet(io.BytesIO(store.get("predictions/m-1/run-1.parquet")[0]))
+    assert len(left) == 1 and left["ticket_id"].iloc[0] != x
+
     # The log: one object naming X, who and when, that cannot be overwritten.
     [logged] = read_erasures(store)
     assert logged.log_key == record.log_key and logged.ticket_ids == [x]
@@ -293,6 +304,7 @@ def test_forget_erases_a_ticket_everywhere_records_it_and_names_the_model_traine
         again.not_found == [x] and again.curated.dataset_version_after == record.curated.dataset_version_after
     )
     assert again.curated.incoming_rewritten == again.quarantine.rewritten == again.datasets_deleted == []
+    assert again.predictions_rewritten == []
     assert [model.dataset for model in again.models] == ["unknown"]
     assert len(read_erasures(store)) == 2
 

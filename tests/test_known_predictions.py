@@ -18,6 +18,13 @@ from tasks.known_predictions import (
     read_known_predictions,
     record_predictions,
 )
+from tests.registry_helpers import labelled_copy
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny random BERT, labelled as a trained model is."""
+    return labelled_copy(tiny_model_dir, tmp_path_factory.mktemp("known") / "model")
 
 
 def _eval_rows(count: int, seed: int) -> pd.DataFrame:
@@ -29,10 +36,10 @@ def _score(model_dir, rows: pd.DataFrame, known: KnownPredictions | None = None)
 
 
 def test_known_predictions_are_reused_and_the_evaluation_and_decision_are_those_of_fresh_scores(
-    tiny_model_dir,
+    model_dir,
 ):
     first_night = _eval_rows(40, seed=1)
-    night_one = _score(tiny_model_dir, first_night)
+    night_one = _score(model_dir, first_night)
     assert (night_one.scored, night_one.reused) == (40, 0)
 
     resent = first_night.iloc[:5].assign(text=lambda rows: rows["text"] + " (edited)")  # other text: again
@@ -41,8 +48,8 @@ def test_known_predictions_are_reused_and_the_evaluation_and_decision_are_those_
         [resent, first_night.iloc[5:], copy_of_one, _eval_rows(15, seed=3)], ignore_index=True
     )
     known = KnownPredictions.from_frames([night_one.new_predictions])
-    reusing = _score(tiny_model_dir, tonight, known)
-    fresh = _score(tiny_model_dir, tonight)
+    reusing = _score(model_dir, tonight, known)
+    fresh = _score(model_dir, tonight)
 
     assert (reusing.scored, reusing.reused) == (5 + 15, 35 + 20)  # the edited, the new; each text once
     assert set(reusing.new_predictions["ticket_id"]) == {
@@ -50,7 +57,7 @@ def test_known_predictions_are_reused_and_the_evaluation_and_decision_are_those_
         *_eval_rows(15, 3)["ticket_id"],
     }
     assert reusing.evaluation == fresh.evaluation
-    challenger = _score(tiny_model_dir, tonight).evaluation
+    challenger = _score(model_dir, tonight).evaluation
     policy = GatePolicy()
     assert decide_promotion(challenger, reusing.evaluation, policy) == decide_promotion(
         challenger, fresh.evaluation, policy
@@ -58,10 +65,10 @@ def test_known_predictions_are_reused_and_the_evaluation_and_decision_are_those_
 
 
 def test_stored_predictions_round_trip_hold_no_text_and_an_erasure_empties_them(
-    any_store: ObjectStore, tiny_model_dir
+    any_store: ObjectStore, model_dir
 ):
     rows = _eval_rows(12, seed=4)
-    scored = _score(tiny_model_dir, rows)
+    scored = _score(model_dir, rows)
     key = record_predictions(any_store, "m-1", "run-1", scored.new_predictions)
 
     assert key == f"{predictions_prefix(any_store, 'm-1')}run-1.parquet"

@@ -13,7 +13,7 @@ from retrainer.core.gate import Decision
 from retrainer.core.validation import REASON_KIND, ValidatedBatch
 from retrainer.records import DecisionRecord, ProductionPointer, RunRecord
 from retrainer.resources import Resources
-from retrainer.run_steps import Ingestion, Production, Publication, RunProgress, Scores
+from retrainer.run_steps import Ingestion, Production, Publication, RunProgress, ScoredModel, Scores
 from retrainer.settings import RetrainerSettings, S3Settings
 from retrainer.storage import S3Store
 from tasks.registry import smoke_verdicts
@@ -53,6 +53,11 @@ def _batch(key: str, rows: int, accepted: int, merged: int) -> ValidatedBatch:
     )
 
 
+def _predictions(count: int) -> pd.DataFrame:
+    """`count` rows of newly computed predictions (only their number matters to the record)."""
+    return pd.DataFrame({"ticket_id": [f"T-{n}" for n in range(count)]})
+
+
 def _progress_of_a_promotion() -> RunProgress:
     champion_pointer = ProductionPointer(
         version="m-champion", accuracy=0.7, dataset_version="ds-0", promoted_at=NOW, run_id="run-0"
@@ -62,8 +67,12 @@ def _progress_of_a_promotion() -> RunProgress:
     progress.production = Production(champion_pointer, "etag-pointer")
     progress.scores = Scores(
         challenger_version="m-challenger",
-        challenger=ModelEvaluation(overall=_report(0.9), correct=[True] * 10),
-        champion=ModelEvaluation(overall=_report(0.7), correct=[True] * 7 + [False] * 3),
+        challenger=ScoredModel(
+            ModelEvaluation(overall=_report(0.9), correct=[True] * 10), _predictions(10), reused=0
+        ),
+        champion=ScoredModel(
+            ModelEvaluation(overall=_report(0.7), correct=[True] * 7 + [False] * 3), _predictions(4), reused=6
+        ),
         decision=Decision(promote=True, reasons=["accuracy: beats"], p_value=0.25),
     )
     return progress
@@ -89,6 +98,7 @@ def test_the_record_is_assembled_from_the_steps_in_one_vocabulary():
     )
     assert (record.challenger_accuracy, record.champion_accuracy, record.p_value) == (0.9, 0.7, 0.25)
     assert record.reasons == ["accuracy: beats", "smoke test: passed"]  # the gate's, then the publish step's
+    assert (record.champion_scored, record.champion_reused) == (4, 6)  # eval tickets: computed, known
     assert record.report_uris == ["s3://b/x.png"]
 
 
@@ -187,8 +197,14 @@ def test_the_label_check_figures_reach_the_record_the_history_metrics_and_the_re
     )
     progress.scores = Scores(
         challenger_version="m-challenger",
-        challenger=ModelEvaluation(overall=_report(0.9), established=_report(0.8), correct=[True] * 10),
-        champion=ModelEvaluation(overall=_report(0.7), established=_report(0.9), correct=[True] * 10),
+        challenger=ScoredModel(
+            ModelEvaluation(overall=_report(0.9), established=_report(0.8), correct=[True] * 10),
+            _predictions(10),
+        ),
+        champion=ScoredModel(
+            ModelEvaluation(overall=_report(0.7), established=_report(0.9), correct=[True] * 10),
+            _predictions(10),
+        ),
         decision=blocked,
         agreement=agreement,
     )

@@ -89,5 +89,5 @@ def predict_reusing(model_dir: Path, texts: list[str], max_length: int, known: K
         computed = {digest: row for (digest, _), row in zip(missing, fresh, strict=True)}
     for index, digest in enumerate(digests):
         row = computed.get(digest)
-        probabilities[index] = row if row is not None else torch.from_numpy(known.rows[digest])
+        probabilities[index] = row if row is not None else torch.tensor(known.rows[digest])
     return Predicted(probabilities, digests, scored=sorted(index for _, index in missing))
