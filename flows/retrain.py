@@ -14,6 +14,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.fine_tune import dataset_checkpoints_prefix, fine_tune_flow
+from retrainer.core.agreement import LabelAgreement
 from retrainer.core.batch_files import LoadedBatch
 from retrainer.core.gate import decide_promotion
 from retrainer.core.training import training_record
@@ -334,11 +335,16 @@ def score_both(
     challenger = score_on_eval_task(challenger_dir, eval_rows, max_length, new_rows, established)
     champion = agreement = None
     if champion_dir:
-        champion = score_champion(
-            resources, champion_dir, production, progress.run_id, eval_rows, new_rows, established
-        )
-        agreement = champion_label_agreement_task(
-            champion_dir, champion.evaluation, eval_rows, ingestion.curated, seen, max_length
+        champion, agreement = score_champion(
+            resources,
+            champion_dir,
+            production,
+            progress.run_id,
+            eval_rows,
+            ingestion.curated,
+            seen,
+            new_rows,
+            established,
         )
     decision = decide_promotion(
         challenger.evaluation,
@@ -358,20 +364,25 @@ def score_champion(
     production: Production,
     run_id: str,
     eval_rows: pd.DataFrame,
+    curated: pd.DataFrame,
+    seen: set[tuple[str, str]],
     new_rows: list[bool],
     established: list[bool],
-) -> ScoredModel:
-    """Score the champion on the eval rows, reusing the predictions its version made in earlier runs
-    (`gate.reuse_champion_predictions`), and store the ones computed now for the next run."""
+) -> tuple[ScoredModel, LabelAgreement]:
+    """Score the champion on the eval rows and measure its agreement with the labels new to it, reusing
+    the predictions its version made in earlier runs (`gate.reuse_champion_predictions`); store the ones
+    computed now for the next run."""
     store, settings = resources.store, resources.settings
-    reuse = settings.gate.reuse_champion_predictions
+    max_length, reuse = settings.training.max_length, settings.gate.reuse_champion_predictions
     known = read_known_predictions_task(store, production.version) if reuse else None
-    champion = score_on_eval_task(
-        champion_dir, eval_rows, settings.training.max_length, new_rows, established, known
+    champion = score_on_eval_task(champion_dir, eval_rows, max_length, new_rows, established, known)
+    checked = champion_label_agreement_task(
+        champion_dir, champion.evaluation, eval_rows, curated, seen, max_length, known
     )
     if reuse:
-        record_predictions_task(store, production.version, run_id, champion.new_predictions)
-    return champion
+        computed = pd.concat([champion.new_predictions, checked.new_predictions], ignore_index=True)
+        record_predictions_task(store, production.version, run_id, computed)
+    return champion, checked.agreement
 
 
 def publish_or_keep(

@@ -189,7 +189,7 @@ def test_a_worse_challenger_is_not_published_unless_forced_with_a_reason_which_i
     assert left == {outcome.run_id}  # the rejected challenger waits for the lifecycle rule; no checkpoints
 
     # Forced: refused without a reason; with one, the worse challenger of the next batch is promoted.
-    drop_batch(flow_store, "batch-3.csv", 150, seed=3)
+    batch_three = drop_batch(flow_store, "batch-3.csv", 150, seed=3)
     with pytest.raises(ValueError, match="force_reason"):
         retrain(resources=run_resources, training=LEARNS_NOTHING, force=True)
 
@@ -208,6 +208,13 @@ def test_a_worse_challenger_is_not_published_unless_forced_with_a_reason_which_i
     record = read_history(flow_store)[-1]
     assert (record.action, record.forced_reason) == ("forced", "incident 7: roll the new label set out")
     assert "FORCED" in record.reasons[0]
+    # The kept champion computed only what was new since the night before: batch 2's tickets, still new
+    # to it (not in its lineage), were scored on night 2 and known on night 3, for the eval and the
+    # label check alike.
+    night_three = flow_store.get(f"predictions/{champion.challenger_version}/{forced.run_id}.parquet")[0]
+    computed = set(pd.read_parquet(io.BytesIO(night_three))["ticket_id"])
+    assert computed <= batch_three and len(computed) >= 100  # (a ticket whose text was known: not again)
+    assert forced.label_agreement.extra_predictions < forced.label_agreement.new_tickets
 
 
 def test_a_better_challenger_is_published_and_the_old_version_is_kept_also_without_s3(
@@ -221,7 +228,7 @@ def test_a_better_challenger_is_published_and_the_old_version_is_kept_also_witho
     local.store.ensure_bucket()
     drop_batch(local.store, "batch-1.csv", 300, seed=1)
     weak = retrain(resources=local, training=LEARNS_NOTHING)
-    drop_batch(local.store, "batch-2.csv", 150, seed=2)
+    batch_two = drop_batch(local.store, "batch-2.csv", 150, seed=2)
 
     outcome = retrain(resources=local, training=LEARNS, gate=NO_RECALL_GUARD)
 
@@ -256,8 +263,9 @@ def test_a_better_challenger_is_published_and_the_old_version_is_kept_also_witho
     assert outcome.champion_reused + outcome.champion_scored == outcome.challenger.examples
     assert outcome.champion_reused >= weak.challenger.examples >= 1  # every eval ticket of night 1
     assert outcome.champion_scored >= 1  # night 2's new eval tickets
+    # Night 2 stored what the champion computed: each ticket new to it once (eval and label check).
     night_two = local.store.get(f"predictions/{weak.challenger_version}/{outcome.run_id}.parquet")[0]
-    assert len(pd.read_parquet(io.BytesIO(night_two))) == outcome.champion_scored
+    assert sorted(pd.read_parquet(io.BytesIO(night_two))["ticket_id"]) == sorted(batch_two)
     model_dir = fetch_model(local.store, pointer.version, tmp_path / "cache")
     assert len(predict_label_ids(model_dir, ["The app crashes on save"], 64)) == 1
     assert not local.store.list_objects("runs/")  # checkpoints and challenger copies gone once decided
