@@ -12,6 +12,7 @@ from retrainer.resources import Resources
 from tasks.common import run_logger
 from tasks.erasure import (
     ErasureRecord,
+    add_erased_ids_task,
     delete_superseded_datasets_task,
     erase_curated_and_incoming_task,
     erase_from_quarantine_task,
@@ -45,6 +46,7 @@ def forget(
     resources = resources or Resources.from_environment()
     store, ids = resources.store, request["ticket_ids"]
     store.require_bucket()
+    add_erased_ids_task(store, ids)  # first: nightly runs withhold the tickets from now on
     curated = erase_curated_and_incoming_task(
         store, ids, resources.settings.ingest, request_id=request["request_id"]
     )

@@ -51,6 +51,8 @@ from tasks.manifest import Manifest, commit_manifest, read_manifest
 from tasks.registry import list_versions, utc_stamp
 
 ERASURE_FOLDER = "erasure/"
+ERASED_IDS_NAME = "erased-ids.json"
+JSON = "application/json"
 ERRORS_SUFFIX, REJECTED_SUFFIX, MERGED_SUFFIX = ".errors.json", ".rejected.csv", ".merged.csv"
 MANIFEST_ATTEMPTS = 5  # a nightly run that commits meanwhile makes the compare-and-swap lose: redo
 # What the record states whatever was found: what erasure does not do, and why a lineage may dangle.
@@ -685,9 +687,48 @@ def read_erasures(store: ObjectStore) -> list[ErasureRecord]:
     return [ErasureRecord.model_validate_json(store.get(key)[0]) for key in keys]
 
 
+def erased_ids_key(store: ObjectStore) -> str:
+    """The consolidated list of every erased ticket id: one object a nightly run reads once."""
+    return store.settings.state_prefix + ERASED_IDS_NAME
+
+
 def erased_ticket_ids(store: ObjectStore) -> set[str]:
-    """Every ticket id an erasure request named: ingestion withholds their records (`withhold_erased`)."""
+    """Every ticket id an erasure request named: ingestion withholds their records (`withhold_erased`).
+    Read from the consolidated list; a bucket whose erasures all predate it: from the log's records."""
+    found = store.get_if_exists(erased_ids_key(store))
+    if found is None:
+        return _logged_ids(store)
+    return set(json.loads(found[0])["ticket_ids"])
+
+
+def add_erased_ids(store: ObjectStore, ticket_ids: list[str]) -> str:
+    """Add `ticket_ids` to the consolidated list (compare-and-swap; the first time, with every id the
+    log's records name), before anything is erased: from then on a nightly run withholds them, also a
+    copy sent again while the erasure runs. The list's key."""
+    key, ids = erased_ids_key(store), set(ticket_ids)
+    for _ in range(MANIFEST_ATTEMPTS):
+        if store.get_if_exists(key) is None:
+            try:
+                store.put(key, _id_list(ids | _logged_ids(store)), if_none_match=True, content_type=JSON)
+                return key
+            except PreconditionFailedError:
+                continue  # another erasure created it meanwhile: add to that one
+        store.rewrite(key, lambda raw: _with_ids(raw, ids), content_type=JSON)
+        return key
+    raise StorageError(f"{store.uri(key)} kept changing during {MANIFEST_ATTEMPTS} attempts: run again")
+
+
+def _logged_ids(store: ObjectStore) -> set[str]:
     return {ticket_id for record in read_erasures(store) for ticket_id in record.ticket_ids}
+
+
+def _with_ids(raw: bytes, ids: set[str]) -> bytes | None:
+    listed = set(json.loads(raw)["ticket_ids"])
+    return None if ids <= listed else _id_list(listed | ids)
+
+
+def _id_list(ids: set[str]) -> bytes:
+    return json.dumps({"ticket_ids": sorted(ids)}).encode()
 
 
 # Prefect wrappers. The curated step commits with a compare-and-swap and retries inside (on a lost race
@@ -698,3 +739,4 @@ published_exposure_task = read_task(published_exposure, "published-exposure")
 delete_superseded_datasets_task = read_task(delete_superseded_datasets, "delete-superseded-datasets")
 record_erasure_task = once_task(record_erasure, "record-erasure")
 erased_ticket_ids_task = read_task(erased_ticket_ids, "read-erased-ticket-ids")
+add_erased_ids_task = read_task(add_erased_ids, "add-erased-ids")  # a union: converges when rerun

@@ -33,9 +33,12 @@ from tasks.dataset import (
 )
 from tasks.erasure import (
     ErasureRequestError,
+    add_erased_ids,
     delete_superseded_datasets,
     drop_tickets,
     erase_curated_and_incoming,
+    erased_ids_key,
+    erased_ticket_ids,
     ids_by_split,
     problems_without_tickets,
     read_erasures,
@@ -384,6 +387,24 @@ def test_a_request_for_ids_found_nowhere_is_still_recorded(run_resources):
 
     assert record.not_found == ["nobody-1"] and record.curated.dataset_version_after is None
     assert [logged.ticket_ids for logged in read_erasures(run_resources.store)] == [["nobody-1"]]
+
+
+def test_every_erased_id_is_in_one_list_a_run_reads_once_and_a_log_from_before_it_is_folded_in(
+    run_resources,
+):
+    store = run_resources.store
+    forget(["nobody-1"], "dpo", resources=run_resources)
+    assert json.loads(store.get(erased_ids_key(store))[0]) == {"ticket_ids": ["nobody-1"]}
+
+    store.delete(erased_ids_key(store))  # a bucket whose erasures predate the list: read from the log
+    assert erased_ticket_ids(store) == {"nobody-1"}
+    add_erased_ids(store, ["nobody-2"])  # the first addition folds the log in
+    listed, etag = store.get(erased_ids_key(store))
+    assert json.loads(listed) == {"ticket_ids": ["nobody-1", "nobody-2"]}
+    add_erased_ids(store, ["nobody-2"])  # known already: not rewritten
+    assert store.get(erased_ids_key(store))[1] == etag
+    forget(["nobody-3"], "dpo", resources=run_resources)
+    assert erased_ticket_ids(store) == {"nobody-1", "nobody-2", "nobody-3"}
 
 
 def test_retrainer_forget_prints_a_summary_and_refuses_a_blank_id(flow_store_env, retrain_env, capsys):
