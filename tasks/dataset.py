@@ -249,8 +249,7 @@ def discard_uncommitted(
         added = [part.key for part in version_parts(store, version) if part.added_by == version]
         folder = [info.key for info in store.list_objects(f"{store.settings.datasets_prefix}{version}/")]
         keys += folder + [key for key in added if key not in kept]
-    for key in keys:
-        store.delete(key)
+    store.delete_many(keys)
     return keys
 
 
@@ -300,8 +299,7 @@ def delete_unreferenced_parts(
     than `min_age`, so that a part whose run is writing its version file is kept. Returns them."""
     unreferenced = unreferenced_parts(store, _now() - min_age)
     if not dry_run:
-        for info in unreferenced:
-            store.delete(info.key)
+        store.delete_many([info.key for info in unreferenced])
     return unreferenced
 
 

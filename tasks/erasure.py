@@ -608,12 +608,12 @@ def delete_superseded_datasets(
         for version in existing.versions
         if version != current and any(map(holds, version_parts(store, version)))
     ]
-    for version in versions:
-        for info in store.list_objects(f"{store.settings.datasets_prefix}{version}/"):
-            store.delete(info.key)
+    prefix = store.settings.datasets_prefix
+    store.delete_many(
+        [info.key for version in versions for info in store.list_objects(f"{prefix}{version}/")]
+    )
     parts = [key for key in existing.parts if key not in live and holds(DatasetPart(key=key, rows=0))]
-    for key in parts:
-        store.delete(key)
+    store.delete_many(parts)  # after the versions: none is left listing a deleted part
     return DatasetsErasure(versions=versions, parts=parts)
 
 

@@ -431,3 +431,17 @@ def test_a_rewrite_changes_an_object_and_redoes_its_change_when_another_writer_c
     assert calls == [b"a", b"ax"]
     assert any_store.rewrite("rewrite/log.txt", append_b) is False  # nothing to change
     assert any_store.rewrite("rewrite/missing.txt", append_b) is False
+
+
+def test_delete_many_removes_every_key_across_batches_and_ignores_missing_ones(any_store: ObjectStore):
+    keys = [f"many/{n:04d}" for n in range(1005)]  # over S3's 1,000 keys a request
+    for key in keys[:3] + keys[-3:]:
+        any_store.put(key, b"x")
+    kept = "many-kept/object"
+    any_store.put(kept, b"y")
+
+    any_store.delete_many(keys)
+
+    assert any_store.list_objects("many/") == []
+    assert any_store.get(kept)[0] == b"y"
+    any_store.delete_many([])  # nothing to do

@@ -316,11 +316,13 @@ class ObjectStore(ABC):
                 f"{self.uri(scratch)} is ever deleted"
             )
         objects = self.list_objects(prefix)
-        self._delete_keys([info.key for info in objects])
+        self.delete_many([info.key for info in objects])
         return len(objects), sum(info.size for info in objects)
 
-    def _delete_keys(self, keys: list[str]) -> None:
-        """Delete `keys`; one by one here, a store with a batch delete overrides it."""
+    def delete_many(self, keys: list[str]) -> None:
+        """Delete `keys` (a missing one is no error): one by one here; a store with a batch delete
+        overrides it (S3: up to 1,000 keys a request). Scratch clean-up, erasure and the clean-up of
+        dataset parts delete through it."""
         for key in keys:
             self.delete(key)
 

@@ -180,8 +180,8 @@ class S3Store(ObjectStore):
     def _download(self, key: str, target: Path) -> None:
         self._client.download_file(self.bucket, key, str(target))
 
-    def _delete_keys(self, keys: list[str]) -> None:
-        """Delete `keys` in as few requests as S3 allows."""
+    def delete_many(self, keys: list[str]) -> None:
+        """Delete `keys` in as few requests as S3 allows (a missing key is no error)."""
         for start in range(0, len(keys), _DELETE_BATCH):
             batch = keys[start : start + _DELETE_BATCH]
             response = self._client.delete_objects(
