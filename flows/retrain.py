@@ -16,6 +16,7 @@ from prefect.runtime import flow_run
 from flows.fine_tune import dataset_checkpoints_prefix, fine_tune_flow
 from retrainer.core.agreement import LabelAgreement
 from retrainer.core.batch_files import LoadedBatch
+from retrainer.core.eval_sample import bounded_eval
 from retrainer.core.gate import decide_promotion
 from retrainer.core.training import training_record
 from retrainer.core.training_plan import TrainingPlan, TrainingRecipe, plan_training, unseen_mask
@@ -326,7 +327,12 @@ def score_both(
     the established ones: from batches the champion was trained on), measure the champion's agreement
     with the labels new to it, and apply the gate; alert when the labels look poisoned."""
     settings, max_length = resources.settings, resources.settings.training.max_length
-    new_rows = rows_from_sources(eval_rows, ingestion.sources)
+    eval_rows, new_rows, sampling = bounded_eval(
+        eval_rows,
+        rows_from_sources(eval_rows, ingestion.sources),
+        settings.gate.max_eval_tickets,
+        ingestion.dataset_version,
+    )
     champion_dir, seen = None, set()
     if production.pointer:
         champion_dir = fetch_champion(resources, production, progress.run_id)
@@ -355,7 +361,7 @@ def score_both(
     )
     if decision.label_alarm:
         alert_labels_suspect_task(settings.notification_block, progress.run_id, agreement, decision)
-    return Scores(new_version_id(), challenger, champion, decision, agreement)
+    return Scores(new_version_id(), challenger, champion, decision, agreement, sampling)
 
 
 def score_champion(

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from retrainer.core.agreement import LabelAgreement
+from retrainer.core.eval_sample import EvalSampling
 from retrainer.core.evaluation import EvalReport
 from retrainer.core.training_plan import TrainingPlan
 
@@ -105,6 +106,7 @@ class ScoringFacts(BaseModel):
     # eval tickets the champion was scored on in this run, and those whose predictions it had made before
     champion_scored: int | None = None
     champion_reused: int | None = None
+    eval_sampling: EvalSampling | None = None  # how the eval set was bounded (`gate.max_eval_tickets`)
     challenger: EvalReport | None = None
     champion: EvalReport | None = None
     challenger_new_data: EvalReport | None = None

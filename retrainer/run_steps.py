@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from retrainer.core.agreement import LabelAgreement
+from retrainer.core.eval_sample import EvalSampling
 from retrainer.core.evaluation import ModelEvaluation
 from retrainer.core.gate import Decision
 from retrainer.core.training_plan import TrainingPlan
@@ -83,6 +84,7 @@ class Scores:
     champion: ScoredModel | None
     decision: Decision
     agreement: LabelAgreement | None = None  # the champion against the labels new to it
+    sampling: EvalSampling | None = None  # how the eval set was bounded
 
     def facts(self, production: Production) -> ScoringFacts:
         """The scoring facts of the run record; `production`: as the run read it (the champion's version)."""
@@ -93,6 +95,7 @@ class Scores:
             champion_version=production.version,
             champion_scored=self.champion.scored if self.champion else None,
             champion_reused=self.champion.reused if self.champion else None,
+            eval_sampling=self.sampling,
             challenger=challenger.overall,
             champion=champion.overall if champion else None,
             challenger_new_data=challenger.new_data,

@@ -514,6 +514,13 @@ class GatePolicy(BaseModel):
         0.05, ge=0.0, le=1.0, description="No class's recall may fall by more than this."
     )
     significance_level: float = Field(0.05, gt=0.0, lt=1.0, description="Alpha of the exact McNemar test.")
+    max_eval_tickets: int = Field(
+        50_000,
+        ge=10,
+        description="Above this many eval tickets both models are scored on a sample: every eval ticket "
+        "new in the run plus a stratified (by label) draw of the others, seeded by the dataset version; "
+        "the run report and record name it.",
+    )
     reuse_champion_predictions: bool = Field(
         True,
         description="Score the champion only on eval tickets it has not scored before: each published "

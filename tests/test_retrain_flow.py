@@ -444,3 +444,23 @@ def test_a_scratch_delete_that_fails_is_a_warning_and_the_decision_stands(
     assert read_production_pointer(flow_store)[0].version == outcome.challenger_version
     assert flow_store.list_objects("runs/checkpoints/")  # left for the lifecycle rule
     assert "run scratch not deleted (the lifecycle rule on runs/ will)" in caplog.text
+
+
+def test_over_the_eval_bound_both_models_are_scored_on_a_sample_holding_every_new_ticket(
+    run_resources, flow_store
+):
+    drop_batch(flow_store, "batch-1.csv", 300, seed=1)
+    first = retrain(resources=run_resources, training=LEARNS)
+    drop_batch(flow_store, "batch-2.csv", 150, seed=2)
+    bounded = run_resources.settings.model_copy(
+        update={"gate": run_resources.settings.gate.model_copy(update={"max_eval_tickets": 40})}
+    )
+
+    second = retrain(resources=Resources(bounded, flow_store), training=LEARNS_NOTHING)
+
+    sampling = second.eval_sampling
+    assert first.eval_sampling.sampled is False and first.eval_sampling.scored == first.eval_examples
+    assert sampling.sampled and sampling.eval_tickets > sampling.scored == max(40, sampling.new)
+    assert second.challenger.examples == second.champion.examples == sampling.scored
+    assert second.challenger_new_data.examples == second.champion_new_data.examples == sampling.new >= 1
+    assert f"eval set bounded: {sampling.scored} of {sampling.eval_tickets}" in _latest_report_markdown()

@@ -32,6 +32,13 @@ def render_run_markdown(record: RunRecord) -> str:
         f"- dataset version: `{record.dataset_version}`; eval tickets: {record.eval_examples}",
         f"- production model now: `{record.production_version}`",
     ]
+    sampling = record.eval_sampling
+    if sampling and sampling.sampled:
+        lines.append(
+            f"- eval set bounded: {sampling.scored} of {sampling.eval_tickets} eval tickets scored (all "
+            f"{sampling.new} new ones, the others drawn per label, seed {sampling.seed}; "
+            f"`gate.max_eval_tickets` {sampling.max_tickets})"
+        )
     if record.champion_scored is not None:
         lines.append(
             f"- champion `{record.champion_version}` scored on {record.champion_scored} eval ticket(s) "

@@ -1,0 +1,49 @@
+"""The bounded eval set: every new eval ticket, the rest stratified by label, the same draw for the same
+dataset version, nothing sampled within the bound."""
+
+import pandas as pd
+
+from retrainer.core.eval_sample import bounded_eval
+from retrainer.core.labels import LABELS
+
+
+def _eval_rows(counts: dict[str, int]) -> pd.DataFrame:
+    labels = [label for label, count in counts.items() for _ in range(count)]
+    return pd.DataFrame({"ticket_id": [f"T-{n}" for n in range(len(labels))], "label": labels})
+
+
+def test_within_the_bound_every_eval_ticket_is_scored():
+    rows = _eval_rows({"bug": 10, "feature_request": 5, "general_inquiry": 5})
+    sample, _, sampling = bounded_eval(rows, [False] * 20, 20, "ds-1")
+    assert sample is rows and not sampling.sampled and (sampling.eval_tickets, sampling.scored) == (20, 20)
+
+
+def test_over_the_bound_every_new_ticket_stays_and_the_rest_keeps_the_label_shares():
+    rows = _eval_rows({"bug": 6000, "feature_request": 3000, "general_inquiry": 1000})
+    new_rows = [index % 100 == 0 for index in range(len(rows))]  # 100 new, spread over the labels
+    sample, new, sampling = bounded_eval(rows, new_rows, 1100, "ds-7")
+
+    assert (sampling.eval_tickets, sampling.scored, sampling.new, sampling.sampled) == (
+        10000,
+        1100,
+        100,
+        True,
+    )
+    assert set(rows["ticket_id"][new_rows]) <= set(sample["ticket_id"]) and sum(new) == 100
+    others = sample[[not flag for flag in new]]
+    assert others["label"].value_counts().to_dict() == {
+        "bug": 600,
+        "feature_request": 300,
+        "general_inquiry": 100,
+    }
+    assert list(sample.index) == sorted(sample.index)  # eval order kept
+    again, _, _ = bounded_eval(rows, new_rows, 1100, "ds-7")
+    other_version, _, _ = bounded_eval(rows, new_rows, 1100, "ds-8")
+    assert list(again["ticket_id"]) == list(sample["ticket_id"])  # the same version draws the same sample
+    assert list(other_version["ticket_id"]) != list(sample["ticket_id"])
+
+
+def test_more_new_tickets_than_the_bound_are_all_scored():
+    rows = _eval_rows({label: 50 for label in LABELS})
+    sample, new, sampling = bounded_eval(rows, [True] * 120 + [False] * 30, 100, "ds-1")
+    assert len(sample) == 120 and all(new) and sampling.scored == 120
