@@ -22,6 +22,7 @@ from retrainer.settings import RetrainerSettings
 from retrainer.storage import ObjectStore
 from tasks.checkpoints import CheckpointSync
 from tasks.dataset import TRAIN, VALIDATION, check_splits, read_curated_task
+from tasks.known_predictions import record_eval_predictions_task
 from tasks.registry import fetch_model_task, trained_on
 from tasks.train import fine_tune_task, upload_challenger_task, warn_when_a_gpu_model_trains_on_cpu
 from tasks.train_ddp import fine_tune_on_processes_task, training_process_count
@@ -62,6 +63,7 @@ def fine_tune_flow(
     recipe: TrainingRecipe | None = None,
     checkpoints_prefix: str | None = None,
     resources: Resources | None = None,
+    eval_predictions_key: str | None = None,
 ) -> str:
     """Fine-tune as `recipe` says on `dataset_version` and upload the trained model under `output_prefix`.
 
@@ -76,6 +78,9 @@ def fine_tune_flow(
             `dataset_checkpoints_prefix`).
         resources: settings and store of an in-process caller (the retrain flow); empty (a deployment
             run on the gpu pool): read from the worker's environment when the run starts.
+        eval_predictions_key: where to store the trained model's predictions on the dataset version's
+            eval split, scored here, where the model is (the retrain run passes it to a deployment on
+            the gpu pool, and reads them back instead of scoring the challenger on its cpu worker).
 
     Returns the output prefix.
     """
@@ -96,6 +101,10 @@ def fine_tune_flow(
             rows, spec, Path(scratch), processes, CheckpointSync(store, prefix), settings, dataset_version
         )
         upload_challenger_task(store, model_dir, output_prefix)
+        if eval_predictions_key:
+            record_eval_predictions_task(
+                store, model_dir, dataset_version, eval_predictions_key, settings.training.max_length
+            )
     return output_prefix
 
 

@@ -59,7 +59,11 @@ from tasks.erasure import erased_ticket_ids_task, withhold_erased
 from tasks.evaluate import ScoredModel, champion_label_agreement_task, score_on_eval_task
 from tasks.handoff import hand_off_fine_tune_task, warn_if_a_worker_waits_unused
 from tasks.ingest import discover_new_batches_task, load_batches_task
-from tasks.known_predictions import read_known_predictions_task, record_predictions_task
+from tasks.known_predictions import (
+    read_known_predictions_task,
+    read_predictions_at_task,
+    record_predictions_task,
+)
 from tasks.manifest import (
     commit_manifest_task,
     manifest_entry,
@@ -262,6 +266,11 @@ def challenger_prefix(resources: Resources, run_id: str) -> str:
     return f"{resources.settings.s3.runs_prefix}{run_id}/challenger/"
 
 
+def challenger_predictions_key(resources: Resources, run_id: str) -> str:
+    """Where a fine-tune on the gpu pool stores the challenger's eval predictions (scratch)."""
+    return f"{resources.settings.s3.runs_prefix}{run_id}/challenger-eval-predictions.parquet"
+
+
 def plan_challenger_training(
     resources: Resources, train_rows: pd.DataFrame, production: Production, full_requested: bool, run_id: str
 ) -> TrainingPlan:
@@ -301,10 +310,14 @@ def train_challenger(
         "recipe": recipe,
         "checkpoints_prefix": dataset_checkpoints_prefix(settings, dataset_version),
     }
-    if settings.fine_tune_deployment:
+    if settings.fine_tune_deployment:  # scored there too: the challenger's eval predictions come back
         hand_off_fine_tune_task(
             settings.fine_tune_deployment,
-            {**parameters, "recipe": recipe.model_dump(mode="json")},
+            {
+                **parameters,
+                "recipe": recipe.model_dump(mode="json"),
+                "eval_predictions_key": challenger_predictions_key(resources, run_id),
+            },
             start_timeout_s=settings.fine_tune_start_timeout_s,
             timeout_s=settings.fine_tune_timeout_s,
         )
@@ -338,7 +351,14 @@ def score_both(
         champion_dir = fetch_champion(resources, production, progress.run_id)
         seen = trained_on(champion_dir)
     established = rows_from_sources(eval_rows, seen)
-    challenger = score_on_eval_task(challenger_dir, eval_rows, max_length, new_rows, established)
+    scored_where_trained = (
+        read_predictions_at_task(resources.store, challenger_predictions_key(resources, progress.run_id))
+        if settings.fine_tune_deployment
+        else None
+    )
+    challenger = score_on_eval_task(
+        challenger_dir, eval_rows, max_length, new_rows, established, scored_where_trained
+    )
     champion = agreement = None
     if champion_dir:
         champion, agreement = score_champion(
@@ -458,7 +478,10 @@ def discard_decided_scratch(resources: Resources, decided: RunRecord, published:
     """Delete what only a rerun of this decided run would need: its checkpoints, and its challenger copy
     once that was published under models/. A rejected challenger stays in runs/ for inspection until the
     bucket's lifecycle rule expires it. A failed delete is a warning, not a failed run: it decided."""
-    prefixes = [dataset_checkpoints_prefix(resources.settings, decided.dataset_version)]
+    prefixes = [
+        dataset_checkpoints_prefix(resources.settings, decided.dataset_version),
+        challenger_predictions_key(resources, decided.run_id),  # read by the gate: not needed any more
+    ]
     if published:
         prefixes.append(challenger_prefix(resources, decided.run_id))
     state = discard_scratch_task(resources.store, prefixes, return_state=True)

@@ -106,6 +106,9 @@ class ScoringFacts(BaseModel):
     # eval tickets the champion was scored on in this run, and those whose predictions it had made before
     champion_scored: int | None = None
     champion_reused: int | None = None
+    # the same for the challenger: reused are those scored where it was trained (a gpu pool deployment)
+    challenger_scored: int | None = None
+    challenger_reused: int | None = None
     eval_sampling: EvalSampling | None = None  # how the eval set was bounded (`gate.max_eval_tickets`)
     challenger: EvalReport | None = None
     champion: EvalReport | None = None

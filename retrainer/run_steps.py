@@ -95,6 +95,8 @@ class Scores:
             champion_version=production.version,
             champion_scored=self.champion.scored if self.champion else None,
             champion_reused=self.champion.reused if self.champion else None,
+            challenger_scored=self.challenger.scored,
+            challenger_reused=self.challenger.reused,
             eval_sampling=self.sampling,
             challenger=challenger.overall,
             champion=champion.overall if champion else None,

@@ -3,12 +3,14 @@
 (If-None-Match) and never changed except by an erasure, which rewrites the parts holding an erased id."""
 
 import io
+from pathlib import Path
 
 import pandas as pd
 
-from retrainer.core.known_predictions import COLUMNS, KnownPredictions
+from retrainer.core.known_predictions import COLUMNS, KnownPredictions, predict_reusing
 from retrainer.storage import ObjectStore
 from tasks.common import once_task, read_task
+from tasks.dataset import EVAL, check_splits, read_curated
 
 PARQUET = "application/vnd.apache.parquet"
 
@@ -31,6 +33,24 @@ def record_predictions(store: ObjectStore, version: str, run_id: str, part: pd.D
     key = f"{predictions_prefix(store, version)}{run_id}.parquet"
     store.put(key, _parquet(part), if_none_match=True, content_type=PARQUET)
     return key
+
+
+def record_eval_predictions(
+    store: ObjectStore, model_dir: Path, dataset_version: str, key: str, max_length: int
+) -> int:
+    """Score the eval split of `dataset_version` with the model in `model_dir` where it was trained (the
+    gpu pool) and store the predictions at `key` (run scratch: a retried fine-tune overwrites it); the
+    tickets scored. The retrain run reads them back instead of scoring the challenger on its cpu worker."""
+    eval_rows = check_splits(read_curated(store, dataset_version))[EVAL]
+    predicted = predict_reusing(model_dir, eval_rows["text"].tolist(), max_length, KnownPredictions())
+    store.put(key, _parquet(predicted.new_part(eval_rows["ticket_id"].tolist())), content_type=PARQUET)
+    return len(eval_rows)
+
+
+def read_predictions_at(store: ObjectStore, key: str) -> KnownPredictions:
+    """The predictions stored at `key` (none there: empty)."""
+    found = store.get_if_exists(key)
+    return KnownPredictions.from_frames([pd.read_parquet(io.BytesIO(found[0]))] if found else [])
 
 
 def erase_from_predictions(store: ObjectStore, ticket_ids: list[str]) -> list[str]:
@@ -56,3 +76,5 @@ def _parquet(part: pd.DataFrame) -> bytes:
 read_known_predictions_task = read_task(read_known_predictions, "read-known-predictions")
 record_predictions_task = once_task(record_predictions, "record-predictions")
 erase_from_predictions_task = once_task(erase_from_predictions, "erase-from-predictions")
+record_eval_predictions_task = read_task(record_eval_predictions, "record-eval-predictions")  # overwrites
+read_predictions_at_task = read_task(read_predictions_at, "read-predictions-at")

@@ -85,3 +85,37 @@ def test_stored_predictions_round_trip_hold_no_text_and_an_erasure_empties_them(
     left = pd.read_parquet(io.BytesIO(any_store.get(key)[0]))
     assert sorted(left["ticket_id"]) == sorted(rows["ticket_id"].iloc[3:])
     assert erase_from_predictions(any_store, erased) == []  # idempotent
+
+
+def test_a_fine_tune_asked_for_eval_predictions_stores_those_the_gate_would_compute(run_resources, tmp_path):
+    """What a fine-tune on the gpu pool sends back: its challenger's predictions on the eval split, the
+    same the retrain run would compute on its cpu worker (so it computes none)."""
+    from flows.fine_tune import fine_tune_flow
+    from flows.retrain import ingest_new_batches
+    from retrainer.core.training_plan import TrainingRecipe
+    from tasks.dataset import EVAL, check_splits
+    from tasks.known_predictions import read_predictions_at
+    from tests.retrain_process import QUICK
+    from tests.tickets import drop_batch
+
+    store = run_resources.store
+    drop_batch(store, "batch-1.csv", 150, seed=1)
+    ingestion = ingest_new_batches(run_resources, "run-1")
+    settings = run_resources.settings.model_copy(update={"training": QUICK})
+    key = "runs/run-1/challenger-eval-predictions.parquet"
+
+    fine_tune_flow(
+        ingestion.dataset_version,
+        "runs/run-1/challenger/",
+        TrainingRecipe.for_run(settings),
+        resources=run_resources,
+        eval_predictions_key=key,
+    )
+
+    eval_rows = check_splits(ingestion.curated)[EVAL]
+    store.download_prefix("runs/run-1/challenger/", tmp_path / "challenger")
+    sent_back = read_predictions_at(store, key)
+    assert len(sent_back) == len(eval_rows) >= 1
+    reusing = _score(tmp_path / "challenger", eval_rows, sent_back)
+    assert (reusing.scored, reusing.reused) == (0, len(eval_rows))
+    assert reusing.evaluation == _score(tmp_path / "challenger", eval_rows).evaluation

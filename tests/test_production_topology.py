@@ -153,6 +153,9 @@ def test_the_compose_topology_trains_on_the_gpu_pool_alerts_survives_a_restart_a
         assert (fine_tune["state_type"], fine_tune["work_pool_name"]) == ("COMPLETED", "gpu")
         pointer, _ = read_production_pointer(store)
         assert pointer is not None and pointer.run_id == first
+        # The challenger was scored on the eval split where it trained; the cpu worker scored none.
+        published = json.loads(store.get(f"models/{pointer.version}/metrics.json")[0])
+        assert published["eval_scored"]["cpu_worker"] == 0 < published["eval_scored"]["where_trained"]
         assert store.list_objects("runs/") == []  # checkpoints and the challenger copy deleted once decided
 
         # 2. A bad batch: the run fails, and the alert reaches the internal webhook (a private address).

@@ -99,6 +99,7 @@ def test_the_record_is_assembled_from_the_steps_in_one_vocabulary():
     assert (record.challenger_accuracy, record.champion_accuracy, record.p_value) == (0.9, 0.7, 0.25)
     assert record.reasons == ["accuracy: beats", "smoke test: passed"]  # the gate's, then the publish step's
     assert (record.champion_scored, record.champion_reused) == (4, 6)  # eval tickets: computed, known
+    assert (record.challenger_scored, record.challenger_reused) == (10, 0)
     assert record.report_uris == ["s3://b/x.png"]
 
 

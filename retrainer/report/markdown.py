@@ -39,6 +39,11 @@ def render_run_markdown(record: RunRecord) -> str:
             f"{sampling.new} new ones, the others drawn per label, seed {sampling.seed}; "
             f"`gate.max_eval_tickets` {sampling.max_tickets})"
         )
+    if record.challenger_reused:
+        lines.append(
+            f"- challenger scored where it was trained on {record.challenger_reused} eval ticket(s), here "
+            f"on {record.challenger_scored}"
+        )
     if record.champion_scored is not None:
         lines.append(
             f"- champion `{record.champion_version}` scored on {record.champion_scored} eval ticket(s) "

@@ -120,6 +120,9 @@ def published_metadata(
         if record.challenger_established
         else None,
         "label_check": record.label_check_summary(),
+        # eval tickets scored where the model was trained (a gpu pool deployment) and on the cpu worker
+        "eval_scored": {"where_trained": record.challenger_reused, "cpu_worker": record.challenger_scored},
+        "eval_sampling": record.eval_sampling.model_dump() if record.eval_sampling else None,
         "dataset_version": record.dataset_version,
         "base_model": settings.base_model,
         "base_model_revision": settings.base_model_revision,
