@@ -128,23 +128,24 @@ def test_an_erasure_while_a_run_writes_its_version_makes_the_run_discard_it(
     _settled(run_resources, (bucket["a.csv"] | bucket["b.csv"]) - {x})
 
 
-def test_a_run_that_commits_while_an_erasure_rewrites_is_erased_after_it(
+def test_a_run_that_commits_while_an_erasure_rewrites_withholds_the_ticket_the_erasure_listed_first(
     run_resources, proxied, fault_proxy, bucket
 ):
-    """The run ingests the ticket while the erasure's rewrite of its batch is held: the erasure's commit
-    loses, and it erases the ticket from the run's version; the manifest entry takes the rewritten
-    object's ETag and counts the erased row (issue 35 item 11)."""
+    """The run ingests the ticket's batch while the erasure's rewrite of it is held. The erasure added
+    the id to the erased-id list before anything else, so the run withholds the ticket's record; the
+    erasure's commit loses to the run's and is redone on the run's version, which does not hold it; the
+    manifest entry takes the rewritten object's ETag."""
     x = _one_of(bucket["b.csv"])
 
     record, run = _interleave(
         fault_proxy, _rewrite_of("incoming/b.csv"), _forget(proxied, x), _ingest(run_resources, "run-1")
     )
 
-    assert x in set(run.curated["ticket_id"])
+    assert x not in set(run.curated["ticket_id"])
     assert record.curated.dataset_version_before == run.dataset_version
-    assert record.curated.rows_removed == 1 and run.dataset_version in record.datasets_deleted
+    assert record.curated.rows_removed == 0 and record.curated.incoming_rewritten == ["incoming/b.csv"]
     entry = read_manifest(run_resources.store)[0].objects["incoming/b.csv"]
-    assert entry.erased_rows == 1 and entry.etag == run_resources.store.get("incoming/b.csv")[1]
+    assert entry.etag == run_resources.store.get("incoming/b.csv")[1]
     _settled(run_resources, (bucket["a.csv"] | bucket["b.csv"]) - {x})
 
 
