@@ -21,6 +21,7 @@ from tasks.erasure import (
     published_exposure_task,
     record_erasure_task,
 )
+from tasks.id_index import whereabouts_task
 from tasks.known_predictions import erase_from_predictions_task
 
 
@@ -47,14 +48,17 @@ def forget(
     store, ids = resources.store, request["ticket_ids"]
     store.require_bucket()
     add_erased_ids_task(store, ids)  # first: nightly runs withhold the tickets from now on
+    where = whereabouts_task(store, ids)  # the id index: only objects that may hold an id are read
     curated = erase_curated_and_incoming_task(
-        store, ids, resources.settings.ingest, request_id=request["request_id"]
+        store, ids, resources.settings.ingest, request_id=request["request_id"], where=where
     )
-    quarantine = erase_from_quarantine_task(store, ids, resources.settings.ingest)
-    models = published_exposure_task(store, ids)  # before their superseded datasets are deleted
+    quarantine = erase_from_quarantine_task(store, ids, resources.settings.ingest, where)
+    models = published_exposure_task(store, ids, where)  # before their superseded datasets are deleted
     # Only what was listed before the erasure's manifest commit: a version written since may be named
     # by a run's commit still to come (tasks/erasure.py, erase_curated_and_incoming).
-    datasets = delete_superseded_datasets_task(store, ids, curated.dataset_version_after, curated.existing)
+    datasets = delete_superseded_datasets_task(
+        store, ids, curated.dataset_version_after, curated.existing, where
+    )
     predictions = erase_from_predictions_task(store, ids)
     record = record_erasure_task(
         store, erasure_record(request, curated, quarantine, models, datasets, predictions)

@@ -58,6 +58,7 @@ from tasks.dataset import (
 from tasks.erasure import erased_ticket_ids_task, withhold_erased
 from tasks.evaluate import ScoredModel, champion_label_agreement_task, score_on_eval_task
 from tasks.handoff import hand_off_fine_tune_task, warn_if_a_worker_waits_unused
+from tasks.id_index import index_batches_task
 from tasks.ingest import discover_new_batches_task, load_batches_task
 from tasks.known_predictions import (
     read_known_predictions_task,
@@ -181,6 +182,7 @@ def ingest_new_batches(resources: Resources, run_id: str) -> Ingestion:
     store, settings = resources.store, resources.settings
     manifest, manifest_etag = read_manifest_task(store)
     loaded = load_batches_task(store, discover_new_batches_task(store, manifest), settings.ingest)
+    index_batches_task(store, loaded)  # which ids each batch holds: an erasure reads only those holding one
     loaded = withhold_erased_tickets(resources, loaded)
     curated = read_curated_task(store, manifest.dataset_version)
     validated = validate_batches_task(loaded, settings.validation, settings.ingest.label_aliases, curated)

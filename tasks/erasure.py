@@ -27,7 +27,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from retrainer.core.batch_files import BatchFormatError, LoadedBatch
-from retrainer.core.batch_files.formats import ids_in_unreadable, without_tickets
+from retrainer.core.batch_files.formats import ids_in_unreadable, parsed_batch, without_tickets
 from retrainer.core.batch_files.ticket_ids import TICKET_ID, ticket_id_of, ticket_id_pattern
 from retrainer.core.validation import normalise_ticket_ids
 from retrainer.settings import IngestSettings
@@ -41,19 +41,19 @@ from tasks.dataset import (
     dataset_versions,
     latest_rows,
     parts_prefix,
-    read_curated,
     read_part,
     version_parts,
     write_part,
     write_version,
 )
+from tasks.id_index import Whereabouts, record_holdings
 from tasks.manifest import Manifest, commit_manifest, read_manifest
 from tasks.registry import list_versions, utc_stamp
+from tasks.validate import ERRORS_SUFFIX, MERGED_SUFFIX, REJECTED_SUFFIX
 
 ERASURE_FOLDER = "erasure/"
 ERASED_IDS_NAME = "erased-ids.json"
 JSON = "application/json"
-ERRORS_SUFFIX, REJECTED_SUFFIX, MERGED_SUFFIX = ".errors.json", ".rejected.csv", ".merged.csv"
 MANIFEST_ATTEMPTS = 5  # a nightly run that commits meanwhile makes the compare-and-swap lose: redo
 # What the record states whatever was found: what erasure does not do, and why a lineage may dangle.
 STATEMENTS = [
@@ -103,6 +103,8 @@ class CuratedErasure(BaseModel):
     unchecked: list[str] = Field(default_factory=list)
     review: list[str] = Field(default_factory=list)
     found: list[str] = Field(default_factory=list)
+    parts_read: int = Field(0, description="curated parts read (the id index spared the others)")
+    incoming_read: int = Field(0, description="incoming/ objects read (the id index spared the others)")
     existing: DatasetsErasure = Field(
         default_factory=DatasetsErasure,
         exclude=True,
@@ -118,6 +120,7 @@ class QuarantineErasure(BaseModel):
     unchecked: list[str] = Field(default_factory=list)
     review: list[str] = Field(default_factory=list)
     found: list[str] = Field(default_factory=list)
+    read: int = Field(0, description="quarantine objects read (the id index spared the others)")
 
 
 class ErasureRecord(BaseModel):
@@ -172,6 +175,8 @@ class ErasureRecord(BaseModel):
             f"superseded dataset versions deleted: {len(self.datasets_deleted)} "
             f"(and {len(self.dataset_parts_deleted)} part(s)); "
             f"stored model predictions: {len(self.predictions_rewritten)} part(s) rewritten",
+            f"objects read: {curated.parts_read} curated part(s), {curated.incoming_read} incoming, "
+            f"{quarantine.read} quarantine (the id index spared the rest)",
             f"published models trained on them: {', '.join(self.trained_on_versions) or 'none'}; "
             f"evaluated on them: {', '.join(evaluated) or 'none'}"
             + (f"; unknown (dataset gone): {', '.join(unknown)}" if unknown else ""),
@@ -271,6 +276,7 @@ def erase_curated_and_incoming(
     ingest: IngestSettings,
     attempts: int = MANIFEST_ATTEMPTS,
     request_id: str | None = None,
+    where: Whereabouts | None = None,
 ) -> CuratedErasure:
     """Write a curated version without the tickets, rewrite (or delete) the ``incoming/`` objects holding
     them, and commit the manifest pointing at both (If-Match), whatever was found: the commit is the
@@ -289,13 +295,16 @@ def erase_curated_and_incoming(
     object as it is then), and each commit follows the chain of rewrites (before -> after) it knows,
     its own and those committed by others (`Manifest.erasure_rewrites`), so an entry ends at the ETag
     of the object's last rewrite. An object not ingested yet is rewritten and left to the next run.
+
+    Only the parts and ``incoming/`` objects that `where` (`tasks.id_index`) says may hold an id are read
+    (default: all of them); each rewritten ``incoming/`` object is indexed at its new ETag.
     """
-    ids = set(ticket_ids)
+    ids, where = set(ticket_ids), where or Whereabouts()
     incoming = _IncomingErasure()  # kept across attempts: a rewritten object is found clean the second time
     for attempt in range(1, attempts + 1):
         manifest, manifest_etag = read_manifest(store)
-        curated, erased_sources = _erase_curated(store, manifest, ids)
-        incoming.erase(store, ids, ingest)
+        curated, erased_sources = _erase_curated(store, manifest, ids, where)
+        incoming.erase(store, ids, ingest, where)
         existing = _listed_datasets(store)  # before the fence: what no later manifest can name
         updated = _updated_manifest(
             manifest, curated.dataset_version_after, incoming.rewrites, erased_sources, request_id
@@ -307,8 +316,10 @@ def erase_curated_and_incoming(
                 "erasure: the manifest changed meanwhile (attempt %d of %d)", attempt, attempts
             )
             continue
+        record_holdings(store, incoming.kept_ids)  # the rewritten objects' new content, described again
         return curated.model_copy(
             update={
+                "incoming_read": incoming.read,
                 "incoming_rewritten": sorted(incoming.rewrites),
                 "incoming_deleted": sorted(incoming.deleted),
                 "unchecked": sorted(incoming.unchecked),
@@ -324,20 +335,21 @@ def erase_curated_and_incoming(
 
 
 def _erase_curated(
-    store: ObjectStore, manifest: Manifest, ids: set[str]
+    store: ObjectStore, manifest: Manifest, ids: set[str], where: Whereabouts
 ) -> tuple[CuratedErasure, dict[tuple[str, str], int]]:
     """The erasure from the manifest's version, and how many curated rows it removed per source (key,
     ETag the rows carry)."""
     before = manifest.dataset_version
     if before is None:
         return CuratedErasure(dataset_version_before=before, dataset_version_after=before), {}
-    after, removed = _version_without(store, before, ids)
+    after, removed, read = _version_without(store, before, ids, where)
     found = set(removed[TICKET_ID])
     erased = CuratedErasure(
         dataset_version_before=before,
         dataset_version_after=after,
         rows_removed=len(found),  # a version holds one row per ticket
         found=sorted(found),
+        parts_read=read,
     )
     return erased, _rows_per_source(removed)
 
@@ -346,21 +358,28 @@ def version_without_tickets(store: ObjectStore, dataset_version: str, ids: set[s
     """A new version of `dataset_version` in which each part holding one of `ids` is rewritten without
     those rows (every other row keeps its place and split; every other part is listed as it was), and the
     ids found; `dataset_version` itself when no part held one."""
-    version, removed = _version_without(store, dataset_version, ids)
+    version, removed, _ = _version_without(store, dataset_version, ids, Whereabouts())
     return version, set(removed[TICKET_ID])
 
 
-def _version_without(store: ObjectStore, dataset_version: str, ids: set[str]) -> tuple[str, pd.DataFrame]:
-    """`version_without_tickets`, with the removed rows that the version showed (the last of each ticket)."""
+def _version_without(
+    store: ObjectStore, dataset_version: str, ids: set[str], where: Whereabouts
+) -> tuple[str, pd.DataFrame, int]:
+    """`version_without_tickets`, with the removed rows that the version showed (the last of each ticket)
+    and how many parts were read (those `where` says may hold an id)."""
     parts, removed = [], []
     for part in version_parts(store, dataset_version):
+        if not where.may_hold(part.key):
+            parts.append(part)
+            continue
         rows = read_part(store, part)
         kept, hit = drop_tickets(rows, ids)
         parts.append(write_part(store, kept) if hit else part)
         removed.append(rows[rows[TICKET_ID].isin(ids)])
     shown = latest_rows(removed)
     shown = shown if shown is not None else pd.DataFrame({TICKET_ID: []})
-    return (write_version(store, parts, dataset_version) if len(shown) else dataset_version), shown
+    version = write_version(store, parts, dataset_version) if len(shown) else dataset_version
+    return version, shown, len(removed)
 
 
 def _rows_per_source(rows: pd.DataFrame) -> dict[tuple[str, str], int]:
@@ -386,11 +405,14 @@ class _IncomingErasure:
         self.unchecked: set[str] = set()
         self.review: set[str] = set()
         self.found: set[str] = set()
+        self.kept_ids: dict[tuple[str, str], list[str]] = {}  # (key, ETag after) -> the ids left there
+        self.read = 0
 
-    def erase(self, store: ObjectStore, ids: set[str], ingest: IngestSettings) -> None:
-        """Rewrite or delete every ``incoming/`` object holding one of `ids`."""
+    def erase(self, store: ObjectStore, ids: set[str], ingest: IngestSettings, where: Whereabouts) -> None:
+        """Rewrite or delete every ``incoming/`` object holding one of `ids` (reading those `where` says
+        may hold one)."""
         for info in store.list_objects(store.settings.incoming_prefix):
-            if info.key.endswith("/"):
+            if info.key.endswith("/") or not where.may_hold(info.key, info.etag):
                 continue
             if info.size > ingest.max_object_bytes:
                 self.unchecked.add(f"{info.key}: {info.size} bytes, over max_object_bytes: not searched")
@@ -405,6 +427,7 @@ class _IncomingErasure:
             if found is None:
                 return  # deleted meanwhile (by another erasure)
             raw, etag = found
+            self.read += 1
             try:
                 kept, hit = without_tickets(
                     raw, key, ids, ingest.column_aliases, ingest.max_decompressed_bytes
@@ -420,6 +443,9 @@ class _IncomingErasure:
                 continue
             self.found |= hit
             self.rewrites.setdefault(key, {})[etag] = after
+            left = parsed_batch(key, after, kept, ingest).ticket_ids
+            if left is not None:
+                self.kept_ids[(key, after)] = left
             return
         self.unchecked.add(f"{key}: changed by another writer during every attempt: not erased, run again")
 
@@ -479,18 +505,21 @@ def _updated_manifest(
 
 
 def erase_from_quarantine(
-    store: ObjectStore, ticket_ids: list[str], ingest: IngestSettings
+    store: ObjectStore, ticket_ids: list[str], ingest: IngestSettings, where: Whereabouts | None = None
 ) -> QuarantineErasure:
     """Rewrite the quarantine's ``.rejected.csv``/``.merged.csv`` without the tickets' rows and its
     ``.errors.json`` without their problems (If-Match, redone when another erasure rewrote it meanwhile);
     delete a batch quarantined whole when an id stands in it as a ticket id (one only mentioned there is
     listed for review).
 
-    Idempotent: run again, it finds nothing more to change.
+    Idempotent: run again, it finds nothing more to change. Reads only the objects `where` says may hold an
+    id (default: all).
     """
-    ids = set(ticket_ids)
+    ids, where = set(ticket_ids), where or Whereabouts()
     result = QuarantineErasure()
-    objects = store.list_objects(store.settings.quarantine_prefix)
+    listed = store.list_objects(store.settings.quarantine_prefix)
+    objects = [info for info in listed if where.may_hold(info.key)]
+    result.read = len(objects)
     # Problems are matched to rows through the .rejected.csv, so errors.json goes before it is rewritten.
     for info in sorted(objects, key=lambda info: not info.key.endswith(ERRORS_SUFFIX)):
         if info.key.endswith(ERRORS_SUFFIX):
@@ -553,15 +582,18 @@ def _problems_erased(store: ObjectStore, key: str, raw: bytes, ids: set[str]) ->
     return json.dumps(report, indent=2).encode() if dropped else None
 
 
-def published_exposure(store: ObjectStore, ticket_ids: list[str]) -> list[ModelExposure]:
+def published_exposure(
+    store: ObjectStore, ticket_ids: list[str], where: Whereabouts | None = None
+) -> list[ModelExposure]:
     """For each published model version, which tickets its dataset version had in train or validation
-    ("trained on") and in eval ("evaluated on"); "unknown" when that dataset version is gone."""
-    ids, cache = set(ticket_ids), {}
+    ("trained on") and in eval ("evaluated on"); "unknown" when that dataset version is gone. Reads the
+    parts `where` says may hold an id (default: all)."""
+    ids, cache, where = set(ticket_ids), {}, where or Whereabouts()
     exposures = []
     for summary in list_versions(store):
         dataset = summary.dataset_version
         if dataset not in cache:
-            cache[dataset] = _splits_of(store, dataset, ids)
+            cache[dataset] = _splits_of(store, dataset, ids, where)
         splits = cache[dataset]
         if splits is None:
             exposures.append(
@@ -580,16 +612,28 @@ def published_exposure(store: ObjectStore, ticket_ids: list[str]) -> list[ModelE
     return exposures
 
 
-def _splits_of(store: ObjectStore, dataset_version: str | None, ids: set[str]) -> dict[str, list[str]] | None:
+def _splits_of(
+    store: ObjectStore, dataset_version: str | None, ids: set[str], where: Whereabouts
+) -> dict[str, list[str]] | None:
+    """The ids' splits in `dataset_version` (the last row of each ticket, as `read_curated` shows it),
+    from the parts that may hold them; None when the version or one of those parts is gone."""
+    if dataset_version is None:
+        return None
     try:
-        curated = read_curated(store, dataset_version)
+        listed = version_parts(store, dataset_version)
+        parts = [read_part(store, part) for part in listed if where.may_hold(part.key)]
     except KeyError:
         return None
-    return None if curated is None else ids_by_split(curated, ids)
+    curated = latest_rows(parts)
+    return ids_by_split(curated if curated is not None else pd.DataFrame({TICKET_ID: [], "split": []}), ids)
 
 
 def delete_superseded_datasets(
-    store: ObjectStore, ticket_ids: list[str], current: str | None, existing: DatasetsErasure | None = None
+    store: ObjectStore,
+    ticket_ids: list[str],
+    current: str | None,
+    existing: DatasetsErasure | None = None,
+    where: Whereabouts | None = None,
 ) -> DatasetsErasure:
     """Delete every curated dataset version but `current` that lists a part holding one of the tickets,
     then every part holding one that `current` does not list (versions first: none is left listing a
@@ -598,10 +642,10 @@ def delete_superseded_datasets(
     Only the versions and parts in `existing` are candidates: those listed before the erasure's manifest
     commit (`CuratedErasure.existing`); one written since may belong to a run whose commit is still to
     come (default: all there are now). They are not published artefacts (a model's lineage then names a
-    deleted version). Idempotent.
+    deleted version). Idempotent. Reads the parts `where` says may hold an id (default: all).
     """
     existing = existing or _listed_datasets(store)
-    holds = _PartSearch(store, set(ticket_ids))
+    holds = _PartSearch(store, set(ticket_ids), where or Whereabouts())
     live = set() if current is None else {part.key for part in version_parts(store, current)}
     versions = [
         version
@@ -620,10 +664,12 @@ def delete_superseded_datasets(
 class _PartSearch:
     """Whether a part holds one of the ids: each part read once (versions share them)."""
 
-    def __init__(self, store: ObjectStore, ids: set[str]) -> None:
-        self.store, self.ids, self.held = store, ids, {}
+    def __init__(self, store: ObjectStore, ids: set[str], where: Whereabouts) -> None:
+        self.store, self.ids, self.where, self.held = store, ids, where, {}
 
     def __call__(self, part: DatasetPart) -> bool:
+        if not self.where.may_hold(part.key):
+            return False
         if part.key not in self.held:
             try:
                 self.held[part.key] = bool(read_part(self.store, part)[TICKET_ID].isin(self.ids).any())

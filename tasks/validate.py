@@ -15,10 +15,14 @@ import re
 
 import pandas as pd
 
+from retrainer.core.batch_files.ticket_ids import TICKET_ID
 from retrainer.core.row_rules import FORMULA_PATTERN
 from retrainer.core.validation import REASON_KIND, ValidatedBatch, validate_batches
 from retrainer.storage import ObjectStore
 from tasks.common import once_task, read_task, run_logger
+from tasks.id_index import ANY_CONTENT, record_holdings
+
+ERRORS_SUFFIX, REJECTED_SUFFIX, MERGED_SUFFIX = ".errors.json", ".rejected.csv", ".merged.csv"
 
 
 def quarantine_batches(
@@ -36,20 +40,21 @@ def quarantine_batch(store: ObjectStore, run_id: str, batch: ValidatedBatch, raw
     """Store under ``quarantine/<run_id>/`` what was rejected (the problems, the rejected rows, a file
     rejected whole) and the rows merged into earlier tickets with the same text (``.merged.csv``)."""
     base = store.settings.quarantine_prefix + f"{run_id}/{quarantine_name(store, batch.key)}"
+    _index_quarantine(store, base, batch)
     keys = []
     if batch.rejected_whole or not batch.rejected.empty:
         # source_key: the batch's own name, also where `quarantine_name` had to shorten it
         report = {"source_key": batch.key, "source_etag": batch.etag, "problems": batch.problems}
-        keys.append(base + ".errors.json")
+        keys.append(base + ERRORS_SUFFIX)
         store.put(keys[-1], json.dumps(report, indent=2).encode(), content_type="application/json")
     if batch.rejected_whole:
         keys.append(base)
         store.put(base, raw)  # byte for byte, so a fixed file can be compared with the original
     if not batch.rejected.empty:
-        keys.append(base + ".rejected.csv")
+        keys.append(base + REJECTED_SUFFIX)
         store.put(keys[-1], _safe_csv(batch.rejected.drop(columns=[REASON_KIND])), content_type="text/csv")
     if not batch.merged.empty:
-        keys.append(base + ".merged.csv")
+        keys.append(base + MERGED_SUFFIX)
         store.put(keys[-1], _safe_csv(batch.merged), content_type="text/csv")
     logger = run_logger()
     for problem in batch.loggable_problems[:20]:  # the full list, with values, is in the errors.json
@@ -61,6 +66,20 @@ def quarantine_batch(store: ObjectStore, run_id: str, batch: ValidatedBatch, raw
             len(batch.merged),
         )
     return keys
+
+
+def _index_quarantine(store: ObjectStore, base: str, batch: ValidatedBatch) -> None:
+    """Describe the quarantine files of `batch` in the id index before writing them (`tasks.id_index`):
+    each holds at most the ids of the batch's records (its problems may name any of them). A batch
+    rejected whole is not described: its bytes did not parse, so an erasure searches them."""
+    if batch.rejected_whole or (batch.rejected.empty and batch.merged.empty):
+        return
+    ids = [*_ids(batch.accepted), *_ids(batch.rejected), *_ids(batch.merged)]
+    record_holdings(store, {(base + suffix, ANY_CONTENT): ids for suffix in _QUARANTINE_SUFFIXES})
+
+
+def _ids(rows: pd.DataFrame) -> list:
+    return rows[TICKET_ID].tolist() if TICKET_ID in rows.columns else []
 
 
 def _safe_csv(rows: pd.DataFrame) -> bytes:
@@ -94,7 +113,7 @@ def quarantine_name(store: ObjectStore, key: str) -> str:
 _MAX_PART_BYTES = 200  # + the longest suffix (.rejected.csv) stays under 255
 _MAX_NAME_BYTES = 800  # + quarantine/<run id>/ and a suffix stays under 1,024
 _SHORT_TAIL = 60  # characters of the last part kept in a shortened name (its extension, mostly)
-_QUARANTINE_SUFFIXES = (".errors.json", ".rejected.csv", ".merged.csv")
+_QUARANTINE_SUFFIXES = (ERRORS_SUFFIX, REJECTED_SUFFIX, MERGED_SUFFIX)
 # Control characters, U+FFFD (a byte that was not UTF-8), lone surrogates, backslash, and ".~", with which
 # the folder store's own file suffixes begin.
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f\\\ufffd\ud800-\udfff]|\.~")

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+TICKET_ID = "ticket_id"
+
 PARSE_ERROR = "_parse_error"
 """Column of a parsed frame: why a record could not be parsed (a broken JSON line); missing elsewhere."""
 ROW_NUMBER = "_row"
@@ -51,6 +53,14 @@ class LoadedBatch:
     erased: int = 0
     """Records withheld from `frame` (and `raw`) because their ticket was erased: neither curated nor
     quarantined, only counted (see `tasks.erasure.withhold_erased`)."""
+
+    @property
+    def ticket_ids(self) -> list | None:
+        """The ticket id of each parsed record, as in the file; None when the batch was not parsed or has
+        no ticket id column (an erasure then has to search its bytes: `tasks.id_index`)."""
+        if self.frame is None or TICKET_ID not in self.frame.columns:
+            return None
+        return self.frame[TICKET_ID].tolist()
 
 
 def column_names_for_messages(names: Iterable) -> str:

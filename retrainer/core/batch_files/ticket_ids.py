@@ -3,10 +3,11 @@ id, and how an id is found as a whole token in text. Erasure's searches and rewr
 
 import re
 
+from retrainer.core.batch_files import TICKET_ID
 from retrainer.core.row_rules import FORMULA_PATTERN
 from retrainer.core.validation import as_identifier
 
-TICKET_ID = "ticket_id"
+__all__ = ["TICKET_ID", "ticket_id_names", "ticket_id_of", "ticket_id_pattern"]
 
 
 def ticket_id_names(column_aliases: dict[str, str]) -> set[str]:
