@@ -61,6 +61,7 @@ from tasks.handoff import hand_off_fine_tune_task, warn_if_a_worker_waits_unused
 from tasks.id_index import index_batches_task
 from tasks.ingest import discover_new_batches_task, load_batches_task
 from tasks.known_predictions import (
+    prune_predictions_task,
     read_known_predictions_task,
     read_predictions_at_task,
     record_predictions_task,
@@ -473,6 +474,7 @@ def smoke_and_flip(
             "this run changed nothing"
         )
         return Publication("lost-race", now, [*smoke.reasons, lost], uris)
+    prune_predictions_task(store, [gated.challenger_version, production.version])
     return Publication(action, gated.challenger_version, smoke.reasons, uris)
 
 

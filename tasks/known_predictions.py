@@ -3,6 +3,7 @@
 (If-None-Match) and never changed except by an erasure, which rewrites the parts holding an erased id."""
 
 import io
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +24,8 @@ def predictions_prefix(store: ObjectStore, version: str) -> str:
 def read_known_predictions(store: ObjectStore, version: str) -> KnownPredictions:
     """Every stored prediction of `version` (none yet: empty)."""
     keys = sorted(info.key for info in store.list_objects(predictions_prefix(store, version)))
-    return KnownPredictions.from_frames([pd.read_parquet(io.BytesIO(store.get(key)[0])) for key in keys])
+    found = [store.get_if_exists(key) for key in keys]  # one pruned meanwhile is scored again
+    return KnownPredictions.from_frames([pd.read_parquet(io.BytesIO(raw[0])) for raw in found if raw])
 
 
 def record_predictions(store: ObjectStore, version: str, run_id: str, part: pd.DataFrame) -> str | None:
@@ -67,6 +69,17 @@ def erase_from_predictions(store: ObjectStore, ticket_ids: list[str]) -> list[st
     return [key for key in keys if store.rewrite(key, without_ids, content_type=PARQUET)]
 
 
+def prune_predictions(store: ObjectStore, keep: Iterable[str | None]) -> list[str]:
+    """Delete the stored predictions of every version but `keep` (the new production version and the one
+    it replaced, the rollback target): only a champion's predictions are ever reused, and an erasure reads
+    every part left. A version rolled back to later is scored again in full, once. The keys deleted."""
+    kept = tuple(predictions_prefix(store, version) for version in keep if version)
+    listed = store.list_objects(store.settings.predictions_prefix)
+    keys = [info.key for info in listed if not info.key.startswith(kept)]
+    store.delete_many(keys)
+    return keys
+
+
 def _parquet(part: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
     part[list(COLUMNS)].to_parquet(buffer, index=False)
@@ -78,3 +91,4 @@ record_predictions_task = once_task(record_predictions, "record-predictions")
 erase_from_predictions_task = once_task(erase_from_predictions, "erase-from-predictions")
 record_eval_predictions_task = read_task(record_eval_predictions, "record-eval-predictions")  # overwrites
 read_predictions_at_task = read_task(read_predictions_at, "read-predictions-at")
+prune_predictions_task = read_task(prune_predictions, "prune-predictions")  # deleting converges

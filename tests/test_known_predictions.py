@@ -15,6 +15,7 @@ from tasks.evaluate import score_on_eval
 from tasks.known_predictions import (
     erase_from_predictions,
     predictions_prefix,
+    prune_predictions,
     read_known_predictions,
     record_predictions,
 )
@@ -85,6 +86,13 @@ def test_stored_predictions_round_trip_hold_no_text_and_an_erasure_empties_them(
     left = pd.read_parquet(io.BytesIO(any_store.get(key)[0]))
     assert sorted(left["ticket_id"]) == sorted(rows["ticket_id"].iloc[3:])
     assert erase_from_predictions(any_store, erased) == []  # idempotent
+
+    # A publication keeps only the new production version's and its rollback target's predictions.
+    for version in ("m-2", "m-3"):
+        record_predictions(any_store, version, "run-3", scored.new_predictions)
+    deleted = prune_predictions(any_store, ["m-3", "m-2", None])
+    assert deleted == [key] and read_known_predictions(any_store, "m-1").rows == {}
+    assert len(read_known_predictions(any_store, "m-3").rows) == len(rows)
 
 
 def test_a_fine_tune_asked_for_eval_predictions_stores_those_the_gate_would_compute(run_resources, tmp_path):
