@@ -33,6 +33,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import night_at_scale as at_scale
 import pandas as pd
 
 from app.samples import generate_tickets, tickets_to_csv
@@ -196,6 +197,38 @@ def training_stages(settings: RetrainerSettings, curated: pd.DataFrame, rates: d
     }
 
 
+def fit_incremental_lexical(
+    settings: RetrainerSettings, curated: pd.DataFrame, new_sources: set[tuple[str, str]]
+) -> int:
+    """The incremental plan's lexical fit on `curated`, whose batches but `new_sources` the champion was
+    trained on; the tickets it read."""
+    splits = (split_rows(curated, TRAIN), split_rows(curated, VALIDATION))
+    seen = set(zip(curated["source_key"], curated["source_etag"], strict=True)) - new_sources
+    *_, lexical_rows = incremental_splits(splits, seen, settings.incremental, seed=0)
+    config = incremental_config(settings.training, settings.incremental)
+    fit_lexical_half(lexical_rows, config.lexical_weight, settings.training.input_recipe().mask)
+    return len(lexical_rows)
+
+
+def measure_at_scale(resources: Resources, issues, args, workdir: Path) -> dict:
+    """One night on `--at-scale` curated tickets in `--batches` batches (`night_at_scale`)."""
+    settings, peak = resources.settings, at_scale.ProcessPeak()
+    results: dict = {"size": args.at_scale, "batches": args.batches}
+    with at_scale.timed("build the history (not a night's work)", results, peak):
+        eval_rows, lineage = at_scale.build_history(resources, args.at_scale, args.batches, issues)
+    tiny = at_scale.tiny_model_like(settings.base_model, workdir / "tiny")
+    at_scale.publish_champion(resources, tiny, lineage, eval_rows)
+    forget_id = eval_rows["ticket_id"].iloc[len(eval_rows) // 2]
+    del eval_rows
+    curated = read_curated(resources.store, read_manifest(resources.store)[0].dataset_version)
+    real_dir, rates = probe(settings, curated, args, workdir / "probe")
+    del curated
+    results |= at_scale.night(resources, tiny, real_dir, forget_id, peak, fit_incremental_lexical)
+    results["rates"] = rates
+    at_scale.write_table(results, rates["score_s_per_ticket"])
+    return results
+
+
 def measure_size(resources: Resources, size: int, issues, args, workdir: Path) -> dict:
     """Every stage of one night on a bucket of `size` curated tickets."""
     results: dict = {"size": size}
@@ -277,6 +310,10 @@ def main() -> None:
     )
     parser.add_argument("--probe-train", type=int, default=256)
     parser.add_argument("--probe-score", type=int, default=256)
+    parser.add_argument(
+        "--at-scale", type=int, default=None, help="instead: one night on this many curated tickets, measured"
+    )
+    parser.add_argument("--batches", type=int, default=1000, help="with --at-scale: the history's batches")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--png", type=Path, default=None)
     args = parser.parse_args()
@@ -284,6 +321,14 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="scaling-"))
     rows = []
     with LocalS3(workdir / "s3", KEY, SECRET, workdir / "weed.log") as s3:
+        if args.at_scale:
+            s3_settings = S3Settings(endpoint_url=args.endpoint or s3.endpoint_url, bucket="at-scale")
+            settings = RetrainerSettings(s3=s3_settings, work_dir=workdir / "work")
+            store = open_store(s3_settings, credentials=(KEY, SECRET))
+            result = measure_at_scale(Resources(settings, store), issues, args, workdir)
+            if args.json:
+                args.json.write_text(json.dumps(result, indent=2, default=str))
+            return
         for size in (int(size) for size in args.sizes.split(",")):
             endpoint = args.endpoint or s3.endpoint_url
             s3_settings = S3Settings(endpoint_url=endpoint, bucket=f"scaling-{size}")

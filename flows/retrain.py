@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import flow
 from prefect.runtime import flow_run
+from prefect.utilities.annotations import quote
 
 from flows.fine_tune import dataset_checkpoints_prefix, fine_tune_flow
 from retrainer.core.agreement import LabelAgreement
@@ -347,7 +348,6 @@ def score_both(
         eval_rows,
         rows_from_sources(eval_rows, ingestion.sources),
         settings.gate.max_eval_tickets,
-        ingestion.dataset_version,
     )
     champion_dir, seen = None, set()
     if production.pointer:
@@ -359,8 +359,14 @@ def score_both(
         if settings.fine_tune_deployment
         else None
     )
+    # quote(): Prefect would otherwise visit every item of these per-ticket collections (minutes at 1M)
     challenger = score_on_eval_task(
-        challenger_dir, eval_rows, max_length, new_rows, established, scored_where_trained
+        challenger_dir,
+        eval_rows,
+        max_length,
+        quote(new_rows),
+        quote(established),
+        quote(scored_where_trained),
     )
     champion = agreement = None
     if champion_dir:
@@ -404,9 +410,11 @@ def score_champion(
     store, settings = resources.store, resources.settings
     max_length, reuse = settings.training.max_length, settings.gate.reuse_champion_predictions
     known = read_known_predictions_task(store, production.version) if reuse else None
-    champion = score_on_eval_task(champion_dir, eval_rows, max_length, new_rows, established, known)
+    champion = score_on_eval_task(
+        champion_dir, eval_rows, max_length, quote(new_rows), quote(established), quote(known)
+    )
     checked = champion_label_agreement_task(
-        champion_dir, champion.evaluation, eval_rows, curated, seen, max_length, known
+        champion_dir, quote(champion.evaluation), eval_rows, curated, seen, max_length, quote(known)
     )
     if reuse:
         computed = pd.concat([champion.new_predictions, checked.new_predictions], ignore_index=True)

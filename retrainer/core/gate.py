@@ -1,10 +1,10 @@
 """Gate: the promotion rule, a pure function of the two evaluations measured in this run."""
 
-from fractions import Fraction
 from itertools import permutations
-from math import comb
 
+import numpy as np
 from pydantic import BaseModel, Field
+from scipy.stats import binom, hypergeom
 
 from retrainer.core.agreement import LabelAgreement
 from retrainer.core.evaluation import ModelEvaluation
@@ -35,16 +35,17 @@ def mcnemar_exact_p_value(
     challenger_correct: list[bool], champion_correct: list[bool], one_sided: bool = False
 ) -> float:
     """Exact McNemar test on paired per-ticket correctness (binomial on the discordant pairs): two-sided,
-    or `one_sided`: the chance of the challenger winning this few of them were both models as good."""
-    only_challenger = sum(c and not k for c, k in zip(challenger_correct, champion_correct, strict=True))
-    only_champion = sum(k and not c for c, k in zip(challenger_correct, champion_correct, strict=True))
+    or `one_sided`: the chance of the challenger winning this few of them were both models as good.
+    scipy's binomial distribution: exact sums of big binomial coefficients took seconds at 50,000 tickets."""
+    challenger, champion = np.asarray(challenger_correct, bool), np.asarray(champion_correct, bool)
+    only_challenger = int((challenger & ~champion).sum())
+    only_champion = int((champion & ~challenger).sum())
     discordant = only_challenger + only_champion
     if discordant == 0:
         return 1.0
     fewest = only_challenger if one_sided else min(only_challenger, only_champion)
-    tail = sum(comb(discordant, i) for i in range(fewest + 1))
     sides = 1 if one_sided else 2
-    return float(min(Fraction(1), Fraction(sides * tail, 2**discordant)))  # exact, no float underflow
+    return float(min(1.0, sides * binom.cdf(fewest, discordant, 0.5)))
 
 
 def decide_promotion(
@@ -134,11 +135,9 @@ def label_agreement_checks(agreement: LabelAgreement | None, policy: GatePolicy)
 
 def fisher_greater_p_value(hits: int, tickets: int, reference_hits: int, reference_tickets: int) -> float:
     """One-sided Fisher exact test: the chance that `tickets` drawn from both groups together hold at
-    least `hits` of all the hits, were the two shares the same (exact, like `mcnemar_exact_p_value`)."""
+    least `hits` of all the hits, were the two shares the same (the hypergeometric tail)."""
     total, all_hits = tickets + reference_tickets, hits + reference_hits
-    upper = min(all_hits, tickets)
-    tail = sum(comb(all_hits, k) * comb(total - all_hits, tickets - k) for k in range(hits, upper + 1))
-    return float(Fraction(tail, comb(total, tickets)))
+    return float(hypergeom.sf(hits - 1, total, all_hits, tickets))
 
 
 def _overall_agreement_check(agreement: LabelAgreement, policy: GatePolicy) -> tuple[bool, str]:

@@ -36,7 +36,7 @@ def render_run_markdown(record: RunRecord) -> str:
     if sampling and sampling.sampled:
         lines.append(
             f"- eval set bounded: {sampling.scored} of {sampling.eval_tickets} eval tickets scored (all "
-            f"{sampling.new} new ones, the others drawn per label, seed {sampling.seed}; "
+            f"{sampling.new} new ones, the others per label: those whose id hashes lowest; "
             f"`gate.max_eval_tickets` {sampling.max_tickets})"
         )
     if record.challenger_reused:
