@@ -15,8 +15,9 @@ established rows, `evaluate_predictions` for both models, the champion's label a
 (`measure_agreement`, on the eval tickets), and `decide_promotion` with the default `GatePolicy` (or
 `--require-significance`): once on the full split (`max_eval_tickets` = the split) and once per
 sample (`--samples` of them, the same for every draw and scenario: `bounded_eval`'s `salt`, here a
-dataset-version-shaped string, draws another) of `--max-eval-tickets`. Every (draw, version) pair is one comparison of the two decisions. Which check
-caused a disagreement is read from the gate's own reasons (the checks that block on one side only).
+dataset-version-shaped string, draws another) of `--max-eval-tickets`. Every (draw, version) pair is
+one comparison of the two decisions. Which check caused a disagreement is read from the gate's own
+reasons (the checks that block on one side only).
 
 The gate's compute is timed per decision (bounded_eval, both evaluations, the label agreement, the
 decision); scoring the models' texts is not simulated (its cost scales with the tickets scored).
