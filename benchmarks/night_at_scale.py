@@ -38,11 +38,11 @@ from flows.retrain import challenger_predictions_key, ingest_new_batches, score_
 from retrainer.core.base_models import resolve_base_model
 from retrainer.core.known_predictions import COLUMNS, PROBABILITY_COLUMNS, text_digest
 from retrainer.core.labels import LABEL_TO_ID, LABELS
+from retrainer.id_index import record_holdings
 from retrainer.records import ProductionPointer
 from retrainer.resources import Resources
 from retrainer.run_steps import Production, RunProgress
 from tasks.dataset import EVAL, split_rows, with_splits, write_curated
-from tasks.id_index import record_holdings
 from tasks.known_predictions import record_eval_predictions, record_predictions
 from tasks.manifest import Manifest, commit_manifest, manifest_entry, read_manifest_task
 from tasks.registry import flip_production_pointer, new_version_id, publish_model, read_production_pointer

@@ -27,10 +27,10 @@ from pydantic import BaseModel, Field, ValidationError
 
 from retrainer.core.batch_files.ticket_ids import TICKET_ID
 from retrainer.core.training_plan import unseen_mask
+from retrainer.id_index import ANY_CONTENT, record_holdings
 from retrainer.retention import SUPERSEDED_TAG
 from retrainer.storage import ObjectInfo, ObjectStore, PreconditionFailedError, StorageError
 from tasks.common import PermanentError, once_task, read_task
-from tasks.id_index import ANY_CONTENT, record_holdings
 
 TRAIN, VALIDATION, EVAL = "train", "validation", "eval"
 SPLITS = (TRAIN, VALIDATION, EVAL)
@@ -206,7 +206,7 @@ def write_part(store: ObjectStore, rows: pd.DataFrame) -> DatasetPart:
     body = buffer.getvalue()
     digest = hashlib.sha256(body).hexdigest()
     key = f"{parts_prefix(store)}{_now():{STAMP_FORMAT}}-{digest[:16]}.parquet"
-    record_holdings(store, {(key, ANY_CONTENT): rows[TICKET_ID]})  # before the part (tasks.id_index)
+    record_holdings(store, {(key, ANY_CONTENT): rows[TICKET_ID]})  # before the part (retrainer.id_index)
     with contextlib.suppress(PreconditionFailedError):
         store.put(key, body, if_none_match=True)
     counts = rows["split"].value_counts()

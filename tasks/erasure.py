@@ -29,7 +29,8 @@ from pydantic import BaseModel, Field
 from retrainer.core.batch_files import BatchFormatError, LoadedBatch
 from retrainer.core.batch_files.formats import ids_in_unreadable, parsed_batch, without_tickets
 from retrainer.core.batch_files.ticket_ids import TICKET_ID, ticket_id_of, ticket_id_pattern
-from retrainer.core.validation import normalise_ticket_ids
+from retrainer.core.validation import ERRORS_SUFFIX, MERGED_SUFFIX, REJECTED_SUFFIX, normalise_ticket_ids
+from retrainer.id_index import Whereabouts, record_holdings
 from retrainer.settings import IngestSettings
 from retrainer.storage import ObjectStore, PreconditionFailedError, StorageError
 from tasks.common import once_task, read_task, run_logger
@@ -46,10 +47,8 @@ from tasks.dataset import (
     write_part,
     write_version,
 )
-from tasks.id_index import Whereabouts, record_holdings
 from tasks.manifest import Manifest, commit_manifest, read_manifest
 from tasks.registry import list_versions, utc_stamp
-from tasks.validate import ERRORS_SUFFIX, MERGED_SUFFIX, REJECTED_SUFFIX
 
 ERASURE_FOLDER = "erasure/"
 ERASED_IDS_NAME = "erased-ids.json"
@@ -296,7 +295,7 @@ def erase_curated_and_incoming(
     its own and those committed by others (`Manifest.erasure_rewrites`), so an entry ends at the ETag
     of the object's last rewrite. An object not ingested yet is rewritten and left to the next run.
 
-    Only the parts and ``incoming/`` objects that `where` (`tasks.id_index`) says may hold an id are read
+    Only the parts and ``incoming/`` objects that `where` (`retrainer.id_index`) says may hold an id are read
     (default: all of them); each rewritten ``incoming/`` object is indexed at its new ETag.
     """
     ids, where = set(ticket_ids), where or Whereabouts()

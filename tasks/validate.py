@@ -17,12 +17,17 @@ import pandas as pd
 
 from retrainer.core.batch_files.ticket_ids import TICKET_ID
 from retrainer.core.row_rules import FORMULA_PATTERN
-from retrainer.core.validation import REASON_KIND, ValidatedBatch, validate_batches
+from retrainer.core.validation import (
+    ERRORS_SUFFIX,
+    MERGED_SUFFIX,
+    REASON_KIND,
+    REJECTED_SUFFIX,
+    ValidatedBatch,
+    validate_batches,
+)
+from retrainer.id_index import ANY_CONTENT, record_holdings
 from retrainer.storage import ObjectStore
 from tasks.common import once_task, read_task, run_logger
-from tasks.id_index import ANY_CONTENT, record_holdings
-
-ERRORS_SUFFIX, REJECTED_SUFFIX, MERGED_SUFFIX = ".errors.json", ".rejected.csv", ".merged.csv"
 
 
 def quarantine_batches(
@@ -69,7 +74,7 @@ def quarantine_batch(store: ObjectStore, run_id: str, batch: ValidatedBatch, raw
 
 
 def _index_quarantine(store: ObjectStore, base: str, batch: ValidatedBatch) -> None:
-    """Describe the quarantine files of `batch` in the id index before writing them (`tasks.id_index`):
+    """Describe the quarantine files of `batch` in the id index before writing them (`retrainer.id_index`):
     each holds at most the ids of the batch's records (its problems may name any of them). A batch
     rejected whole is not described: its bytes did not parse, so an erasure searches them."""
     if batch.rejected_whole or (batch.rejected.empty and batch.merged.empty):

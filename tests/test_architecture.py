@@ -51,6 +51,7 @@ GROUND_FLOOR = {
     "resources": "settings and a store, injected into a flow",
     "provenance": "the code and library versions recorded with every model",
     "retention": "the bucket's lifecycle rules: how long what is kept",
+    "id_index": "which ticket ids each stored object holds, written by every writer, read by an erasure",
 }
 """The modules and packages directly under `retrainer/`, each of one kind (what the layers share). Prefect
 helpers, the demo's local S3 and sample tickets, and the configuration-doc generator live in `app/`."""

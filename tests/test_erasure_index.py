@@ -6,8 +6,8 @@ import pandas as pd
 from app.samples import generate_tickets, tickets_to_csv
 from flows.forget import forget
 from flows.retrain import ingest_new_batches
+from retrainer.id_index import ANY_CONTENT, index_prefix, record_holdings, whereabouts
 from tasks.dataset import parts_prefix
-from tasks.id_index import ANY_CONTENT, index_prefix, record_holdings, whereabouts
 from tests.consistency import assert_consistent, assert_erased_nowhere
 
 

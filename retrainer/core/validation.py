@@ -37,6 +37,9 @@ OPTIONAL_COLUMNS = ("created_at",)
 LINEAGE_COLUMNS = ("source_key", "source_etag", "source_row")
 CURATED_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *LINEAGE_COLUMNS)
 REASON_KIND = "reason_kind"  # a rejected row's reason without the offending values: for reports and logs
+ERRORS_SUFFIX, REJECTED_SUFFIX, MERGED_SUFFIX = ".errors.json", ".rejected.csv", ".merged.csv"
+"""The quarantine files of a batch's outcome (`tasks.validate` writes them, `tasks.erasure` rewrites them):
+its problems, its rejected rows, the rows merged into earlier tickets."""
 _WHOLE_BATCH = "batch rejected: "
 
 

@@ -57,7 +57,7 @@ class LoadedBatch:
     @property
     def ticket_ids(self) -> list | None:
         """The ticket id of each parsed record, as in the file; None when the batch was not parsed or has
-        no ticket id column (an erasure then has to search its bytes: `tasks.id_index`)."""
+        no ticket id column (an erasure then has to search its bytes: `retrainer.id_index`)."""
         if self.frame is None or TICKET_ID not in self.frame.columns:
             return None
         return self.frame[TICKET_ID].tolist()
