@@ -482,7 +482,9 @@ def smoke_and_flip(
             "this run changed nothing"
         )
         return Publication("lost-race", now, [*smoke.reasons, lost], uris)
-    prune_predictions_task(store, [gated.challenger_version, production.version])
+    pruned = prune_predictions_task(store, [gated.challenger_version, production.version], return_state=True)
+    if pruned.is_failed():  # published: only more parts than needed are left, for the next publication
+        run_logger().warning("older versions' stored predictions not deleted: %s", pruned.message)
     return Publication(action, gated.challenger_version, smoke.reasons, uris)
 
 
