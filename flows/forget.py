@@ -21,7 +21,7 @@ from tasks.erasure import (
     published_exposure_task,
     record_erasure_task,
 )
-from tasks.id_index import whereabouts_task
+from tasks.id_index import compact_index_task, whereabouts_task
 from tasks.known_predictions import erase_from_predictions_task
 
 
@@ -65,4 +65,7 @@ def forget(
     )
     for line in record.summary():
         run_logger().info("%s", line)
+    compacted = compact_index_task(resources.store, return_state=True)  # last: the erasure is recorded
+    if compacted.is_failed():
+        run_logger().warning("the id index was not compacted (the next request will): %s", compacted.message)
     return record

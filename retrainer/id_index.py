@@ -32,6 +32,8 @@ from retrainer.storage import ObjectStore
 INDEX_FOLDER = "id-index/"
 ANY_CONTENT = ""
 """The ``etag`` of an entry that holds for every content of its key (see the module docstring)."""
+COMPACT_FROM_PARTS = 64
+"""`retrainer forget` merges the index into one part from this many parts (runs add one or two a night)."""
 _SCHEMA = pa.schema([("key", pa.string()), ("etag", pa.string()), ("ticket_id", pa.string())])
 
 
@@ -52,7 +54,10 @@ def record_holdings(store: ObjectStore, holdings: Mapping[tuple[str, str], Itera
         found = sorted({ticket_id for ticket_id in map(ticket_id_of, held) if ticket_id}) or [None]
         rows += [(key, etag, ticket_id) for ticket_id in found]
     keys, etags, ids = (list(column) for column in zip(*rows, strict=True))
-    table = pa.table({"key": keys, "etag": etags, "ticket_id": ids}, schema=_SCHEMA)
+    return _write_part(store, pa.table({"key": keys, "etag": etags, "ticket_id": ids}, schema=_SCHEMA))
+
+
+def _write_part(store: ObjectStore, table: pa.Table) -> str:
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     part = f"{index_prefix(store)}{uuid.uuid4().hex}.parquet"  # order does not matter: a set of facts
@@ -97,12 +102,32 @@ def whereabouts(store: ObjectStore, ticket_ids: Iterable[str], use_index: bool =
         return Whereabouts()
     ids = pa.array(sorted(set(ticket_ids)), type=pa.string())
     found = Whereabouts()
-    for info in store.list_objects(index_prefix(store)):
-        table = pq.read_table(io.BytesIO(store.get(info.key)[0]), schema=_SCHEMA)
+    for _, table in _index_parts(store):
         found.indexed |= _pairs(table)
         found.holding |= _pairs(table.filter(pc.is_in(table["ticket_id"], value_set=ids)))
         found.index_parts += 1
     return found
+
+
+def compact_index(store: ObjectStore, min_parts: int = COMPACT_FROM_PARTS) -> int:
+    """When the index has at least `min_parts` parts, write their rows as one part, then delete the parts
+    read (not one written meanwhile); the parts merged (0: none). Each entry is in some part at every
+    moment; an erasure that listed a part deleted before it read it finds the objects it described
+    undescribed, and reads them."""
+    if len(store.list_objects(index_prefix(store))) < min_parts:
+        return 0
+    parts = list(_index_parts(store))
+    _write_part(store, pa.concat_tables([table for _, table in parts]))
+    store.delete_many([key for key, _ in parts])
+    return len(parts)
+
+
+def _index_parts(store: ObjectStore):
+    """Each index part there is, as (key, table); one deleted since the listing (compacted) is skipped."""
+    for info in store.list_objects(index_prefix(store)):
+        found = store.get_if_exists(info.key)
+        if found is not None:
+            yield info.key, pq.read_table(io.BytesIO(found[0]), schema=_SCHEMA)
 
 
 def _pairs(table: pa.Table) -> set[tuple[str, str]]:

@@ -6,7 +6,7 @@ import pandas as pd
 from app.samples import generate_tickets, tickets_to_csv
 from flows.forget import forget
 from flows.retrain import ingest_new_batches
-from retrainer.id_index import ANY_CONTENT, index_prefix, record_holdings, whereabouts
+from retrainer.id_index import ANY_CONTENT, compact_index, index_prefix, record_holdings, whereabouts
 from tasks.dataset import parts_prefix
 from tests.consistency import assert_consistent, assert_erased_nowhere
 
@@ -25,6 +25,26 @@ def test_whereabouts_tells_what_may_hold_an_id_and_reads_what_it_does_not_descri
     assert not whereabouts(any_store, ["T-9"]).may_hold("parts/p1")
     assert where.index_parts == 2 and where.objects_indexed == 4
     assert whereabouts(any_store, ["T-2"], use_index=False).may_hold("incoming/b.csv", '"e1"')
+
+
+def test_compacting_the_index_merges_its_parts_and_changes_no_answer(any_store):
+    for number in range(3):
+        record_holdings(any_store, {(f"parts/p{number}", ANY_CONTENT): [f"T-{number}", "T-9"]})
+    before = whereabouts(any_store, ["T-1"])
+
+    assert compact_index(any_store, min_parts=4) == 0  # too few parts: left as they are
+    assert compact_index(any_store, min_parts=3) == 3
+
+    after = whereabouts(any_store, ["T-1"])
+    assert after.index_parts == 1 and len(any_store.list_objects(index_prefix(any_store))) == 1
+    assert (
+        (after.indexed, after.holding)
+        == (before.indexed, before.holding)
+        == (
+            {(f"parts/p{number}", ANY_CONTENT) for number in range(3)},
+            {("parts/p1", ANY_CONTENT)},
+        )
+    )
 
 
 def _batch(number: int) -> pd.DataFrame:
